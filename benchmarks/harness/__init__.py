@@ -1,0 +1,1 @@
+"""The orchestrator's modules: Redis server, peer environments, plan, report, charts."""
