@@ -1,0 +1,164 @@
+"""Typed, validated configuration built from the plain dict that ``init()`` receives.
+
+Configuration is read here and only here; every other module receives these objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from earnorm.errors import ConfigError
+
+Serializer = Literal["json", "msgpack"]
+Compression = Literal["zlib"] | None
+
+
+def _number(section: str, key: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
+    name = f"{section}.{key}" if section else key
+    wrong_kind = not isinstance(value, int) if integer else not isinstance(value, (int, float))
+    if isinstance(value, bool) or wrong_kind:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if math.isnan(number) or number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _reject_unknown(section: str, given: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        where = f" in {section}" if section else ""
+        raise ConfigError(
+            f"unknown key(s){where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry schedule: attempt ``n`` (0-based) waits ``min(start + n * step, max)`` seconds.
+
+    >>> RetryPolicy(max_retries=3, interval_start=1, interval_step=2, interval_max=4).delay(2)
+    4.0
+    """
+
+    max_retries: int = 3
+    interval_start: float = 0.0
+    interval_step: float = 1.0
+    interval_max: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based)."""
+        return float(
+            min(self.interval_start + attempt * self.interval_step, self.interval_max)
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Any, section: str = "retry_policy") -> RetryPolicy:
+        if isinstance(raw, RetryPolicy):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{section} must be a dict, got {type(raw).__name__}")
+        known = {"max_retries", "interval_start", "interval_step", "interval_max"}
+        _reject_unknown(section, raw, known)
+        values = {
+            "max_retries": _number(
+                section, "max_retries", raw.get("max_retries", cls.max_retries),
+                minimum=0, integer=True,
+            ),
+            "interval_start": _number(
+                section, "interval_start", raw.get("interval_start", cls.interval_start),
+                minimum=0,
+            ),
+            "interval_step": _number(
+                section, "interval_step", raw.get("interval_step", cls.interval_step),
+                minimum=0,
+            ),
+            "interval_max": _number(
+                section, "interval_max", raw.get("interval_max", cls.interval_max), minimum=0
+            ),
+        }
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """Event-system settings (``event_config`` in ``init()``)."""
+
+    queue_name: str = "earnorm:events"
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    serializer: Serializer = "json"
+    compression: Compression = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    priority_steps: tuple[int, ...] = (0, 3, 6, 9)
+    separator: str = "\x06\x16"
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 15.0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
+        if raw is None:
+            return cls()
+        if isinstance(raw, EventConfig):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"event_config must be a dict, got {type(raw).__name__}")
+        known = {
+            "queue_name", "retry_policy", "serializer", "compression", "max_message_bytes",
+            "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
+        }
+        _reject_unknown("event_config", raw, known)
+        queue = raw.get("queue_name", cls.queue_name)
+        if not isinstance(queue, str) or not queue.strip() or len(queue) > 200:
+            raise ConfigError(f"event_config.queue_name must be a non-empty string, got {queue!r}")
+        serializer = raw.get("serializer", cls.serializer)
+        if serializer not in ("json", "msgpack"):
+            raise ConfigError(
+                f"event_config.serializer must be 'json' or 'msgpack', got {serializer!r}"
+            )
+        compression = raw.get("compression", cls.compression)
+        if compression not in (None, "zlib"):
+            raise ConfigError(
+                f"event_config.compression must be None or 'zlib', got {compression!r}"
+            )
+        steps = tuple(raw.get("priority_steps", cls.priority_steps))
+        if (
+            not steps or steps[0] != 0 or list(steps) != sorted(set(steps))
+            or not all(isinstance(s, int) and 0 <= s <= 9 for s in steps)
+        ):
+            raise ConfigError(
+                "event_config.priority_steps must be increasing integers in 0..9 starting at 0,"
+                f" got {steps!r}"
+            )
+        separator = raw.get("separator", cls.separator)
+        if not isinstance(separator, str) or not separator:
+            raise ConfigError("event_config.separator must be a non-empty string")
+        interval = _number(
+            "event_config", "heartbeat_interval",
+            raw.get("heartbeat_interval", cls.heartbeat_interval), minimum=0.05,
+        )
+        timeout = _number(
+            "event_config", "heartbeat_timeout",
+            raw.get("heartbeat_timeout", cls.heartbeat_timeout), minimum=0.1,
+        )
+        if timeout <= interval:
+            raise ConfigError(
+                "event_config.heartbeat_timeout must be greater than heartbeat_interval"
+            )
+        return cls(
+            queue_name=queue,
+            retry_policy=RetryPolicy.from_dict(raw.get("retry_policy", {})),
+            serializer=serializer,
+            compression=compression,
+            max_message_bytes=_number(
+                "event_config", "max_message_bytes",
+                raw.get("max_message_bytes", cls.max_message_bytes), minimum=1024, integer=True,
+            ),
+            priority_steps=steps,
+            separator=separator,
+            heartbeat_interval=float(interval),
+            heartbeat_timeout=float(timeout),
+        )

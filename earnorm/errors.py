@@ -1,0 +1,42 @@
+"""One exception family for the whole package: every error EarnORM raises is an ``EarnORMError``."""
+
+from __future__ import annotations
+
+
+class EarnORMError(Exception):
+    """Base class of every error raised by EarnORM."""
+
+
+class ConfigError(EarnORMError, ValueError):
+    """Invalid configuration given to ``init()`` or a component; the message names the field."""
+
+
+class NotInitializedError(EarnORMError, RuntimeError):
+    """A component was used before ``earnorm.init()`` set it up."""
+
+
+class EventValidationError(EarnORMError, ValueError):
+    """An event is invalid: bad name, or data that cannot travel on the wire."""
+
+
+class SerializationError(EventValidationError):
+    """A value inside an event cannot be serialized; the message names the field path."""
+
+
+class MessageDecodeError(EarnORMError, ValueError):
+    """A message read from the broker cannot be decoded into an event."""
+
+
+class PublishError(EarnORMError, ConnectionError):
+    """Publishing failed after the retry policy ran out; ``__cause__`` holds the last error."""
+
+
+class JobNotFound(EarnORMError, KeyError):
+    """No failed job with the given id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class HandlerTimeout(EarnORMError, TimeoutError):
+    """A handler ran longer than its timeout."""

@@ -1,0 +1,216 @@
+"""``EventBus``: publishing, and the failed-jobs API, on one queue."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from earnorm.config import EventConfig
+from earnorm.errors import EventValidationError, JobNotFound, PublishError
+from earnorm.events import protocol
+from earnorm.events.broker import Broker
+from earnorm.events.event import Event
+from earnorm.events.redis_url import mask_url, open_redis
+
+log = logging.getLogger("earnorm.events")
+
+Delay = float | int | timedelta | None
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _seconds(delay: Delay) -> float | None:
+    if delay is None:
+        return None
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise EventValidationError(f"delay must be a non-negative number or timedelta: {delay!r}")
+    return float(seconds) if seconds > 0 else None
+
+
+class EventBus:
+    """Publishes events to one Celery-format queue on Redis and manages its failed jobs.
+
+    >>> bus = await EventBus.connect("redis://localhost:6379/0")  # doctest: +SKIP
+    >>> await bus.publish(Event(name="user.created", data={"id": 7}))  # doctest: +SKIP
+    '5b0b...'
+    """
+
+    def __init__(self, redis: Redis, config: EventConfig | None = None, *, url: str = "") -> None:
+        self.config = config or EventConfig()
+        self.redis = redis
+        self.broker = Broker(redis, self.config)
+        self.url = url
+        self._owns_redis = False
+        self._clock_offset_ms = 0.0
+
+    @classmethod
+    async def connect(
+        cls, redis_url: str, config: EventConfig | dict[str, Any] | None = None, **overrides: Any
+    ) -> EventBus:
+        """Open a bus on ``redis_url``; ``overrides`` are ``event_config`` keys."""
+        raw = dict(config) if isinstance(config, dict) else {}
+        if isinstance(config, EventConfig):
+            cfg = config
+        else:
+            raw.update(overrides)
+            cfg = EventConfig.from_dict(raw)
+        bus = cls(open_redis(redis_url), cfg, url=redis_url)
+        bus._owns_redis = True
+        await bus.sync_clock()
+        return bus
+
+    async def sync_clock(self) -> None:
+        """Measure the offset to Redis's clock, so delays are due by the clock consumers use."""
+        try:
+            before = time.time()
+            seconds, micros = await self.redis.time()
+            after = time.time()
+        except _TRANSIENT as exc:
+            raise PublishError(f"cannot reach Redis at {mask_url(self.url)}: {exc}") from exc
+        server_ms = seconds * 1000 + micros / 1000
+        self._clock_offset_ms = server_ms - (before + after) * 500
+
+    def now_ms(self) -> float:
+        """Now, in unix ms by Redis's clock."""
+        return time.time() * 1000 + self._clock_offset_ms
+
+    async def close(self) -> None:
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    # ------------------------------------------------------------------ publish
+
+    def _encode(
+        self, event: Event, delay_s: float | None, priority: int
+    ) -> tuple[bytes, int, float | None]:
+        if not isinstance(event, Event):
+            raise EventValidationError(f"expected an Event, got {type(event).__name__}")
+        cfg = self.config
+        due_ms = None if delay_s is None else self.now_ms() + delay_s * 1000
+        eta = None if due_ms is None else datetime.fromtimestamp(due_ms / 1000, UTC)
+        raw = protocol.encode_event(
+            event, cfg.queue_name, serializer=cfg.serializer, compression=cfg.compression,
+            eta=eta, priority=priority,
+        )
+        if len(raw) > cfg.max_message_bytes:
+            raise EventValidationError(
+                f"event {event.name!r} encodes to {len(raw)} bytes, over the limit of "
+                f"{cfg.max_message_bytes} (event_config.max_message_bytes)"
+            )
+        return raw, self.broker.keys.ready_index(priority), due_ms
+
+    async def publish(self, event: Event, delay: Delay = None, *, priority: int = 0) -> str:
+        """Publish one event; with ``delay`` (seconds or timedelta) it is held in Redis's
+        delayed set until due. Returns the job id (the event id)."""
+        raw, index, due_ms = self._encode(event, _seconds(delay), priority)
+        if due_ms is None:
+            await self._with_retries(self.broker.push, raw, index)
+        else:
+            await self._with_retries(self.broker.schedule, raw, index, due_ms)
+        return event.id
+
+    async def publish_batch(
+        self, events: Iterable[Event], delay: Delay = None, *, priority: int = 0
+    ) -> list[str]:
+        """Publish many events in one round trip (one transaction). Returns their ids."""
+        delay_s = _seconds(delay)
+        events = list(events)
+        items = [self._encode(event, delay_s, priority) for event in events]
+        if items:
+            await self._with_retries(self.broker.push_many, items)
+        return [event.id for event in events]
+
+    async def _with_retries(self, operation: Any, *args: Any) -> None:
+        policy = self.config.retry_policy
+        for attempt in range(policy.max_retries + 1):
+            try:
+                await operation(*args)
+                return
+            except _TRANSIENT as exc:
+                if attempt >= policy.max_retries:
+                    raise PublishError(
+                        f"publish to {mask_url(self.url)} failed after {attempt + 1} "
+                        f"attempt(s): {type(exc).__name__}: {exc}"
+                    ) from exc
+                wait = policy.delay(attempt)
+                log.warning("publish failed (%s), retrying in %.2fs", exc, wait)
+                await anyio.sleep(wait)
+
+    # ------------------------------------------------------------------ failed jobs
+
+    async def get_failed_jobs(
+        self, limit: int = 50, cursor: int | None = None, event_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Failed jobs in failure order, oldest first. Page with ``cursor`` = the previous
+        page's last ``cursor`` value."""
+        start = cursor or 0
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            page = await self.broker.failed_page(start, max(limit, 100))
+            if not page:
+                break
+            for job_id, failed_ms, record in page:
+                start += 1
+                if record is None:
+                    continue
+                job = orjson.loads(record)
+                if event_name is not None and job.get("name") != event_name:
+                    continue
+                job["cursor"] = start
+                job["job_id"] = job_id
+                job.setdefault("failed_at_ms", failed_ms)
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def get_failed_job(self, job_id: str) -> dict[str, Any]:
+        record = await self.broker.failed_get(job_id)
+        if record is None:
+            raise JobNotFound(self._not_found(job_id))
+        job: dict[str, Any] = orjson.loads(record)
+        job["job_id"] = job_id
+        return job
+
+    async def retry_job(self, job_id: str) -> str:
+        """Put a failed job back on its queue with retries reset; its record is removed."""
+        job = await self.get_failed_job(job_id)
+        raw = job.get("envelope")
+        if not isinstance(raw, str):
+            raise JobNotFound(f"failed job {job_id!r} has no message to retry")
+        try:
+            message = protocol.decode(raw.encode())
+        except Exception as exc:
+            raise EventValidationError(
+                f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
+            ) from exc
+        fresh = protocol.encode_reset(message)
+        index = self.broker.keys.ready_index(message.priority)
+        if not await self.broker.failed_requeue(job_id, fresh, index):
+            raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
+        return job_id
+
+    async def remove_job(self, job_id: str) -> None:
+        """Delete a failed job's record."""
+        if not await self.broker.failed_remove(job_id):
+            raise JobNotFound(self._not_found(job_id))
+
+    def _not_found(self, job_id: str) -> str:
+        return f"no failed job with id {job_id!r} in queue {self.config.queue_name!r}"
+
+    async def stats(self) -> dict[str, Any]:
+        """Queue sizes: ready per priority step, delayed, in-flight, failed, live consumers."""
+        return await self.broker.counts()
+
+    def __repr__(self) -> str:
+        return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"
+

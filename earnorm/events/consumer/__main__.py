@@ -1,0 +1,88 @@
+"""``python -m earnorm.events.consumer``: run a consumer for an application's handlers.
+
+Every option has an environment variable. With no Redis URL at all, a private local server is
+started (the ``embedded`` extra), so ``python -m earnorm.events.consumer --app examples.app``
+works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from earnorm.events.consumer._consumer import Consumer
+from earnorm.events.embedded import LocalRedis, start_local_redis
+from earnorm.events.handlers import default_registry
+
+log = logging.getLogger("earnorm.consumer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m earnorm.events.consumer",
+        description="Consume EarnORM/Celery events from Redis and run the registered handlers.",
+    )
+    parser.add_argument("--app", default=env("EARNORM_APP"),
+                        help="module that registers handlers, e.g. myproject.handlers "
+                             "[EARNORM_APP]")
+    parser.add_argument("--redis-uri", default=env("EARNORM_REDIS_URI") or env("REDIS_URL"),
+                        help="redis:// or rediss:// URL; none starts a local server "
+                             "[EARNORM_REDIS_URI, REDIS_URL]")
+    parser.add_argument("--queue", default=env("EARNORM_QUEUE", "earnorm:events"),
+                        help="queue name [EARNORM_QUEUE] (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int,
+                        default=int(env("EARNORM_CONCURRENCY", "100")),
+                        help="handlers running at once [EARNORM_CONCURRENCY] (default: 100)")
+    parser.add_argument("--shutdown-timeout", type=float,
+                        default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
+                        help="seconds running handlers get to finish on SIGTERM (default: 30)")
+    parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    local: LocalRedis | None = None
+    url = args.redis_uri
+    if not url:
+        local = start_local_redis()
+        url = local.url
+        log.info("no Redis URL configured: started a local server at %s", url)
+    consumer = Consumer(url, queue_name=args.queue, registry=default_registry,
+                        concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, consumer.stop)
+    try:
+        await consumer.run()
+    finally:
+        if local is not None:
+            local.stop()
+    log.info("stopped: processed=%d failed=%d retried=%d",
+             consumer.processed, consumer.failed, consumer.retried)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.app:
+        sys.path.insert(0, os.getcwd())
+        importlib.import_module(args.app)
+    if not len(default_registry):
+        log.warning("no handlers registered: every message will go to the failed store "
+                    "(give --app with a module that uses @event_handler)")
+    return asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

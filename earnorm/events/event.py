@@ -1,0 +1,78 @@
+"""The ``Event`` value object: what publishers send and handlers receive."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from earnorm.errors import EventValidationError
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+MAX_NAME_LENGTH = 255
+
+
+def validate_event_name(name: str) -> str:
+    """Return ``name`` if it is a valid event name, else raise ``EventValidationError``.
+
+    A valid name is lowercase, dot-separated, with at least two parts:
+    ``user.created``, ``order.payment.completed``.
+    """
+    if not isinstance(name, str):
+        raise EventValidationError(f"event name must be a string, got {type(name).__name__}")
+    if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
+        raise EventValidationError(
+            f"invalid event name {name!r}: use lowercase dot-separated namespaces "
+            "such as 'user.created' or 'order.payment.completed' "
+            "(letters, digits and '_' in each part, at least two parts)"
+        )
+    return name
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event: a name, its data and bookkeeping.
+
+    >>> Event(name="user.created", data={"user_id": 7}).name
+    'user.created'
+
+    ``args``/``kwargs`` hold the raw Celery call arguments of a consumed message; for events
+    published by EarnORM they are ``([data], {})``. See the README's "Celery mapping".
+    """
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=_new_id)
+    timestamp: datetime = field(default_factory=_utcnow)
+    version: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Delivery details, not part of the event's identity: equal events compare equal however
+    # often they were retried or whoever published them.
+    retries: int = field(default=0, compare=False)
+    args: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+    kwargs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_event_name(self.name)
+        if not isinstance(self.data, dict):
+            raise EventValidationError(
+                f"event data must be a dict, got {type(self.data).__name__}"
+            )
+        if not isinstance(self.id, str) or not self.id:
+            raise EventValidationError("event id must be a non-empty string")
+        if not isinstance(self.version, int) or isinstance(self.version, bool):
+            raise EventValidationError("event version must be an int")
+        if not isinstance(self.metadata, dict):
+            raise EventValidationError("event metadata must be a dict")
+        if self.timestamp.tzinfo is None:
+            object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=UTC))

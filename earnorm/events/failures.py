@@ -1,0 +1,82 @@
+"""Failed-job records: what the dead-letter hash stores about a message that could not run."""
+
+from __future__ import annotations
+
+import base64
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from earnorm.events.protocol import Message
+from earnorm.events.wiretypes import to_wire
+
+
+class FailureReason(StrEnum):
+    """Why a message ended in the failed store."""
+
+    HANDLER_ERROR = "handler_error"  # handlers kept failing after the retry policy ran out
+    NO_HANDLER = "no_handler"  # nothing registered for the task name
+    UNDECODABLE = "undecodable"  # not a valid Celery message, refused content type, too large
+    EXPIRED = "expired"  # its ``expires`` time passed before it could run
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerFailure:
+    handler: str
+    error: BaseException
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "handler": self.handler,
+            "error_type": type(self.error).__name__,
+            "error": str(self.error),
+            "traceback": "".join(traceback.format_exception(self.error)),
+        }
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def failure_record(
+    *,
+    job_id: str,
+    reason: FailureReason,
+    raw: bytes,
+    now_ms: float,
+    message: Message | None = None,
+    detail: str = "",
+    failures: list[HandlerFailure] | None = None,
+) -> bytes:
+    """The JSON record stored under ``job_id`` in ``Q:failed``."""
+    failures = failures or []
+    first = (message.headers.get("earnorm_first_failure") if message else None) or _iso(now_ms)
+    record: dict[str, Any] = {
+        "job_id": job_id,
+        "reason": str(reason),
+        "detail": detail or (str(failures[0].error) if failures else ""),
+        "name": message.task if message else None,
+        "data": None,
+        "metadata": (message.headers.get("earnorm_metadata") if message else None) or {},
+        "attempts": (message.retries + 1) if message else 0,
+        "first_failed_at": first,
+        "last_failed_at": _iso(now_ms),
+        "failed_at_ms": now_ms,
+        "handlers": [f.handler for f in failures],
+        "errors": [f.as_dict() for f in failures],
+        "error_type": type(failures[0].error).__name__ if failures else None,
+    }
+    try:
+        record["envelope"] = raw.decode("utf-8")
+    except UnicodeDecodeError:  # keep the exact bytes: nothing is lost, even garbage
+        record["envelope_base64"] = base64.b64encode(raw).decode("ascii")
+    if message is not None:
+        try:
+            record["data"] = to_wire(message.to_event().data)
+        except Exception:  # the record must be written even if the data is odd
+            record["data"] = None
+    return orjson.dumps(record)

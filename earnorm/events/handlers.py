@@ -1,0 +1,165 @@
+"""Handler registry and the ``@event_handler`` / ``@model_event_handler`` decorators."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from earnorm.config import RetryPolicy
+from earnorm.errors import ConfigError
+from earnorm.events.event import Event
+
+HandlerFunc = Callable[[Event], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_PATTERN_RE = re.compile(r"^([a-z0-9_]+|\*|#)(\.([a-z0-9_]+|\*|#))*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler and its options."""
+
+    pattern: str
+    func: HandlerFunc
+    name: str
+    retry_policy: RetryPolicy | None = None
+    timeout: float | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    no_retry_on: tuple[type[BaseException], ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_pattern(pattern: str) -> bool:
+    """Validate ``pattern``; True if it has wildcards."""
+    if not isinstance(pattern, str) or not _PATTERN_RE.fullmatch(pattern):
+        raise ConfigError(
+            f"invalid handler pattern {pattern!r}: lowercase dot-separated words, "
+            "'*' for one word or '#' for any number of words (e.g. 'user.*', 'order.#')"
+        )
+    return "*" in pattern or "#" in pattern
+
+
+def _matches(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    """AMQP topic rules: ``*`` is exactly one word, ``#`` is zero or more words."""
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_matches(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head in ("*", words[0])) and _matches(rest, words[1:])
+
+
+class HandlerRegistry:
+    """Maps event names to handlers. Lookups are cached; registering clears the cache.
+
+    >>> registry = HandlerRegistry()
+    >>> async def on_user(event): ...
+    >>> _ = registry.register("user.*", on_user)
+    >>> [h.name for h in registry.handlers_for("user.created")][0].endswith("on_user")
+    True
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, list[Handler]] = {}
+        self._wild: list[tuple[tuple[str, ...], Handler]] = []
+        self._cache: dict[str, tuple[Handler, ...]] = {}
+
+    def register(
+        self,
+        pattern: str,
+        func: HandlerFunc,
+        *,
+        retry_policy: RetryPolicy | dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (),
+        no_retry_on: tuple[type[BaseException], ...] = (),
+        name: str | None = None,
+        **options: Any,
+    ) -> Handler:
+        if not inspect.iscoroutinefunction(func):
+            raise ConfigError(
+                f"handler {getattr(func, '__qualname__', func)!r} for {pattern!r} must be an "
+                "'async def' function: handlers run natively on the event loop"
+            )
+        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+            raise ConfigError(f"timeout must be a positive number, got {timeout!r}")
+        wild = _check_pattern(pattern)
+        policy = None if retry_policy is None else RetryPolicy.from_dict(retry_policy)
+        handler = Handler(
+            pattern=pattern,
+            func=func,
+            name=name or f"{func.__module__}.{func.__qualname__}",
+            retry_policy=policy,
+            timeout=timeout,
+            retry_on=tuple(retry_on),
+            no_retry_on=tuple(no_retry_on),
+            options=options,
+        )
+        if any(h.name == handler.name for h in self.all()):
+            raise ConfigError(f"a handler named {handler.name!r} is already registered")
+        if wild:
+            self._wild.append((tuple(pattern.split(".")), handler))
+        else:
+            self._exact.setdefault(pattern, []).append(handler)
+        self._cache.clear()
+        return handler
+
+    def handlers_for(self, event_name: str) -> tuple[Handler, ...]:
+        found = self._cache.get(event_name)
+        if found is None:
+            matches = list(self._exact.get(event_name, ()))
+            words = tuple(event_name.split("."))
+            matches += [h for pattern, h in self._wild if _matches(pattern, words)]
+            found = self._cache[event_name] = tuple(matches)
+        return found
+
+    def all(self) -> list[Handler]:
+        exact = [h for handlers in self._exact.values() for h in handlers]
+        return exact + [h for _, h in self._wild]
+
+    def clear(self) -> None:
+        self._exact.clear()
+        self._wild.clear()
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self.all())
+
+
+default_registry = HandlerRegistry()
+
+
+def event_handler(
+    pattern: str, *, registry: HandlerRegistry | None = None, **options: Any
+) -> Callable[[F], F]:
+    """Register an async function as a handler for events matching ``pattern``.
+
+    >>> @event_handler("user.created")
+    ... async def welcome(event: Event) -> None:
+    ...     print(event.data["email"])
+    """
+
+    def decorate(func: F) -> F:
+        (registry or default_registry).register(pattern, func, **options)
+        return func
+
+    return decorate
+
+
+def model_event_name(model: str | type, action: str) -> str:
+    """``("User", "created")`` -> ``"user.created"``; a class uses its name."""
+    name = model if isinstance(model, str) else model.__name__
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return f"{snake}.{action.lower()}"
+
+
+def model_event_handler(
+    model: str | type, action: str, *, registry: HandlerRegistry | None = None, **options: Any
+) -> Callable[[F], F]:
+    """Subscribe to ``<model>.<action>``: ``@model_event_handler("User", "created")``."""
+    return event_handler(model_event_name(model, action), registry=registry, **options)

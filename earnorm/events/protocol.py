@@ -1,0 +1,348 @@
+"""Celery protocol v2 on Redis, as pure functions: bytes in, typed objects out, and back.
+
+No I/O here (like h11): the broker moves bytes, this module gives them meaning. Every field
+written and every rule enforced comes from ``shared/celery-wire/SPEC.md``; the section numbers
+below refer to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bz2
+import lzma
+import os
+import socket
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import orjson
+
+from earnorm.errors import EventValidationError, MessageDecodeError
+from earnorm.events.event import Event
+from earnorm.events.wiretypes import from_wire, to_wire
+
+JSON = "application/json"
+MSGPACK = "application/x-msgpack"
+ZLIB = "application/x-gzip"  # kombu's name for zlib (SPEC 5): the bytes are an RFC 1950 stream
+EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+# Extra headers that carry what a Celery task has no field for (SPEC 4: custom headers are fine).
+H_TIMESTAMP = "earnorm_timestamp"
+H_VERSION = "earnorm_version"
+H_METADATA = "earnorm_metadata"
+H_PENDING = "earnorm_pending"  # handlers still to run on a retry (earlier ones succeeded)
+H_FIRST_FAILURE = "earnorm_first_failure"
+
+_DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    ZLIB: zlib.decompress,
+    "application/x-bz2": bz2.decompress,
+    "application/x-lzma": lzma.decompress,
+}
+_REFUSED = ("pickle", "yaml", "python-serialize")
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+_REPR_LIMIT = 1024
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded Celery task message."""
+
+    task: str
+    id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    envelope: dict[str, Any]
+    eta: datetime | None
+    expires: datetime | None
+    retries: int
+    priority: int
+
+    def to_event(self) -> Event:
+        """Map the task call onto an ``Event`` (README, "Celery mapping").
+
+        One positional dict and no kwargs: that dict is ``data``. Only kwargs: they are
+        ``data``. Anything else: ``data = {"args": [...], "kwargs": {...}}``. The raw call is
+        always kept in ``event.args`` / ``event.kwargs``.
+        """
+        args, kwargs = self.args, self.kwargs
+        if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
+            data: dict[str, Any] = args[0]
+        elif not args:
+            data = kwargs
+        else:
+            data = {"args": args, "kwargs": kwargs}
+        headers = self.headers
+        stamp = _parse_time(headers.get(H_TIMESTAMP), "earnorm_timestamp") or datetime.now(UTC)
+        version = headers.get(H_VERSION, 1)
+        metadata = headers.get(H_METADATA) or {}
+        return Event(
+            name=self.task,
+            data=data,
+            id=self.id,
+            timestamp=stamp,
+            version=version if isinstance(version, int) else 1,
+            metadata=metadata if isinstance(metadata, dict) else {},
+            retries=self.retries,
+            args=tuple(args),
+            kwargs=kwargs,
+        )
+
+
+def _parse_time(value: Any, field: str) -> datetime | None:
+    """ISO-8601 as Celery writes it; naive means UTC (SPEC 7)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MessageDecodeError(f"header {field!r} must be an ISO-8601 string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise MessageDecodeError(f"invalid {field} value {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------------- decode
+
+
+def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
+    """Decode one Redis list element into a ``Message``; raise ``MessageDecodeError`` with a
+    reason a human can act on for every malformed input of SPEC 9."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise MessageDecodeError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MessageDecodeError(f"envelope is not JSON: {exc}") from exc
+    if not isinstance(envelope, dict):
+        raise MessageDecodeError(f"envelope must be a JSON object, got {type(envelope).__name__}")
+    headers = envelope.get("headers")
+    if not isinstance(headers, dict):
+        raise MessageDecodeError(
+            "envelope has no 'headers' object (Celery protocol v1 or not a task message)"
+        )
+    task, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(task, str) or not task:
+        raise MessageDecodeError("headers.task is missing or not a string")
+    if not isinstance(task_id, str) or not task_id:
+        raise MessageDecodeError("headers.id is missing or not a string")
+    properties = envelope.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        raise MessageDecodeError("envelope 'properties' must be an object")
+    args, kwargs = decode_body(envelope, headers, properties)
+    retries = headers.get("retries") or 0
+    priority = properties.get("priority")
+    return Message(
+        task=task,
+        id=task_id,
+        args=args,
+        kwargs=kwargs,
+        headers=headers,
+        properties=properties,
+        envelope=envelope,
+        eta=_parse_time(headers.get("eta"), "eta"),
+        expires=_parse_time(headers.get("expires"), "expires"),
+        retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+    )
+
+
+def decode_body(
+    envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Body -> (args, kwargs): body_encoding, then compression, then content-type (SPEC 12)."""
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        raise MessageDecodeError("envelope has no 'body' string")
+    content_type = envelope.get("content-type")
+    if not isinstance(content_type, str):
+        raise MessageDecodeError("envelope has no 'content-type'")
+    if any(word in content_type for word in _REFUSED):
+        raise MessageDecodeError(f"refused content type {content_type!r}: never deserialized")
+    if content_type not in (JSON, MSGPACK):
+        raise MessageDecodeError(f"unsupported content type {content_type!r}")
+    encoding = properties.get("body_encoding")
+    if encoding == "base64":
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MessageDecodeError(f"body is not valid base64: {exc}") from exc
+    elif encoding is None:
+        data = body.encode("utf-8")
+    else:
+        raise MessageDecodeError(f"unsupported body_encoding {encoding!r}")
+    compression = headers.get("compression")
+    if compression is not None:
+        decompress = _DECOMPRESSORS.get(compression)
+        if decompress is None:
+            raise MessageDecodeError(f"unsupported compression {compression!r}")
+        try:
+            data = decompress(data)
+        except Exception as exc:
+            raise MessageDecodeError(f"body does not decompress as {compression}: {exc}") from exc
+    try:
+        if content_type == JSON:
+            decoded = orjson.loads(data)
+        else:
+            decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
+    except Exception as exc:
+        raise MessageDecodeError(f"body is not valid {content_type}: {exc}") from exc
+    if b"__type__" in data:
+        decoded = from_wire(decoded)
+    return _split_body(decoded)
+
+
+def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any]]:
+    if isinstance(decoded, dict):  # the "hybrid" form a worker accepts (SPEC 5)
+        args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
+    elif isinstance(decoded, list) and len(decoded) == 3:
+        args, kwargs, embed = decoded
+        if embed is not None and not isinstance(embed, dict):
+            raise MessageDecodeError("body[2] (embed) must be an object or null")
+    elif isinstance(decoded, list):
+        raise MessageDecodeError(
+            f"body must be [args, kwargs, embed]; got a list of {len(decoded)} element(s)"
+        )
+    else:
+        raise MessageDecodeError(f"body must be a list or object, got {type(decoded).__name__}")
+    if not isinstance(args, list):
+        raise MessageDecodeError("body args must be a list")
+    if not isinstance(kwargs, dict):
+        raise MessageDecodeError("body kwargs must be an object")
+    return args, kwargs
+
+
+# ---------------------------------------------------------------------------------- encode
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+def encode_body(
+    args: list[Any], kwargs: dict[str, Any], serializer: str, compression: str | None
+) -> tuple[str, str, str]:
+    """Serialize ``[args, kwargs, embed]``; return (base64 body, content-type, encoding)."""
+    binary = serializer == "msgpack"
+    body = [to_wire(args, "data", binary=binary), to_wire(kwargs, "kwargs", binary=binary), EMBED]
+    if binary:
+        payload = msgpack.packb(body, use_bin_type=True)
+        content_type, content_encoding = MSGPACK, "binary"
+    else:
+        payload = orjson.dumps(body)
+        content_type, content_encoding = JSON, "utf-8"
+    if compression == "zlib":
+        payload = zlib.compress(payload)
+    return base64.b64encode(payload).decode("ascii"), content_type, content_encoding
+
+
+def encode_event(
+    event: Event,
+    queue: str,
+    *,
+    serializer: str = "json",
+    compression: str | None = None,
+    eta: datetime | None = None,
+    priority: int = 0,
+    reply_to: str | None = None,
+) -> bytes:
+    """Encode an ``Event`` as a complete Celery protocol-v2 envelope (SPEC 4, 11, 12).
+
+    Every header and property Celery writes is written, so Flower, logs and result handling
+    work on a stock worker.
+    """
+    if not 0 <= priority <= 9:
+        raise EventValidationError(f"priority must be in 0..9, got {priority}")
+    args = [event.data]
+    body, content_type, content_encoding = encode_body(args, {}, serializer, compression)
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": event.name,
+        "id": event.id,
+        "shadow": None,
+        "eta": eta.astimezone(UTC).isoformat() if eta is not None else None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": event.retries,
+        "timelimit": [None, None],
+        "root_id": event.id,
+        "parent_id": None,
+        "argsrepr": _short_repr(args),
+        "kwargsrepr": "{}",
+        "origin": _ORIGIN,
+        "ignore_result": False,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+        H_TIMESTAMP: event.timestamp.isoformat(),
+        H_VERSION: event.version,
+    }
+    if event.metadata:
+        # The envelope is read with kombu's tag hook but never untagged by us: JSON types only.
+        headers[H_METADATA] = to_wire(event.metadata, "metadata", plain=True)
+    if compression == "zlib":
+        headers["compression"] = ZLIB
+    envelope = {
+        "body": body,
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {
+            "correlation_id": event.id,
+            "reply_to": reply_to or event.id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return orjson.dumps(envelope)
+
+
+def encode_retry(
+    message: Message, eta: datetime, pending: list[str] | None = None
+) -> bytes:
+    """The message as Celery's own ``self.retry()`` republishes it (SPEC 10): same id and body,
+    ``retries`` + 1, ``eta``, ``parent_id`` = id, a new ``delivery_tag``."""
+    envelope = dict(message.envelope)
+    headers = dict(message.headers)
+    headers["retries"] = message.retries + 1
+    headers["eta"] = eta.astimezone(UTC).isoformat()
+    headers["parent_id"] = message.id
+    headers["ignore_result"] = False
+    headers.setdefault(H_FIRST_FAILURE, datetime.now(UTC).isoformat())
+    if pending is not None:
+        headers[H_PENDING] = pending
+    properties = dict(message.properties)
+    properties["delivery_tag"] = str(uuid.uuid4())
+    properties["origin"] = _ORIGIN
+    envelope["headers"] = headers
+    envelope["properties"] = properties
+    return orjson.dumps(envelope)
+
+
+def encode_reset(message: Message) -> bytes:
+    """The message with its retry state cleared, for ``retry_job``."""
+    envelope = dict(message.envelope)
+    headers = dict(message.headers)
+    headers["retries"] = 0
+    headers["eta"] = None
+    headers.pop(H_PENDING, None)
+    headers.pop(H_FIRST_FAILURE, None)
+    properties = dict(message.properties)
+    properties["delivery_tag"] = str(uuid.uuid4())
+    envelope["headers"] = headers
+    envelope["properties"] = properties
+    return orjson.dumps(envelope)

@@ -1,0 +1,55 @@
+"""Shared test harness: a private, real Redis server on a free loopback port.
+
+``REDIS_URL`` points the suite at an existing server instead. Never fakeredis, never mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from earnorm.events.embedded import LocalRedis, start_local_redis
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis | None]:
+    if os.environ.get("REDIS_URL"):
+        yield None
+        return
+    server = start_local_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: LocalRedis | None) -> str:
+    return os.environ.get("REDIS_URL") or (redis_server.url if redis_server else "")
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A fresh queue per test, so tests never see each other's messages."""
+    return f"test:{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, queue_name: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{queue_name}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
