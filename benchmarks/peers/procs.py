@@ -113,7 +113,7 @@ class Worker:
         values = [peak_rss_mb(pid) for pid in tree]
         return {"rss_mb": round(max(values), 1), "rss_tree_mb": round(sum(values), 1)}
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """SIGTERM the worker's process group, then SIGKILL what is left after ``grace``."""
         if self.proc is None:
             return
