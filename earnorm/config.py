@@ -14,6 +14,7 @@ from earnorm.errors import ConfigError
 
 Serializer = Literal["json", "msgpack"]
 Compression = Literal["zlib"] | None
+DelayMode = Literal["redis", "eta"]
 
 
 def _number(section: str, key: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
@@ -97,6 +98,9 @@ class EventConfig:
     separator: str = "\x06\x16"
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 15.0
+    # "redis": delayed events wait in ``Q:delayed`` (durable; only EarnORM consumers promote it).
+    # "eta": pushed at once with Celery's ``eta`` header, for queues stock Celery workers consume.
+    delay_mode: DelayMode = "redis"
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -109,6 +113,7 @@ class EventConfig:
         known = {
             "queue_name", "retry_policy", "serializer", "compression", "max_message_bytes",
             "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
+            "delay_mode",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -123,6 +128,11 @@ class EventConfig:
         if compression not in (None, "zlib"):
             raise ConfigError(
                 f"event_config.compression must be None or 'zlib', got {compression!r}"
+            )
+        delay_mode = raw.get("delay_mode", cls.delay_mode)
+        if delay_mode not in ("redis", "eta"):
+            raise ConfigError(
+                f"event_config.delay_mode must be 'redis' or 'eta', got {delay_mode!r}"
             )
         steps = tuple(raw.get("priority_steps", cls.priority_steps))
         if (
@@ -161,4 +171,5 @@ class EventConfig:
             separator=separator,
             heartbeat_interval=float(interval),
             heartbeat_timeout=float(timeout),
+            delay_mode=delay_mode,
         )

@@ -25,6 +25,7 @@ log = logging.getLogger("earnorm.events")
 
 Delay = float | int | timedelta | None
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (SPEC 7)
 
 
 def _seconds(delay: Delay) -> float | None:
@@ -101,6 +102,13 @@ class EventBus:
             event, cfg.queue_name, serializer=cfg.serializer, compression=cfg.compression,
             eta=eta, priority=priority,
         )
+        if due_ms is not None and cfg.delay_mode == "eta":
+            # The eta header carries the delay: ready now, held by whichever consumer takes it
+            # (a Celery worker in memory; an EarnORM consumer moves it to ``Q:delayed``).
+            if delay_s is not None and delay_s > _CELERY_VISIBILITY_S:
+                log.warning("delay of %.0fs exceeds Celery's default visibility timeout; a "
+                            "Celery worker may run event %s more than once", delay_s, event.id)
+            due_ms = None
         if len(raw) > cfg.max_message_bytes:
             raise EventValidationError(
                 f"event {event.name!r} encodes to {len(raw)} bytes, over the limit of "
@@ -110,7 +118,8 @@ class EventBus:
 
     async def publish(self, event: Event, delay: Delay = None, *, priority: int = 0) -> str:
         """Publish one event; with ``delay`` (seconds or timedelta) it is held in Redis's
-        delayed set until due. Returns the job id (the event id)."""
+        delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
+        header. Returns the job id (the event id)."""
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
         if due_ms is None:
             await self._with_retries(self.broker.push, raw, index)
