@@ -62,6 +62,27 @@ class Event:
     args: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
     kwargs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def trusted(
+        cls, *, name: str, data: dict[str, Any], id: str, timestamp: datetime, version: int,
+        metadata: dict[str, Any], retries: int, args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+    ) -> Event:
+        """Build an event from already-checked parts, skipping validation (the consume path,
+        where names follow Celery's rules and the decoder has checked the types)."""
+        event = object.__new__(cls)
+        setter = object.__setattr__
+        setter(event, "name", name)
+        setter(event, "data", data)
+        setter(event, "id", id)
+        setter(event, "timestamp", timestamp)
+        setter(event, "version", version)
+        setter(event, "metadata", metadata)
+        setter(event, "retries", retries)
+        setter(event, "args", args)
+        setter(event, "kwargs", kwargs)
+        return event
+
     def __post_init__(self) -> None:
         validate_event_name(self.name)
         if not isinstance(self.data, dict):

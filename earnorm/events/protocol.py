@@ -83,7 +83,8 @@ class Message:
         stamp = _parse_time(headers.get(H_TIMESTAMP), "earnorm_timestamp") or datetime.now(UTC)
         version = headers.get(H_VERSION, 1)
         metadata = headers.get(H_METADATA) or {}
-        return Event(
+        # Consumed names follow Celery's rules, not our publishing rules: no validation here.
+        return Event.trusted(
             name=self.task,
             data=data,
             id=self.id,
@@ -141,6 +142,7 @@ def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
     args, kwargs = decode_body(envelope, headers, properties)
     retries = headers.get("retries") or 0
     priority = properties.get("priority")
+    eta, expires = headers.get("eta"), headers.get("expires")
     return Message(
         task=task,
         id=task_id,
@@ -149,8 +151,8 @@ def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
         headers=headers,
         properties=properties,
         envelope=envelope,
-        eta=_parse_time(headers.get("eta"), "eta"),
-        expires=_parse_time(headers.get("expires"), "expires"),
+        eta=None if eta is None else _parse_time(eta, "eta"),
+        expires=None if expires is None else _parse_time(expires, "expires"),
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
         priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
     )
@@ -166,9 +168,11 @@ def decode_body(
     content_type = envelope.get("content-type")
     if not isinstance(content_type, str):
         raise MessageDecodeError("envelope has no 'content-type'")
-    if any(word in content_type for word in _REFUSED):
-        raise MessageDecodeError(f"refused content type {content_type!r}: never deserialized")
     if content_type not in (JSON, MSGPACK):
+        if any(word in content_type for word in _REFUSED):
+            raise MessageDecodeError(
+                f"refused content type {content_type!r}: never deserialized"
+            )
         raise MessageDecodeError(f"unsupported content type {content_type!r}")
     encoding = properties.get("body_encoding")
     if encoding == "base64":
@@ -234,7 +238,12 @@ def encode_body(
 ) -> tuple[str, str, str]:
     """Serialize ``[args, kwargs, embed]``; return (base64 body, content-type, encoding)."""
     binary = serializer == "msgpack"
-    body = [to_wire(args, "data", binary=binary), to_wire(kwargs, "kwargs", binary=binary), EMBED]
+    # An event is one positional dict: errors name its fields as ``data.x.y``.
+    wired_args = [
+        to_wire(arg, "data" if len(args) == 1 else f"args[{i}]", binary=binary)
+        for i, arg in enumerate(args)
+    ]
+    body = [wired_args, to_wire(kwargs, "kwargs", binary=binary), EMBED]
     if binary:
         payload = msgpack.packb(body, use_bin_type=True)
         content_type, content_encoding = MSGPACK, "binary"

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from earnorm.config import EventConfig
 from earnorm.events.consumer._consumer import Consumer
 from earnorm.events.embedded import LocalRedis, start_local_redis
 from earnorm.events.handlers import default_registry
@@ -43,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float,
                         default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
                         help="seconds running handlers get to finish on SIGTERM (default: 30)")
+    parser.add_argument("--heartbeat-interval", type=float,
+                        default=float(env("EARNORM_HEARTBEAT_INTERVAL", "2")),
+                        help="seconds between heartbeats [EARNORM_HEARTBEAT_INTERVAL]")
+    parser.add_argument("--heartbeat-timeout", type=float,
+                        default=float(env("EARNORM_HEARTBEAT_TIMEOUT", "15")),
+                        help="seconds without a heartbeat before a consumer's messages are "
+                             "recovered by others [EARNORM_HEARTBEAT_TIMEOUT]")
+    parser.add_argument("--serializer", default=env("EARNORM_SERIALIZER", "json"),
+                        choices=["json", "msgpack"])
     parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
     return parser
 
@@ -54,7 +64,13 @@ async def _serve(args: argparse.Namespace) -> int:
         local = start_local_redis()
         url = local.url
         log.info("no Redis URL configured: started a local server at %s", url)
-    consumer = Consumer(url, queue_name=args.queue, registry=default_registry,
+    config = EventConfig.from_dict({
+        "queue_name": args.queue,
+        "serializer": args.serializer,
+        "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout,
+    })
+    consumer = Consumer(url, config=config, registry=default_registry,
                         concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,70 @@
+"""The consumer inside an application's own event loop."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_consumer_runs_next_to_other_tasks_and_stops_on_cancellation(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    handled: list[int] = []
+    ticks = 0
+    registry = HandlerRegistry()
+
+    async def on_tick(event: Event) -> None:
+        handled.append(event.data["i"])
+
+    registry.register("app.tick", on_tick)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    consumer = Consumer(bus=bus, registry=registry)
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_work)
+        tg.start_soon(consumer.run)
+        await consumer.wait_started()
+        await bus.publish_batch([Event(name="app.tick", data={"i": i}) for i in range(100)])
+        await wait_until(lambda: len(handled) == 100, 10, message="100 handled")
+        tg.cancel_scope.cancel()
+    assert ticks > 0
+    assert sorted(handled) == list(range(100))
+    assert await redis.zcard(f"{queue_name}:consumers") == 0, "a cancelled consumer deregisters"
+    assert not [k async for k in redis.scan_iter(match=f"{queue_name}:inflight:*")]
+    await bus.close()
+
+
+async def test_cancelled_mid_handler_message_is_returned_not_lost(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    started = anyio.Event()
+    registry = HandlerRegistry()
+
+    async def slow(event: Event) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    registry.register("app.slow", slow)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    consumer = Consumer(bus=bus, registry=registry, shutdown_timeout=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        event_id = await bus.publish(Event(name="app.slow"))
+        with anyio.fail_after(10):
+            await started.wait()
+        consumer.stop()
+    [raw] = await redis.lrange(queue_name, 0, -1)
+    assert event_id.encode() in raw
+    await bus.close()
