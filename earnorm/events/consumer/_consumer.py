@@ -455,7 +455,8 @@ class Consumer:
             job_id=job_id, reason=reason, raw=raw, now_ms=now_ms, message=message,
             detail=detail, failures=failures,
         )
-        log.error("message %s moved to the failed store: %s %s", job_id, reason, detail)
+        why = detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures or ())
+        log.error("message %s moved to the failed store: %s: %s", job_id, reason, why)
         self.failed += 1
         await self.bus.broker.dead_letter(self.consumer_id, field, job_id, record, now_ms)
         self._held.discard(field)
