@@ -1,7 +1,8 @@
 """EarnORM: an async MongoDB ORM with a Celery-compatible asyncio event system on Redis.
 
 >>> import earnorm
->>> await earnorm.init(redis_uri="redis://localhost:6379/0",
+>>> await earnorm.init(mongo_uri="mongodb://localhost:27017", database="app",
+...                    redis_uri="redis://localhost:6379/0",
 ...                    event_config={"queue_name": "app:events"})  # doctest: +SKIP
 >>> from earnorm import event_bus
 >>> await event_bus.publish(Event(name="user.created", data={"id": 7}))  # doctest: +SKIP
@@ -9,9 +10,23 @@
 
 from __future__ import annotations
 
-from earnorm._runtime import close, event_bus, init
+from earnorm._runtime import close, env, event_bus, init
+from earnorm.base import (
+    BaseModel,
+    after_create,
+    after_delete,
+    after_update,
+    after_write,
+    before_create,
+    before_delete,
+    before_update,
+    before_write,
+)
+from earnorm.environment import Cache, Environment
 from earnorm.errors import (
     ConfigError,
+    DatabaseError,
+    DocumentNotFound,
     EarnORMError,
     EventValidationError,
     JobNotFound,
@@ -19,6 +34,7 @@ from earnorm.errors import (
     NotInitializedError,
     PublishError,
     SerializationError,
+    ValidationError,
 )
 from earnorm.events import (
     Consumer,
@@ -28,13 +44,19 @@ from earnorm.events import (
     event_handler,
     model_event_handler,
 )
+from earnorm.events.decorators import after_save, before_save, dispatch_model_event
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseModel",
+    "Cache",
     "ConfigError",
     "Consumer",
+    "DatabaseError",
+    "DocumentNotFound",
     "EarnORMError",
+    "Environment",
     "Event",
     "EventBus",
     "EventValidationError",
@@ -44,8 +66,21 @@ __all__ = [
     "NotInitializedError",
     "PublishError",
     "SerializationError",
+    "ValidationError",
     "__version__",
+    "after_create",
+    "after_delete",
+    "after_save",
+    "after_update",
+    "after_write",
+    "before_create",
+    "before_delete",
+    "before_save",
+    "before_update",
+    "before_write",
     "close",
+    "dispatch_model_event",
+    "env",
     "event_bus",
     "event_handler",
     "init",

@@ -1,7 +1,7 @@
 """``init()`` / ``close()`` and the process-wide handles they set up.
 
-``event_bus`` is a proxy: ``from earnorm import event_bus`` works even before ``init()`` and
-forwards to the live bus once it exists.
+``event_bus`` and ``env`` are proxies: ``from earnorm import event_bus, env`` works even before
+``init()`` and forwards to the live bus / ``Environment`` once they exist.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from earnorm.config import EventConfig
+from earnorm.environment import Environment, activate, connect_mongo, current_environment
 from earnorm.errors import ConfigError, NotInitializedError
 from earnorm.events.bus import EventBus
 
@@ -44,6 +45,28 @@ class _BusProxy:
 event_bus: Any = _BusProxy()
 
 
+class _EnvProxy:
+    """Forwards attribute access to the ``Environment`` ``init()`` made current."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(current_environment(), name)
+
+    def __bool__(self) -> bool:
+        try:
+            current_environment()
+        except NotInitializedError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return repr(current_environment()) if self else "<env: not initialized>"
+
+
+env: Any = _EnvProxy()
+
+
 async def init(
     *,
     redis_uri: str | None = None,
@@ -51,19 +74,33 @@ async def init(
     mongo_uri: str | None = None,
     mongodb_uri: str | None = None,
     database: str | None = None,
+    mongo_timeout: float = 5.0,
 ) -> EventBus:
-    """Validate the configuration, connect, and set ``earnorm.event_bus``.
+    """Validate the configuration, connect, and set ``earnorm.event_bus`` and ``earnorm.env``.
 
-    Raises ``ConfigError`` naming the bad field; ``PublishError`` if Redis is unreachable.
+    ``mongo_uri`` (also spelled ``mongodb_uri``) is optional; with it, MongoDB must answer a
+    ping within ``mongo_timeout`` seconds. ``database`` defaults to the URI's, else "earnorm".
+
+    Raises ``ConfigError`` naming the bad setting, ``PublishError`` if Redis is unreachable,
+    ``DatabaseError`` if MongoDB is.
     """
     config = EventConfig.from_dict(event_config)
     if redis_uri is None:
         raise ConfigError("redis_uri is required (e.g. 'redis://localhost:6379/0')")
     if mongo_uri and mongodb_uri and mongo_uri != mongodb_uri:
         raise ConfigError("mongo_uri and mongodb_uri are the same setting; give one")
+    uri = mongo_uri or mongodb_uri
+    if database is not None and not uri:
+        raise ConfigError("database= needs mongo_uri= (the MongoDB server to use)")
     await close()
     bus = await EventBus.connect(redis_uri, config)
+    try:
+        client, db = await connect_mongo(uri, database, mongo_timeout) if uri else (None, None)
+    except BaseException:
+        await bus.close()
+        raise
     event_bus._bind(bus)
+    activate(Environment(event_bus=bus, client=client, database=db))
     return bus
 
 
@@ -71,5 +108,14 @@ async def close() -> None:
     """Release connections made by ``init()``. Safe to call twice."""
     bus: EventBus | None = event_bus._target
     event_bus._bind(None)
-    if bus is not None:
-        await bus.close()
+    try:
+        environment = current_environment()
+    except NotInitializedError:
+        environment = None
+    activate(None)
+    try:
+        if environment is not None:
+            await environment.close()
+    finally:
+        if bus is not None:
+            await bus.close()

@@ -40,3 +40,15 @@ class JobNotFound(EarnORMError, KeyError):
 
 class HandlerTimeout(EarnORMError, TimeoutError):
     """A handler ran longer than its timeout."""
+
+
+class ValidationError(EarnORMError, ValueError):
+    """A model value has the wrong type or a required field is missing; the message names it."""
+
+
+class DatabaseError(EarnORMError):
+    """MongoDB is unreachable or refused an operation; ``__cause__`` holds PyMongo's error."""
+
+
+class DocumentNotFound(DatabaseError, LookupError):
+    """The document an update or delete targeted is no longer in its collection."""

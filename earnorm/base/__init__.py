@@ -1,0 +1,29 @@
+"""Models: ``BaseModel`` and the lifecycle hook decorators."""
+
+from earnorm.base.fields import Field
+from earnorm.base.hooks import (
+    after_create,
+    after_delete,
+    after_update,
+    after_write,
+    before_create,
+    before_delete,
+    before_update,
+    before_write,
+)
+from earnorm.base.model import BaseModel
+from earnorm.base.query import Query
+
+__all__ = [
+    "BaseModel",
+    "Field",
+    "Query",
+    "after_create",
+    "after_delete",
+    "after_update",
+    "after_write",
+    "before_create",
+    "before_delete",
+    "before_update",
+    "before_write",
+]
