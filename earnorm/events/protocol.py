@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from earnorm.errors import EventValidationError, MessageDecodeError
+from earnorm.errors import EventValidationError, MessageDecodeError, SerializationError
 from earnorm.events.event import Event
 from earnorm.events.wiretypes import from_wire, to_wire
 
@@ -64,13 +64,25 @@ class Message:
     expires: datetime | None
     retries: int
     priority: int
+    embed: dict[str, Any] | None = None
+
+    def celery_extras(self) -> dict[str, Any]:
+        """Celery workflow fields EarnORM does not act on, kept so handlers can see them: the
+        body's ``callbacks``/``errbacks``/``chain``/``chord`` (a ``link=``) and ``group`` /
+        ``group_index``. Only the ones that are set."""
+        extras = {k: v for k, v in (self.embed or {}).items() if k in EMBED and v}
+        for key in ("group", "group_index"):
+            if self.headers.get(key) is not None:
+                extras[key] = self.headers[key]
+        return extras
 
     def to_event(self) -> Event:
         """Map the task call onto an ``Event`` (README, "Celery mapping").
 
         One positional dict and no kwargs: that dict is ``data``. Only kwargs: they are
         ``data``. Anything else: ``data = {"args": [...], "kwargs": {...}}``. The raw call is
-        always kept in ``event.args`` / ``event.kwargs``.
+        always kept in ``event.args`` / ``event.kwargs``. Link callbacks and group membership
+        are not acted on; they are kept in ``event.metadata["celery"]``.
         """
         args, kwargs = self.args, self.kwargs
         if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
@@ -83,6 +95,9 @@ class Message:
         stamp = _parse_time(headers.get(H_TIMESTAMP), "earnorm_timestamp") or datetime.now(UTC)
         version = headers.get(H_VERSION, 1)
         metadata = headers.get(H_METADATA) or {}
+        extras = self.celery_extras()
+        if extras and isinstance(metadata, dict) and "celery" not in metadata:
+            metadata = {**metadata, "celery": extras}
         # Consumed names follow Celery's rules, not our publishing rules: no validation here.
         return Event.trusted(
             name=self.task,
@@ -107,7 +122,12 @@ def _parse_time(value: Any, field: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise MessageDecodeError(f"invalid {field} value {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        parsed.timestamp()  # years 1 and 9999 with an offset fall outside what can be compared
+    except (OverflowError, ValueError, OSError) as exc:
+        raise MessageDecodeError(f"{field} value {value!r} is out of range") from exc
+    return parsed
 
 
 # ---------------------------------------------------------------------------------- decode
@@ -115,7 +135,20 @@ def _parse_time(value: Any, field: str) -> datetime | None:
 
 def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
     """Decode one Redis list element into a ``Message``; raise ``MessageDecodeError`` with a
-    reason a human can act on for every malformed input of SPEC 9."""
+    reason a human can act on for every malformed input of SPEC 9.
+
+    ``MessageDecodeError`` is the only exception it raises, whatever the bytes: a consumer
+    relies on that to dead-letter garbage instead of crashing on it.
+    """
+    try:
+        return _decode(raw, max_bytes)
+    except MessageDecodeError:
+        raise
+    except Exception as exc:  # the trust boundary: nothing unexpected may escape
+        raise MessageDecodeError(f"malformed message ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
     if max_bytes is not None and len(raw) > max_bytes:
         raise MessageDecodeError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
@@ -139,7 +172,7 @@ def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
         properties = {}
     elif not isinstance(properties, dict):
         raise MessageDecodeError("envelope 'properties' must be an object")
-    args, kwargs = decode_body(envelope, headers, properties)
+    args, kwargs, embed = decode_body(envelope, headers, properties)
     retries = headers.get("retries") or 0
     priority = properties.get("priority")
     eta, expires = headers.get("eta"), headers.get("expires")
@@ -155,13 +188,15 @@ def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
         expires=None if expires is None else _parse_time(expires, "expires"),
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
         priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        embed=embed,
     )
 
 
 def decode_body(
     envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any]]:
-    """Body -> (args, kwargs): body_encoding, then compression, then content-type (SPEC 12)."""
+) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
+    """Body -> (args, kwargs, embed): body_encoding, then compression, then content-type
+    (SPEC 12)."""
     body = envelope.get("body")
     if not isinstance(body, str):
         raise MessageDecodeError("envelope has no 'body' string")
@@ -205,7 +240,8 @@ def decode_body(
     return _split_body(decoded)
 
 
-def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any]]:
+def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
+    embed: Any = None
     if isinstance(decoded, dict):  # the "hybrid" form a worker accepts (SPEC 5)
         args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
     elif isinstance(decoded, list) and len(decoded) == 3:
@@ -222,7 +258,7 @@ def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any]]:
         raise MessageDecodeError("body args must be a list")
     if not isinstance(kwargs, dict):
         raise MessageDecodeError("body kwargs must be an object")
-    return args, kwargs
+    return args, kwargs, embed
 
 
 # ---------------------------------------------------------------------------------- encode
@@ -244,12 +280,15 @@ def encode_body(
         for i, arg in enumerate(args)
     ]
     body = [wired_args, to_wire(kwargs, "kwargs", binary=binary), EMBED]
-    if binary:
-        payload = msgpack.packb(body, use_bin_type=True)
-        content_type, content_encoding = MSGPACK, "binary"
-    else:
-        payload = orjson.dumps(body)
-        content_type, content_encoding = JSON, "utf-8"
+    try:
+        if binary:
+            payload = msgpack.packb(body, use_bin_type=True)
+            content_type, content_encoding = MSGPACK, "binary"
+        else:
+            payload = orjson.dumps(body)
+            content_type, content_encoding = JSON, "utf-8"
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate in a str
+        raise SerializationError(f"data cannot be serialized as {serializer}: {exc}") from exc
     if compression == "zlib":
         payload = zlib.compress(payload)
     return base64.b64encode(payload).decode("ascii"), content_type, content_encoding
@@ -317,7 +356,10 @@ def encode_event(
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return orjson.dumps(envelope)
+    try:
+        return orjson.dumps(envelope)
+    except TypeError as exc:  # a lone surrogate in the id or metadata
+        raise SerializationError(f"event {event.name!r} cannot be encoded: {exc}") from exc
 
 
 def encode_retry(
