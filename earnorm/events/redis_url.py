@@ -1,9 +1,17 @@
-"""Opening Redis clients from URLs, and showing URLs without their secrets."""
+"""Opening Redis clients from URLs, and showing URLs without their secrets.
+
+TLS and credentials travel in the URL, as redis-py reads it::
+
+    rediss://user:password@host:6380/0?ssl_ca_certs=/etc/ca.pem
+        &ssl_certfile=/etc/client.pem&ssl_keyfile=/etc/client.key&ssl_cert_reqs=required
+
+Every other query parameter of ``redis.asyncio.Redis.from_url`` works the same way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -13,27 +21,45 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm.errors import ConfigError
 
+# Query parameters redis-py accepts that hold a secret (a password may be given either way).
+_SECRET_PARAMS = frozenset({"password", "ssl_password"})
+
 
 def mask_url(url: str) -> str:
-    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``."""
+    """The URL with every secret replaced by ``***``: safe for logs, reprs and errors.
+
+    >>> mask_url("redis://user:secret@host:6379/0")
+    'redis://user:***@host:6379/0'
+    >>> mask_url("rediss://host/0?password=secret&ssl_ca_certs=/ca.pem")
+    'rediss://host/0?password=***&ssl_ca_certs=/ca.pem'
+    """
     try:
         parts = urlsplit(url)
-    except ValueError:
+        password, port = parts.password, parts.port
+    except (ValueError, TypeError, AttributeError):
         return "<invalid url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password is not None:
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6: urlsplit drops the brackets
+            host = f"[{host}]"
+        if port:
+            host = f"{host}:{port}"
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name in _SECRET_PARAMS for name, _ in query):
+            masked = [(n, "***" if n in _SECRET_PARAMS else v) for n, v in query]
+            parts = parts._replace(query=urlencode(masked, safe="/*"))
+    return urlunsplit(parts)
 
 
 def open_redis(url: str, **options: Any) -> Redis:
     """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``) that retries briefly on
     connection errors; callers above it decide how long to keep trying."""
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"redis_uri must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        shown = mask_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigError(f"redis_uri must be a redis://, rediss:// or unix:// URL, got {shown}")
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("health_check_interval", 30)
     options.setdefault(
