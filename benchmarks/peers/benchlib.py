@@ -176,25 +176,25 @@ async def delay_instant(s: Session) -> Metrics:
         due = time.time() + lead
         overrun = await _publish_delayed(s, [due] * n)
         ready_s = None
-        deadline = time.monotonic() + s.timeout
-        while not s.redis.exists(RESULT_KEY):
+        deadline = due + s.timeout
+        # Some systems take minutes here; a bounded wait reports "not done within" instead.
+        while not s.redis.exists(RESULT_KEY) and time.time() < deadline:
             worker.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not done within {s.timeout:.0f}s")
             if ready_s is None and time.time() >= due:
                 pending = await s.adapter.delayed_pending()
                 if pending == 0:
                     ready_s = time.time() - due
             await asyncio.sleep(0.005)
-        result = json.loads(s.redis.get(RESULT_KEY))  # type: ignore[arg-type]
+        raw = s.redis.get(RESULT_KEY)
         metrics = worker.peak_rss()
-    metrics.update(
-        all_ran_s=result["last"] - due,
-        first_ran_ms=(result["first"] - due) * 1000,
-        publish_overran_s=max(0.0, overrun),
-    )
+    metrics["publish_overran_s"] = max(0.0, overrun)
     if ready_s is not None:
         metrics["all_ready_s"] = ready_s
+    if raw is None:
+        metrics["not_done_within_s"] = s.timeout
+        return metrics
+    result = json.loads(raw)  # type: ignore[arg-type]
+    metrics.update(all_ran_s=result["last"] - due, first_ran_ms=(result["first"] - due) * 1000)
     return metrics
 
 

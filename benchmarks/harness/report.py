@@ -1,0 +1,321 @@
+"""Aggregate repeated runs (median and min) and render the Markdown report."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.plan import Case
+from harness.runner import Outcome
+
+
+@dataclass
+class CaseResult:
+    """All repetitions of one case."""
+
+    case: Case
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok_runs(self) -> list[dict[str, Any]]:
+        return [o.metrics for o in self.outcomes if o.status == "ok"]
+
+    @property
+    def status(self) -> str:
+        if self.ok_runs:
+            return "ok"
+        return self.outcomes[-1].status if self.outcomes else "not run"
+
+    @property
+    def reason(self) -> str:
+        failed = [o.reason for o in self.outcomes if o.status != "ok"]
+        return failed[-1] if failed else ""
+
+    def stat(self, metric: str) -> dict[str, float] | None:
+        values = [run[metric] for run in self.ok_runs if run.get(metric) is not None]
+        if not values:
+            return None
+        return {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "n": len(values),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        metrics = sorted({k for run in self.ok_runs for k in run})
+        return {
+            "peer": self.case.peer,
+            "workload": self.case.workload,
+            "variant": self.case.variant,
+            "label": self.case.label,
+            "params": self.case.params,
+            "status": self.status,
+            "reason": self.reason,
+            "errors": [o.reason for o in self.outcomes if o.status == "error"],
+            "seconds": [round(o.seconds, 1) for o in self.outcomes],
+            "runs": [o.metrics for o in self.outcomes if o.status == "ok"],
+            "summary": {m: s for m in metrics if (s := self.stat(m)) is not None},
+        }
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "rate":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.2f}"
+    return f"{value:.1f}"
+
+
+class Table:
+    """Renders cells as "median (min X)" and collects footnotes for skipped or failed cells."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes = notes
+
+    def cell(self, result: CaseResult | None, metric: str, unit: str) -> str:
+        if result is None:
+            return "—"
+        if result.status != "ok":
+            self.notes.append(f"{result.case.key}: {result.status}: {result.reason}")
+            return f"{result.status} [{len(self.notes)}]"
+        stat = result.stat(metric)
+        if stat is None:
+            return "—"
+        if stat["n"] == 1:
+            return _number(stat["median"], unit)
+        return f"{_number(stat['median'], unit)} (min {_number(stat['min'], unit)})"
+
+
+def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
+    """The whole Markdown report."""
+    by_key = {r.case.key: r for r in results}
+    peers = list(dict.fromkeys(r.case.peer for r in results if r.case.peer != "floor"))
+    notes: list[str] = []
+    table = Table(notes)
+    counts = meta["counts"]
+    out = [
+        f"# Benchmark results ({meta['mode']} run, {meta['finished']})",
+        "",
+        f"Machine: {meta['machine']}. Server: {meta['redis']} (private, persistence off). "
+        f"Each case ran {counts['reps']} time(s): median, with the minimum in parentheses. "
+        f"Whole run: {meta['elapsed_s'] / 60:.1f} min.",
+        "",
+        f"## Publish ({counts['publish']:,} no-op events, events/s)",
+        "",
+    ]
+    rows = []
+    for peer in peers:
+        seq = by_key.get(f"{peer}/pubdrain/default")
+        batch = by_key.get(f"{peer}/pubdrain/tuned")
+        rows.append(
+            [
+                peer,
+                table.cell(seq, "publish_seq_per_s", "rate"),
+                table.cell(batch, "publish_batch_per_s", "rate"),
+                meta["batch_api"].get(peer, ""),
+            ]
+        )
+    floor_pub = by_key.get("floor/floor_publish/-")
+    if floor_pub is not None:
+        rows.append(
+            [
+                "redis-py floor (LPUSH)",
+                table.cell(floor_pub, "lpush_seq_per_s", "rate"),
+                table.cell(floor_pub, "lpush_pipe100_per_s", "rate"),
+                "pipeline(100)",
+            ]
+        )
+    out += _rows(["system", "sequential (awaited)", "batch of 100", "batch API"], rows)
+
+    out += ["", f"## Drain: {counts['publish']:,} no-op events, one worker process", ""]
+    rows = [
+        [
+            r.case.peer,
+            r.case.label,
+            table.cell(r, "drain_per_s", "rate"),
+            table.cell(r, "rss_mb", "mb"),
+            table.cell(r, "rss_tree_mb", "mb"),
+        ]
+        for r in results
+        if r.case.workload == "pubdrain"
+    ]
+    out += _rows(["system", "configuration", "events/s", "peak RSS MB", "process tree MB"], rows)
+    floor_consume = by_key.get("floor/floor_consume/-")
+    if floor_consume is not None:
+        out += ["", "Floor (bare redis-py, no decoding, no handler):", ""]
+        out += _rows(
+            ["per-event commands", "events/s"],
+            [
+                [
+                    "LMOVE to in-flight + LREM ack, one await each",
+                    table.cell(floor_consume, "move_ack_seq_per_s", "rate"),
+                ],
+                [
+                    "the same, pipelined by 100",
+                    table.cell(floor_consume, "move_ack_pipe100_per_s", "rate"),
+                ],
+                [
+                    "RPOP 100 + HSET in-flight + HDEL ack (bulk, not atomic)",
+                    table.cell(floor_consume, "pop_hash_bulk100_per_s", "rate"),
+                ],
+            ],
+        )
+
+    out += ["", f"## I/O-bound: {counts['io']:,} events, handler waits 10 ms", ""]
+    rows = [
+        [
+            r.case.peer,
+            r.case.label,
+            table.cell(r, "io_per_s", "rate"),
+            table.cell(r, "rss_mb", "mb"),
+            table.cell(r, "rss_tree_mb", "mb"),
+        ]
+        for r in results
+        if r.case.workload == "io"
+    ]
+    out += _rows(["system", "pool", "events/s", "peak RSS MB", "process tree MB"], rows)
+
+    out += [
+        "",
+        f"## Delayed: {counts['delay']:,} events",
+        "",
+        f"Spread evenly over {counts['spread_s']:.0f} s: lateness = handler start - due time. "
+        "Due at one instant: seconds from the due time until all are back on the ready "
+        "list (where observable) and until all ran.",
+        "",
+    ]
+    rows = []
+    for peer in peers:
+        spread = by_key.get(f"{peer}/delay_spread/default")
+        instant = by_key.get(f"{peer}/delay_instant/default")
+        not_done = instant.stat("not_done_within_s") if instant is not None else None
+        ran = (
+            f"not done in {not_done['median']:.0f} s"
+            if not_done and not instant.stat("all_ran_s")
+            else table.cell(instant, "all_ran_s", "s")
+        )  # type: ignore[union-attr]
+        rows.append(
+            [
+                peer,
+                table.cell(spread, "lateness_p50_ms", "ms"),
+                table.cell(spread, "lateness_p99_ms", "ms"),
+                table.cell(instant, "all_ready_s", "s"),
+                ran,
+            ]
+        )
+    out += _rows(
+        ["system", "spread p50 ms", "spread p99 ms", "instant: all ready s", "instant: all ran s"],
+        rows,
+    )
+
+    out += [
+        "",
+        f"## Latency at a steady {counts['rate']:.0f} events/s "
+        f"({counts['latency']:,} events, publish to handler start)",
+        "",
+    ]
+    rows = [
+        [
+            peer,
+            table.cell(by_key.get(f"{peer}/latency/default"), "latency_p50_ms", "ms"),
+            table.cell(by_key.get(f"{peer}/latency/default"), "latency_p99_ms", "ms"),
+        ]
+        for peer in peers
+    ]
+    out += _rows(["system", "p50 ms", "p99 ms"], rows)
+
+    targets = target_rows(by_key, peers)
+    if targets:
+        out += ["", "## EarnORM against the targets of issue 7", ""]
+        out += _rows(["target", "measured", "met"], targets)
+    if notes:
+        out += ["", "## Notes", ""]
+        out += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join(out) + "\n"
+
+
+def _best(by_key: dict[str, CaseResult], peer: str, workload: str, metric: str) -> float | None:
+    values = [
+        s["median"]
+        for key, r in by_key.items()
+        if key.startswith(f"{peer}/{workload}/") and (s := r.stat(metric)) is not None
+    ]
+    return max(values) if values else None
+
+
+def target_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[str]]:
+    """Issue 7's targets for EarnORM, as ratios within this run."""
+    if "earnorm" not in peers:
+        return []
+    others = [p for p in peers if p != "earnorm"]
+    rows: list[list[str]] = []
+
+    def ratio_row(
+        name: str, ours: float | None, theirs: list[float | None], goal: float | None
+    ) -> None:
+        best = max((t for t in theirs if t is not None), default=None)
+        if ours is None or not best:
+            return
+        met = "(info)" if goal is None else ("yes" if ours / best >= goal else "no")
+        rows.append([name, f"{ours / best:.2f}x", met])
+
+    ratio_row(
+        "no-op drain >= 10x the fastest peer",
+        _best(by_key, "earnorm", "pubdrain", "drain_per_s"),
+        [_best(by_key, p, "pubdrain", "drain_per_s") for p in others],
+        10,
+    )
+    ratio_row(
+        "10 ms I/O >= 3x the fastest peer",
+        _best(by_key, "earnorm", "io", "io_per_s"),
+        [_best(by_key, p, "io", "io_per_s") for p in others],
+        3,
+    )
+    ratio_row(
+        "sequential publish >= 0.8x bare LPUSH loop",
+        _best(by_key, "earnorm", "pubdrain", "publish_seq_per_s"),
+        [_best(by_key, "floor", "floor_publish", "lpush_seq_per_s")],
+        0.8,
+    )
+    ratio_row(
+        "no-op drain as a fraction of the floor (LMOVE+LREM pipelined by 100)",
+        _best(by_key, "earnorm", "pubdrain", "drain_per_s"),
+        [_best(by_key, "floor", "floor_consume", "move_ack_pipe100_per_s")],
+        None,
+    )
+    ratio_row(
+        "no-op drain as a fraction of the bulk floor (RPOP 100 + HSET + HDEL)",
+        _best(by_key, "earnorm", "pubdrain", "drain_per_s"),
+        [_best(by_key, "floor", "floor_consume", "pop_hash_bulk100_per_s")],
+        None,
+    )
+    spread = by_key.get("earnorm/delay_spread/default")
+    p99 = spread.stat("lateness_p99_ms") if spread else None
+    if p99:
+        rows.append(
+            [
+                "spread delayed lateness p99 < 50 ms",
+                f"{p99['median']:.1f} ms",
+                "yes" if p99["median"] < 50 else "no",
+            ]
+        )
+    rss = [
+        s["max"]
+        for key, r in by_key.items()
+        if key.startswith("earnorm/") and (s := r.stat("rss_mb")) is not None
+    ]
+    if rss:
+        rows.append(
+            ["worker peak RSS < 60 MB", f"{max(rss):.1f} MB", "yes" if max(rss) < 60 else "no"]
+        )
+    return rows

@@ -1,0 +1,186 @@
+"""Run the benchmark suite: EarnORM side by side with Celery, SAQ, arq, taskiq, dramatiq and a
+bare redis-py floor, against one private Redis server.
+
+    python benchmarks/run.py [--quick] [--only earnorm,celery,...] [--reps N]
+
+Writes ``benchmarks/results/latest.md``, ``latest.json`` and PNG charts. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness.envs import ensure_envs, env_python, frozen_versions
+from harness.machine import describe_machine
+from harness.plan import BENCH_DIR, FULL, PEERS, QUICK, Case, Counts, Peer, floor_cases, peer_cases
+from harness.redis_server import RedisServer
+from harness.report import CaseResult, render
+from harness.runner import Outcome, describe, run_case
+
+RESULTS_DIR = BENCH_DIR / "results"
+WORKLOAD_ORDER = [
+    "floor_publish",
+    "floor_consume",
+    "pubdrain",
+    "io",
+    "delay_spread",
+    "delay_instant",
+    "latency",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    parser.add_argument(
+        "--only", default="", help="comma-separated systems: " + ",".join(p.name for p in PEERS)
+    )
+    parser.add_argument("--reps", type=int, default=None, help="override the repetitions")
+    parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib charts")
+    return parser.parse_args()
+
+
+def plan_cases(
+    peers: list[Peer], counts: Counts, env_errors: dict[str, str]
+) -> tuple[list[CaseResult], dict[str, str]]:
+    """Ask each peer script for its variants and expand them into cases."""
+    results: list[CaseResult] = []
+    batch_api: dict[str, str] = {}
+    for peer in peers:
+        if peer.name == "floor":
+            results += [CaseResult(case) for case in floor_cases(counts)]
+            continue
+        try:
+            if peer.env in env_errors:
+                raise RuntimeError(env_errors[peer.env])
+            described = describe(peer)
+        except Exception as exc:
+            failed = CaseResult(Case(peer.name, "pubdrain", "default", "-"))
+            failed.outcomes.append(Outcome("error", reason=str(exc)[-1500:]))
+            results.append(failed)
+            continue
+        batch_api[peer.name] = described.get("batch_api", "")
+        for case in peer_cases(peer.name, described, counts):
+            result = CaseResult(case)
+            if case.workload in described.get("skips", {}):
+                result.outcomes.append(Outcome("skipped", reason=described["skips"][case.workload]))
+            results.append(result)
+    results.sort(key=lambda r: WORKLOAD_ORDER.index(r.case.workload))
+    return results, batch_api
+
+
+def _summary(outcome: Outcome) -> str:
+    if outcome.status != "ok":
+        return f"{outcome.status}: {outcome.reason[:160]}"
+    return " ".join(
+        f"{k}={v:,.1f}"
+        for k, v in outcome.metrics.items()
+        if isinstance(v, float | int) and not k.startswith("rss_tree")
+    )
+
+
+def run_all(
+    results: list[CaseResult], peers: dict[str, Peer], server: RedisServer, reps: int
+) -> None:
+    todo = [r for r in results if not r.outcomes]
+    total = len(todo) * reps
+    done = 0
+    for rep in range(1, reps + 1):
+        for result in todo:
+            done += 1
+            server.flushall()
+            outcome = run_case(peers[result.case.peer], result.case, server.url)
+            result.outcomes.append(outcome)
+            print(
+                f"[{done}/{total}] rep {rep} {result.case.key} ({outcome.seconds:.1f}s) "
+                f"{_summary(outcome)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def draw_charts(json_path: Path) -> str | None:
+    try:
+        errors = ensure_envs(["charts"])
+        if errors:
+            return errors["charts"]
+        plot = BENCH_DIR / "harness" / "plot.py"
+        subprocess.run(
+            [str(env_python("charts")), str(plot), str(json_path), str(RESULTS_DIR)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.CalledProcessError as exc:
+        return exc.stderr[-1500:]
+    except Exception as exc:
+        return str(exc)
+    return None
+
+
+def main() -> int:
+    args = parse_args()
+    counts = QUICK if args.quick else FULL
+    if args.reps is not None:
+        counts = Counts(**{**asdict(counts), "reps": args.reps})
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - {p.name for p in PEERS}
+    if unknown:
+        print(f"unknown system(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    peers = [p for p in PEERS if not only or p.name in only]
+    started = time.monotonic()
+    env_names = [p.env for p in peers if p.env is not None]
+    print(f"preparing venvs: {', '.join(env_names) or 'none needed'}", file=sys.stderr)
+    env_errors = ensure_envs(env_names)
+    server = RedisServer()
+    server.start()
+    print(
+        f"{server.version()} on {server.url} (pid {server.proc.pid if server.proc else '?'})",
+        file=sys.stderr,
+    )
+    try:
+        redis_version = server.version()
+        results, batch_api = plan_cases(peers, counts, env_errors)
+        run_all(results, {p.name: p for p in peers}, server, counts.reps)
+    finally:
+        server.stop()
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "elapsed_s": time.monotonic() - started,
+        "machine": describe_machine(),
+        "redis": redis_version,
+        "counts": asdict(counts),
+        "batch_api": batch_api,
+        "versions": {name: frozen_versions(name) for name in env_names},
+    }
+    RESULTS_DIR.mkdir(exist_ok=True)
+    json_path = RESULTS_DIR / "latest.json"
+    json_path.write_text(
+        json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n"
+    )
+    markdown = render(results, meta)
+    if not args.no_charts:
+        chart_error = draw_charts(json_path)
+        if chart_error:
+            markdown += f"\nCharts not drawn: {chart_error}\n"
+        else:
+            markdown += "\n![summary](summary.png)\n"
+    (RESULTS_DIR / "latest.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
