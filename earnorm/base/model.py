@@ -52,19 +52,29 @@ class BaseModel:
     """Subclass with annotated fields; see the module docstring.
 
     Instance state: field values live in the instance ``__dict__`` (so reads are plain attribute
-    reads); ``_id`` is the ObjectId once stored; ``_saved`` is the last state known to be in
-    the database, from which ``get_changes()`` and the ``$set``/``$unset`` of ``save()`` come.
+    reads); ``_id`` is the ObjectId once stored; ``_stored_state`` is the last state known to be
+    in the database, from which ``get_changes()`` and the ``$set``/``$unset`` of ``save()`` come.
+
+    Subclasses may not redefine BaseModel's private names (``_collection`` aside): hook methods
+    are conventionally called ``_before_create`` and the like, and silently replacing an
+    internal method would break writes.
     """
 
     _collection: ClassVar[str]
     _id: ObjectId | None
-    _saved: dict[str, Any] | None
-    _applied: Changes | None
+    _stored_state: dict[str, Any] | None
+    _written_changes: Changes | None
     _model_fields: ClassVar[dict[str, Field] | None] = None
     _model_hooks: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        clash = sorted(n for n in vars(cls) if n in _INTERNAL_NAMES)
+        if clash:
+            raise ConfigError(
+                f"{cls.__name__} redefines {', '.join(clash)}: reserved by BaseModel, "
+                "pick another name"
+            )
         collection = getattr(cls, "_collection", None)
         if collection is None:
             cls._collection = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
@@ -80,14 +90,14 @@ class BaseModel:
         register_model(cls)
 
     @classmethod
-    def _fields(cls) -> dict[str, Field]:
+    def _get_fields(cls) -> dict[str, Field]:
         fields = cls._model_fields
         if fields is None:
             fields = cls._model_fields = collect_fields(cls, cls.__name__)
         return fields
 
     def __init__(self, **values: Any) -> None:
-        fields = self._fields()
+        fields = self._get_fields()
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValidationError(
@@ -95,28 +105,28 @@ class BaseModel:
                 + (" ('id' is assigned by the database)" if "id" in unknown else "")
             )
         object.__setattr__(self, "_id", None)
-        object.__setattr__(self, "_saved", None)
-        object.__setattr__(self, "_applied", None)
+        object.__setattr__(self, "_stored_state", None)
+        object.__setattr__(self, "_written_changes", None)
         for name, field in fields.items():
             value = field.check(values[name]) if name in values else field.initial()
             if value is not MISSING:
                 object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        field = self._fields().get(name)
+        field = self._get_fields().get(name)
         if field is not None:
             field.check(value)
         elif not name.startswith("_") and not hasattr(type(self), name):
             raise AttributeError(
                 f"{type(self).__name__} has no field {name!r} (fields: "
-                f"{', '.join(self._fields()) or 'none'})"
+                f"{', '.join(self._get_fields()) or 'none'})"
             )
         object.__setattr__(self, name, value)
 
     if not TYPE_CHECKING:  # keep static checkers strict about attribute names
 
         def __getattr__(self, name: str) -> Any:
-            if name in type(self)._fields():
+            if name in type(self)._get_fields():
                 raise AttributeError(
                     f"{type(self).__name__}.{name} has no value yet: it is required "
                     "(no default); set it before create()"
@@ -135,33 +145,33 @@ class BaseModel:
     def _env(self) -> Environment:
         return current_environment()
 
-    def _values(self) -> dict[str, Any]:
+    def _field_values(self) -> dict[str, Any]:
         state = self.__dict__
-        return {name: state[name] for name in self._fields() if name in state}
+        return {name: state[name] for name in self._get_fields() if name in state}
 
     def to_dict(self) -> dict[str, Any]:
         """``{"id": ..., <field>: <value>, ...}`` with ObjectIds as strings: event data."""
-        return {"id": self.id, **_plain(self._values())}
+        return {"id": self.id, **_plain(self._field_values())}
 
     def get_changes(self) -> Changes:
         """``{field: (old, new)}`` for fields that differ from the database. A new instance
         has ``old`` = ``None``. Inside ``after_*`` hooks: what the write just stored."""
-        applied: Changes | None = self._applied
+        applied: Changes | None = self._written_changes
         if applied is not None:
             return dict(applied)
-        saved: dict[str, Any] = self._saved or {}
-        current = self._values()
+        saved: dict[str, Any] = self._stored_state or {}
+        current = self._field_values()
         changes: Changes = {}
-        for name in self._fields():
+        for name in self._get_fields():
             old, new = saved.get(name), current.get(name)
             if _differs(old, new):
                 changes[name] = (old, new)
         return changes
 
-    def _check_values(self) -> None:
+    def _check_before_write(self) -> None:
         """Type-check every value and require the required ones, before a write."""
         state = self.__dict__
-        for name, field in self._fields().items():
+        for name, field in self._get_fields().items():
             if name in state:
                 field.check(state[name])
             elif field.required:
@@ -170,25 +180,25 @@ class BaseModel:
                 )
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self._values().items())
+        shown = ", ".join(f"{k}={v!r}" for k, v in self._field_values().items())
         return f"{type(self).__name__}(id={self.id!r}, {shown})"
 
     # ------------------------------------------------------------------ reads
 
     @classmethod
-    def _mongo(cls) -> AsyncCollection[dict[str, Any]]:
+    def _mongo_collection(cls) -> AsyncCollection[dict[str, Any]]:
         return current_environment().database[cls._collection]
 
     @classmethod
     def _from_document(cls, document: Mapping[str, Any]) -> Self:
         obj = cls.__new__(cls)
         object.__setattr__(obj, "_id", document.get("_id"))
-        object.__setattr__(obj, "_applied", None)
-        for name, field in cls._fields().items():
+        object.__setattr__(obj, "_written_changes", None)
+        for name, field in cls._get_fields().items():
             value = document[name] if name in document else field.initial()
             if value is not MISSING:
                 object.__setattr__(obj, name, value)
-        object.__setattr__(obj, "_saved", copy.deepcopy(obj._values()))
+        object.__setattr__(obj, "_stored_state", copy.deepcopy(obj._field_values()))
         return obj
 
     @classmethod
@@ -204,7 +214,7 @@ class BaseModel:
         """Documents matching ``filter``: ``await`` it for a list, ``async for`` to stream.
         ``sort``: ``"field"``, ``"-field"`` or a list of those / ``(field, 1 | -1)``."""
         return Query(
-            cls._mongo, cls._from_document, filter,
+            cls._mongo_collection, cls._from_document, filter,
             sort=sort, skip=skip, limit=limit, batch_size=batch_size,
         )
 
@@ -223,7 +233,7 @@ class BaseModel:
     @classmethod
     async def count(cls, filter: Filter | None = None) -> int:
         with mongo_errors(f"count in {cls._collection!r}"):
-            return await cls._mongo().count_documents(mongo_filter(filter))
+            return await cls._mongo_collection().count_documents(mongo_filter(filter))
 
     @classmethod
     async def exists(cls, filter: Filter | None = None) -> bool:
@@ -241,17 +251,17 @@ class BaseModel:
         hooks = self._model_hooks
         await run_hooks(self, hooks["before_write"])
         await run_hooks(self, hooks["before_create"])
-        self._check_values()
+        self._check_before_write()
         document = {
-            name: value for name, value in self._values().items()
-            if value is not None or self._fields()[name].stored_when_none
+            name: value for name, value in self._field_values().items()
+            if value is not None or self._get_fields()[name].stored_when_none
         }
         oid = ObjectId()
         with mongo_errors(f"insert into {self._collection!r}"):
-            await self._mongo().insert_one({"_id": oid, **document})
+            await self._mongo_collection().insert_one({"_id": oid, **document})
         object.__setattr__(self, "_id", oid)
-        changes = {name: (None, value) for name, value in self._values().items()}
-        await self._after_write(changes, hooks["after_create"])
+        changes = {name: (None, value) for name, value in self._field_values().items()}
+        await self._finish_write(changes, hooks["after_create"])
 
     async def save(self) -> None:
         """Insert if new, else update the changed fields only (``$set``; ``$unset`` for
@@ -270,8 +280,8 @@ class BaseModel:
         changes = self.get_changes()
         if not changes:
             return
-        self._check_values()
-        fields = self._fields()
+        self._check_before_write()
+        fields = self._get_fields()
         unset = {n: "" for n, (_, new) in changes.items()
                  if new is None and not fields[n].stored_when_none}
         update: dict[str, Any] = {}
@@ -281,16 +291,16 @@ class BaseModel:
         if unset:
             update["$unset"] = unset
         with mongo_errors(f"update in {self._collection!r}"):
-            result = await self._mongo().update_one({"_id": self._id}, update)
+            result = await self._mongo_collection().update_one({"_id": self._id}, update)
         if result.matched_count == 0:
             raise DocumentNotFound(
                 f"{type(self).__name__} {self.id} is not in {self._collection!r} any more"
             )
-        await self._after_write(changes, hooks["after_update"])
+        await self._finish_write(changes, hooks["after_update"])
 
     async def write(self, values: Mapping[str, Any]) -> None:
         """Assign ``values`` (all checked before any is assigned), then ``save()``."""
-        fields = self._fields()
+        fields = self._get_fields()
         for name, value in values.items():
             if name not in fields:
                 raise ValidationError(f"{type(self).__name__}: unknown field {name!r}")
@@ -306,18 +316,18 @@ class BaseModel:
             raise ValidationError(f"cannot delete a {type(self).__name__} that was never stored")
         await run_hooks(self, self._model_hooks["before_delete"])
         with mongo_errors(f"delete from {self._collection!r}"):
-            result = await self._mongo().delete_one({"_id": self._id})
+            result = await self._mongo_collection().delete_one({"_id": self._id})
         if result.deleted_count == 0:
             raise DocumentNotFound(
                 f"{type(self).__name__} {self.id} is not in {self._collection!r} any more"
             )
         await run_hooks(self, self._model_hooks["after_delete"])
 
-    async def _after_write(self, changes: Changes, first: tuple[str, ...]) -> None:
+    async def _finish_write(self, changes: Changes, first: tuple[str, ...]) -> None:
         """Record the stored state, then run ``first`` and the after_write hooks. An after hook
         that raises stops the later ones and reaches the caller; the write stands."""
-        object.__setattr__(self, "_saved", copy.deepcopy(self._values()))
-        object.__setattr__(self, "_applied", changes)
+        object.__setattr__(self, "_stored_state", copy.deepcopy(self._field_values()))
+        object.__setattr__(self, "_written_changes", changes)
         try:
             await run_hooks(self, first)
             await run_hooks(self, self._model_hooks["after_write"])
@@ -328,7 +338,11 @@ class BaseModel:
             )
             raise
         finally:
-            object.__setattr__(self, "_applied", None)
+            object.__setattr__(self, "_written_changes", None)
 
 
+_INTERNAL_NAMES = frozenset(
+    name for name in vars(BaseModel)
+    if name.startswith("_") and not name.startswith("__") and name != "_collection"
+) | {"_id", "_stored_state", "_written_changes"}
 BaseModel._model_hooks = collect_hooks(BaseModel)
