@@ -48,7 +48,7 @@ def producer(redis_url: str, queue_name: str) -> Iterator[Celery]:
         def run(*args: Any, **kwargs: Any) -> None:  # never runs here: only its signature
             raise AssertionError("producer-side task must not run")
 
-        app.task(name=name)(run)
+        app.task(name=name, shared=False)(run)
     try:
         yield app
     finally:
