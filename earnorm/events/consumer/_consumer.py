@@ -261,6 +261,7 @@ class Consumer:
 
     async def _worker(self) -> None:
         buffer = self._buffer
+        failures = 0  # consecutive Redis failures while settling: the backoff grows with them
         while True:
             while not buffer or self._stopping:
                 if self._stopping:
@@ -273,10 +274,12 @@ class Consumer:
             self._running += 1
             try:
                 await self._process(field, raw)
+                failures = 0
             except _TRANSIENT as exc:
                 # Redis failed while settling the message: it is still in our in-flight hash,
                 # so it is neither lost nor settled. Run it again once Redis is back.
-                await self._backoff("settle", exc, 1)
+                failures += 1
+                await self._backoff("settle", exc, failures)
                 buffer.appendleft((field, raw))
                 self._have_work.set()
             finally:
@@ -285,13 +288,16 @@ class Consumer:
                     self._idle.set()
 
     async def _ack_loop(self) -> None:
+        failures = 0
         while True:
             await self._have_acks.wait()
             self._have_acks.clear()
             try:
                 await self._flush_acks()
+                failures = 0
             except _TRANSIENT as exc:
-                await self._backoff("ack", exc, 1)
+                failures += 1
+                await self._backoff("ack", exc, failures)
                 self._have_acks.set()
 
     async def _flush_acks(self) -> None:
