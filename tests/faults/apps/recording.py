@@ -1,0 +1,50 @@
+"""An app for fault-test consumer subprocesses: appends each handled event id to a file.
+
+The record does not go through Redis, so it is written even while Redis is down, and a line
+that ``write()`` returned survives a SIGKILL of the process (it is in the kernel's page cache).
+
+- ``EARNORM_TEST_RECORD``: the file; one ``done <event id>`` line per completed handler call.
+- ``EARNORM_TEST_RECORD_STARTS=1``: also a ``start <event id> <pid>`` line when a call begins.
+- ``EARNORM_TEST_HANDLER_SLEEP``: seconds each call awaits before it completes (a "hung" handler
+  when long: the loop stays free, so heartbeats go on).
+- ``EARNORM_TEST_HANDLER_REDIS=1``: each call also does ``HINCRBY <queue>:touched <id> 1`` on the
+  consumer's Redis first, so it fails while Redis is down (a handler that needs the same Redis).
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+from redis.asyncio import Redis
+
+from earnorm.events import Event, event_handler
+
+_FD = os.open(os.environ["EARNORM_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+_SLEEP = float(os.environ.get("EARNORM_TEST_HANDLER_SLEEP", "0"))
+_STARTS = os.environ.get("EARNORM_TEST_RECORD_STARTS") == "1"
+_PID = os.getpid()
+_TOUCH = os.environ.get("EARNORM_TEST_HANDLER_REDIS") == "1"
+_clients: list[Redis] = []
+
+
+async def _touch(event_id: str) -> None:
+    if not _clients:
+        _clients.append(Redis.from_url(os.environ["EARNORM_REDIS_URI"]))
+    await _clients[0].hincrby(f"{os.environ['EARNORM_QUEUE']}:touched", event_id, 1)
+
+
+@event_handler("fault.recorded")
+async def record(event: Event) -> None:
+    if _STARTS:
+        os.write(_FD, f"start {event.id} {_PID}\n".encode())
+    if _SLEEP:
+        await anyio.sleep(_SLEEP)
+    if _TOUCH:
+        await _touch(event.id)
+    os.write(_FD, f"done {event.id}\n".encode())
+
+
+@event_handler("soak.tick")
+async def tick(event: Event) -> None:
+    """Does nothing: the soak test measures the consumer, not the handler."""
