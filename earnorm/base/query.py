@@ -111,11 +111,6 @@ class Query(Generic[T]):
         self._limit = limit
         self._batch_size = batch_size
 
-    def _cursor(self) -> Any:
-        return self._collection().find(
-            self._filter, sort=self._sort, skip=self._skip, limit=self._limit,
-            batch_size=self._batch_size,
-        )
 
     async def to_list(self) -> list[T]:
         return [item async for item in self]
@@ -124,10 +119,15 @@ class Query(Generic[T]):
         return self.to_list().__await__()
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        cursor = self._cursor()
+        collection = self._collection()
+        action = f"find in {collection.name!r}"
+        cursor = collection.find(
+            self._filter, sort=self._sort, skip=self._skip, limit=self._limit,
+            batch_size=self._batch_size,
+        )
         try:
             while True:
-                with mongo_errors(f"find in {self._collection().name!r}"):
+                with mongo_errors(action):
                     document = await anext(cursor, None)
                 if document is None:
                     return

@@ -8,7 +8,7 @@ from typing import Optional
 import pytest
 from bson import ObjectId
 
-from earnorm import BaseModel, DocumentNotFound, ValidationError
+from earnorm import BaseModel, DatabaseError, DocumentNotFound, ValidationError
 from earnorm.environment import Environment
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +194,11 @@ async def test_loaded_documents_with_missing_fields_get_defaults(orm: Environmen
     item.qty = 1
     await item.save()
     assert (await raw(orm, item) or {})["unknown"] == 1
+
+
+async def test_server_errors_surface_as_database_errors(orm: Environment) -> None:
+    await make("pen")
+    with pytest.raises(DatabaseError, match=r"find in 'items' failed: OperationFailure"):
+        await Item.find({"qty": {"$nosuchoperator": 1}})
+    with pytest.raises(DatabaseError, match=r"count in 'items' failed"):
+        await Item.count({"qty": {"$nosuchoperator": 1}})
