@@ -40,6 +40,13 @@ class CeleryWorker:
         finally:
             client.close()
 
+    def count(self) -> int:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.llen(received_key(self.queue)))
+        finally:
+            client.close()
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
