@@ -145,7 +145,7 @@ def event_handler(
     """
 
     def decorate(func: F) -> F:
-        (registry or default_registry).register(pattern, func, **options)
+        (default_registry if registry is None else registry).register(pattern, func, **options)
         return func
 
     return decorate
