@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.envs import ensure_envs, env_python, frozen_versions
 from harness.machine import describe_machine
-from harness.plan import BENCH_DIR, FULL, PEERS, QUICK, Case, Counts, Peer, floor_cases, peer_cases
+from harness.plan import (
+    BENCH_DIR,
+    FULL,
+    ISSUE,
+    PEERS,
+    QUICK,
+    Case,
+    Counts,
+    Peer,
+    floor_cases,
+    peer_cases,
+)
 from harness.redis_server import RedisServer
 from harness.report import CaseResult, render
 from harness.runner import Outcome, describe, run_case
@@ -43,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
     parser.add_argument(
         "--only", default="", help="comma-separated systems: " + ",".join(p.name for p in PEERS)
+    )
+    parser.add_argument(
+        "--issue-counts", action="store_true", help="issue 7's exact counts (about 40 minutes)"
     )
     parser.add_argument("--reps", type=int, default=None, help="override the repetitions")
     parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib charts")
@@ -130,7 +145,7 @@ def draw_charts(json_path: Path) -> str | None:
 
 def main() -> int:
     args = parse_args()
-    counts = QUICK if args.quick else FULL
+    counts = QUICK if args.quick else ISSUE if args.issue_counts else FULL
     if args.reps is not None:
         counts = Counts(**{**asdict(counts), "reps": args.reps})
     only = {name.strip() for name in args.only.split(",") if name.strip()}
@@ -140,6 +155,7 @@ def main() -> int:
         return 2
     peers = [p for p in PEERS if not only or p.name in only]
     started = time.monotonic()
+    load_start = os.getloadavg()
     env_names = [p.env for p in peers if p.env is not None]
     print(f"preparing venvs: {', '.join(env_names) or 'none needed'}", file=sys.stderr)
     env_errors = ensure_envs(env_names)
@@ -156,10 +172,11 @@ def main() -> int:
     finally:
         server.stop()
     meta = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if args.quick else "issue-counts" if args.issue_counts else "full",
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed_s": time.monotonic() - started,
         "machine": describe_machine(),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "redis": redis_version,
         "counts": asdict(counts),
         "batch_api": batch_api,

@@ -84,7 +84,7 @@ def _floor_and_peers(ax: Axes, results: list[dict[str, Any]]) -> None:
             labels.append(label)
             values.append(value)
             colors.append(_color(result["peer"]))
-    _bars(ax, labels, values, colors, "Sequential publish (awaited)", "events/s")
+    _bars(ax, labels, values, colors, "Sequential publish (awaited)", "events/s", log=False)
 
 
 def _rss(ax: Axes, results: list[dict[str, Any]]) -> None:

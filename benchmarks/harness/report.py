@@ -60,6 +60,10 @@ class CaseResult:
         }
 
 
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
 def _number(value: float, unit: str) -> str:
     if unit == "rate":
         return f"{value:,.0f}"
@@ -80,8 +84,10 @@ class Table:
         if result is None:
             return "—"
         if result.status != "ok":
-            self.notes.append(f"{result.case.key}: {result.status}: {result.reason}")
-            return f"{result.status} [{len(self.notes)}]"
+            note = f"{result.case.peer} {result.case.workload}: {result.reason}"
+            if note not in self.notes:
+                self.notes.append(note)
+            return f"{result.status} [{self.notes.index(note) + 1}]"
         stat = result.stat(metric)
         if stat is None:
             return "—"
@@ -108,7 +114,9 @@ def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
         "",
         f"Machine: {meta['machine']}. Server: {meta['redis']} (private, persistence off). "
         f"Each case ran {counts['reps']} time(s): median, with the minimum in parentheses. "
-        f"Whole run: {meta['elapsed_s'] / 60:.1f} min.",
+        f"Whole run: {meta['elapsed_s'] / 60:.1f} min. Load average (1/5/15 min) at start "
+        f"{_load(meta['load_average']['start'])}, at end {_load(meta['load_average']['end'])}: "
+        "other work on the machine shows up as noise, in every system alike.",
         "",
         f"## Publish ({counts['publish']:,} no-op events, events/s)",
         "",

@@ -10,14 +10,14 @@ from typing import Any
 from benchlib import main
 from procs import WorkerSpec
 
-_THREADS = {"default": 8, "tuned": 2, "io": 100}
+_THREADS = {"default": 8, "tuned": 16, "io": 100}
 
 
 class DramatiqAdapter:
     def __init__(self) -> None:
         self.name = "dramatiq"
         self.variants = {
-            "drain": {"default": "threads 8", "tuned": "threads 2"},
+            "drain": {"default": "threads 8", "tuned": "threads 16"},
             "io": {"io": "threads(100)"},
         }
         self.skips: dict[str, str] = {}

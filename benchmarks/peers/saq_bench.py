@@ -10,14 +10,14 @@ from typing import Any
 from benchlib import main
 from procs import WorkerSpec
 
-_CONCURRENCY = {"default": 10, "tuned": 100, "io": 100}
+_CONCURRENCY = {"default": 10, "tuned": 20, "io": 100}
 
 
 class SaqAdapter:
     def __init__(self) -> None:
         self.name = "saq"
         self.variants = {
-            "drain": {"default": "concurrency 10", "tuned": "concurrency 100"},
+            "drain": {"default": "concurrency 10", "tuned": "concurrency 20"},
             "io": {"io": "concurrency 100"},
         }
         self.skips: dict[str, str] = {}
