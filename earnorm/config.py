@@ -6,6 +6,7 @@ Configuration is read here and only here; every other module receives these obje
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,11 +39,23 @@ def _reject_unknown(section: str, given: Mapping[str, Any], known: set[str]) -> 
         )
 
 
+Strategy = Literal["interval", "exponential"]
+_INTERVAL_KEYS = {"interval_start", "interval_step", "interval_max"}
+_EXPONENTIAL_KEYS = {"base", "factor", "max_delay", "jitter"}
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry schedule: attempt ``n`` (0-based) waits ``min(start + n * step, max)`` seconds.
+    """Retry schedule, by interval steps (the default) or exponential backoff with jitter.
+
+    ``interval``: attempt ``n`` (0-based) waits ``min(interval_start + n * interval_step,
+    interval_max)`` seconds. ``exponential``: attempt ``n`` waits ``min(base * factor ** n,
+    max_delay)`` seconds, less a random share of up to ``jitter`` (0..1) of it, so retries of
+    many events that failed together spread out instead of arriving in lockstep.
 
     >>> RetryPolicy(max_retries=3, interval_start=1, interval_step=2, interval_max=4).delay(2)
+    4.0
+    >>> RetryPolicy(strategy="exponential", base=0.5, factor=2, max_delay=60).delay(3)
     4.0
     """
 
@@ -50,12 +63,25 @@ class RetryPolicy:
     interval_start: float = 0.0
     interval_step: float = 1.0
     interval_max: float = 30.0
+    strategy: Strategy = "interval"
+    base: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 300.0
+    jitter: float = 0.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (0-based)."""
-        return float(
-            min(self.interval_start + attempt * self.interval_step, self.interval_max)
-        )
+        if self.strategy == "interval":
+            return float(
+                min(self.interval_start + attempt * self.interval_step, self.interval_max)
+            )
+        try:
+            wait = min(self.base * self.factor ** attempt, self.max_delay)
+        except OverflowError:
+            wait = self.max_delay
+        if self.jitter:
+            wait -= wait * self.jitter * random.random()
+        return float(wait)
 
     @classmethod
     def from_dict(cls, raw: Any, section: str = "retry_policy") -> RetryPolicy:
@@ -63,25 +89,30 @@ class RetryPolicy:
             return raw
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{section} must be a dict, got {type(raw).__name__}")
-        known = {"max_retries", "interval_start", "interval_step", "interval_max"}
-        _reject_unknown(section, raw, known)
-        values = {
-            "max_retries": _number(
-                section, "max_retries", raw.get("max_retries", cls.max_retries),
-                minimum=0, integer=True,
-            ),
-            "interval_start": _number(
-                section, "interval_start", raw.get("interval_start", cls.interval_start),
-                minimum=0,
-            ),
-            "interval_step": _number(
-                section, "interval_step", raw.get("interval_step", cls.interval_step),
-                minimum=0,
-            ),
-            "interval_max": _number(
-                section, "interval_max", raw.get("interval_max", cls.interval_max), minimum=0
-            ),
+        strategy = raw.get("strategy", cls.strategy)
+        if strategy not in ("interval", "exponential"):
+            raise ConfigError(
+                f"{section}.strategy must be 'interval' or 'exponential', got {strategy!r}"
+            )
+        own = _INTERVAL_KEYS if strategy == "interval" else _EXPONENTIAL_KEYS
+        _reject_unknown(section, raw, {"strategy", "max_retries", *own})
+
+        def number(key: str, minimum: float, integer: bool = False) -> Any:
+            return _number(section, key, raw.get(key, getattr(cls, key)),
+                           minimum=minimum, integer=integer)
+
+        values: dict[str, Any] = {
+            "strategy": strategy, "max_retries": number("max_retries", 0, integer=True),
         }
+        if strategy == "interval":
+            values.update({key: number(key, 0) for key in sorted(_INTERVAL_KEYS)})
+            return cls(**values)
+        values.update({
+            "base": number("base", 0), "factor": number("factor", 1),
+            "max_delay": number("max_delay", 0), "jitter": number("jitter", 0),
+        })
+        if values["jitter"] > 1:
+            raise ConfigError(f"{section}.jitter must be <= 1, got {values['jitter']!r}")
         return cls(**values)
 
 

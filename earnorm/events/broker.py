@@ -10,6 +10,11 @@ every key in one Redis Cluster slot):
 - ``Q:inflight:<consumer>``: hash of field -> envelope, what that consumer holds.
 - ``Q:landing:<consumer>``: list that the blocking wait moves one message into.
 - ``Q:failed`` (hash job id -> JSON record) and ``Q:failed:index`` (zset by failure time).
+- ``Q:stats``: hash of counters (processed, failed, retried). A retry or dead-letter counts in
+  its own transaction; handled events are counted by the consumer's next fetch script (no round
+  trip of their own, at most ``poll_interval`` late).
+- ``Q:monitor``: hash of consumer id -> JSON summary (last heartbeat, recent processing times),
+  rewritten by each consumer on its heartbeat.
 
 Ready -> in-flight is always a move inside Redis (a Lua script or BLMOVE), never a pop into
 client memory, so a consumer killed at any instant loses nothing: its in-flight hash and landing
@@ -18,7 +23,7 @@ list are handed back by a live consumer once its heartbeat deadline passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +39,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: inflight, landing, ready lists in serving order. ARGV: max count, first field number.
+# KEYS: inflight, stats, landing, ready lists in serving order.
+# ARGV: max count, first field number, events handled since the last fetch (for the counter).
 # The landing list goes first: it holds what the blocking wait already moved to us.
 _FETCH = """
 local want = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
+if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'processed', ARGV[3]) end
 local out = {}
 local fields = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local got = redis.call('RPOP', KEYS[i], want - #out)
   if got then
     for _, v in ipairs(got) do
@@ -84,7 +91,8 @@ for _, id in ipairs(dead) do out[#out + 1] = id end
 return out
 """
 
-# KEYS: consumers, inflight, landing, destination ready list. ARGV: consumer id, force (0/1).
+# KEYS: consumers, inflight, landing, destination ready list, monitor.
+# ARGV: consumer id, force (0/1).
 # Hands every message the consumer holds back to the consuming end of the ready list, but only
 # if it is still dead (or force, for a consumer returning its own work): two live consumers
 # racing to recover the same one cannot both move its messages.
@@ -100,6 +108,7 @@ local landed = redis.call('LRANGE', KEYS[3], 0, -1)
 for i = #landed, 1, -1 do redis.call('RPUSH', KEYS[4], landed[i]); moved = moved + 1 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return moved
 """
 
@@ -118,6 +127,22 @@ return moved
 """
 
 
+# KEYS: failed, failed index, ready lists by index. ARGV: (job id, list index, envelope)...
+# A job is pushed back only if its record was still there: retrying a job twice at once, or
+# retrying one that was just removed, cannot put it on the queue twice.
+_REQUEUE_FAILED = """
+local pushed = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('LPUSH', KEYS[3 + tonumber(ARGV[i + 1])] or KEYS[3], ARGV[i + 2])
+    pushed = pushed + 1
+  end
+end
+return pushed
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Redis key names for one queue."""
@@ -130,6 +155,7 @@ class Keys:
     failed: str
     failed_index: str
     stats: str
+    monitor: str
 
     @classmethod
     def for_queue(cls, config: EventConfig) -> Keys:
@@ -145,6 +171,7 @@ class Keys:
             failed=f"{q}:failed",
             failed_index=f"{q}:failed:index",
             stats=f"{q}:stats",
+            monitor=f"{q}:monitor",
         )
 
     def inflight(self, consumer_id: str) -> str:
@@ -184,6 +211,7 @@ class Broker:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._recover = redis.register_script(_RECOVER)
         self._reclaim = redis.register_script(_RECLAIM)
+        self._requeue_failed = redis.register_script(_REQUEUE_FAILED)
 
     # ------------------------------------------------------------------ publishing
 
@@ -211,13 +239,19 @@ class Broker:
 
     # ------------------------------------------------------------------ consuming
 
-    async def fetch(self, consumer_id: str, count: int, first_field: int) -> list[bytes]:
-        """Move up to ``count`` messages into the consumer's in-flight hash, atomically.
+    async def fetch(
+        self, consumer_id: str, count: int, first_field: int, processed: int = 0
+    ) -> list[bytes]:
+        """Move up to ``count`` messages into the consumer's in-flight hash, atomically, and
+        add ``processed`` to the counter.
 
         The i-th message returned is stored under field ``first_field + i + 1``.
         """
-        keys = [self.keys.inflight(consumer_id), self.keys.landing(consumer_id), *self.keys.ready]
-        result = await self._fetch(keys=keys, args=[count, first_field])
+        keys = [
+            self.keys.inflight(consumer_id), self.keys.stats, self.keys.landing(consumer_id),
+            *self.keys.ready,
+        ]
+        result = await self._fetch(keys=keys, args=[count, first_field, processed])
         return list(result)
 
     async def wait_for_message(self, consumer_id: str, timeout: float) -> bool:
@@ -232,8 +266,35 @@ class Broker:
         )
         return moved is not None
 
-    async def ack(self, consumer_id: str, fields: Iterable[int]) -> None:
+    async def ack(self, consumer_id: str, fields: Sequence[int]) -> None:
         await self.redis.hdel(self.keys.inflight(consumer_id), *map(str, fields))
+
+    async def count_processed(self, processed: int) -> None:
+        """Add to the counter what no fetch will carry (a consumer stopping)."""
+        if processed:
+            await self.redis.hincrby(self.keys.stats, "processed", processed)
+
+    async def settle(
+        self, consumer_id: str | None, field: int | None, *,
+        retry: tuple[bytes, int, float] | None = None,
+        dead: tuple[str, bytes, float] | None = None,
+    ) -> None:
+        """Ack ``field`` and, in the same transaction, schedule ``retry`` (envelope, ready index,
+        due ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the
+        failed store; the counters follow in the same transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if retry is not None:
+                raw, ready_index, due_ms = retry
+                pipe.zadd(self.keys.delayed, {delayed_member(raw, ready_index): due_ms})
+                pipe.hincrby(self.keys.stats, "retried", 1)
+            if dead is not None:
+                job_id, record, failed_ms = dead
+                pipe.hset(self.keys.failed, job_id, record)
+                pipe.zadd(self.keys.failed_index, {job_id: failed_ms})
+                pipe.hincrby(self.keys.stats, "failed", 1)
+            if consumer_id is not None and field is not None:
+                pipe.hdel(self.keys.inflight(consumer_id), str(field))
+            await pipe.execute()
 
     async def defer(
         self, consumer_id: str, field: int, raw: bytes, ready_index: int, due_ms: float
@@ -249,12 +310,7 @@ class Broker:
         failed_ms: float,
     ) -> None:
         """Store the failed-job record and ack the message, in one transaction."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.failed, job_id, record)
-            pipe.zadd(self.keys.failed_index, {job_id: failed_ms})
-            if consumer_id is not None and field is not None:
-                pipe.hdel(self.keys.inflight(consumer_id), str(field))
-            await pipe.execute()
+        await self.settle(consumer_id, field, dead=(job_id, record, failed_ms))
 
     async def promote_due(self, limit: int = 500) -> tuple[int, float | None, float]:
         """Move due delayed messages to the ready lists. Returns (moved, next due ms, now ms)."""
@@ -275,6 +331,7 @@ class Broker:
             self.keys.inflight(consumer_id),
             self.keys.landing(consumer_id),
             self.keys.ready[0],
+            self.keys.monitor,
         ]
         return int(await self._recover(keys=keys, args=[consumer_id, "1" if force else "0"]))
 
@@ -291,54 +348,97 @@ class Broker:
     async def unregister(self, consumer_id: str) -> None:
         await self.redis.zrem(self.keys.consumers, consumer_id)
 
+    async def publish_summary(self, consumer_id: str, summary: bytes) -> None:
+        await self.redis.hset(self.keys.monitor, consumer_id, summary)
+
     # ------------------------------------------------------------------ failed jobs
 
     async def failed_page(
-        self, start: int, count: int
+        self, after: tuple[float, str] | None, count: int
     ) -> list[tuple[str, float, bytes | None]]:
-        """Failed jobs in failure order from position ``start``: (job id, failed ms, record)."""
-        ids: Any = await self.redis.zrange(
-            self.keys.failed_index, start, start + count - 1, withscores=True
-        )
-        if not ids:
+        """Up to ``count`` failed jobs in failure order, after position ``after`` (failed ms,
+        job id; None = from the start): (job id, failed ms, record) each.
+
+        The position is a score and a member, not an offset, so removing or retrying jobs while
+        paging neither skips nor repeats any. Equal scores are ordered by id, as in the zset.
+        """
+        low: float | str = "-inf" if after is None else after[0]
+        skip = 0
+        while True:
+            ids: Any = await self.redis.zrangebyscore(
+                self.keys.failed_index, low, "+inf", start=skip, num=count, withscores=True
+            )
+            page = [(_text(i), float(score)) for i, score in ids]
+            if after is not None:
+                page = [(i, sc) for i, sc in page if (sc, i) > (after[0], after[1])]
+            if page or len(ids) < count:
+                break
+            skip += len(ids)  # a whole page tied with ``after``: look further
+        if not page:
             return []
-        records: Any = await self.redis.hmget(
-            self.keys.failed, [i for i, _ in ids]
-        )
-        return [(_text(i), float(s), r) for (i, s), r in zip(ids, records, strict=True)]
+        records: Any = await self.redis.hmget(self.keys.failed, [i for i, _ in page])
+        return [(i, sc, r) for (i, sc), r in zip(page, records, strict=True)]
 
     async def failed_get(self, job_id: str) -> bytes | None:
         result = await self.redis.hget(self.keys.failed, job_id)
         return result if isinstance(result, bytes) or result is None else result.encode()
 
     async def failed_remove(self, job_id: str) -> bool:
+        return await self.failed_remove_many([job_id]) == 1
+
+    async def failed_remove_many(self, job_ids: Sequence[str]) -> int:
+        """Delete failed jobs' records; returns how many existed."""
+        if not job_ids:
+            return 0
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.failed, job_id)
-            pipe.zrem(self.keys.failed_index, job_id)
+            pipe.hdel(self.keys.failed, *job_ids)
+            pipe.zrem(self.keys.failed_index, *job_ids)
             removed, _ = await pipe.execute()
-        return bool(removed)
+        return int(removed)
+
+    async def failed_purge(self) -> int:
+        """Delete every failed job; returns how many there were."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(self.keys.failed)
+            pipe.delete(self.keys.failed, self.keys.failed_index)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def failed_requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
         """Put a failed job's message back on the queue and drop its record, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.failed, job_id)
-            pipe.zrem(self.keys.failed_index, job_id)
-            pipe.lpush(self.keys.ready[ready_index], raw)
-            removed, _, _ = await pipe.execute()
-        return bool(removed)
+        return await self.failed_requeue_many([(job_id, raw, ready_index)]) == 1
+
+    async def failed_requeue_many(self, jobs: Sequence[tuple[str, bytes, int]]) -> int:
+        """``failed_requeue`` for many (job id, envelope, ready index); returns how many."""
+        if not jobs:
+            return 0
+        args: list[str | bytes | int] = []
+        for job_id, raw, ready_index in jobs:
+            args += [job_id, ready_index, raw]
+        keys = [self.keys.failed, self.keys.failed_index, *self.keys.ready]
+        return int(await self._requeue_failed(keys=keys, args=args))
 
     # ------------------------------------------------------------------ counts
 
-    async def counts(self) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything ``stats()`` needs, read in two pipelined round trips."""
+        n = len(self.keys.ready)
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
             for key in self.keys.ready:
                 pipe.llen(key)
+            for key in self.keys.ready:
+                pipe.lindex(key, -1)  # the oldest waiting message: consumers take from the right
             pipe.zcard(self.keys.delayed)
+            pipe.zrange(self.keys.delayed, 0, 0, withscores=True)
             pipe.hlen(self.keys.failed)
             pipe.zrange(self.keys.consumers, 0, -1, withscores=True)
+            pipe.hgetall(self.keys.stats)
+            pipe.hgetall(self.keys.monitor)
             results = await pipe.execute()
-        n = len(self.keys.ready)
-        consumers = results[n + 2]
+        seconds, micros = results[0]
+        ready, oldest = results[1:n + 1], results[n + 1:2 * n + 1]
+        delayed, next_delayed, failed, consumers, counters, monitor = results[2 * n + 1:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -347,11 +447,16 @@ class Broker:
                     pipe.llen(self.keys.landing(_text(cid)))
                 inflight = sum(await pipe.execute())
         return {
-            "ready": {step: int(c) for step, c in zip(self.keys.steps, results[:n], strict=True)},
-            "delayed": int(results[n]),
-            "failed": int(results[n + 1]),
-            "inflight": inflight,
+            "now_ms": seconds * 1000 + micros / 1000,
+            "ready": {step: int(c) for step, c in zip(self.keys.steps, ready, strict=True)},
+            "oldest_ready": [m for m in oldest if m is not None],
+            "delayed": int(delayed),
+            "next_delayed_ms": float(next_delayed[0][1]) if next_delayed else None,
+            "failed": int(failed),
+            "inflight": int(inflight),
             "consumers": {_text(cid): float(deadline) for cid, deadline in consumers},
+            "counters": {_text(k): int(v) for k, v in counters.items()},
+            "monitor": {_text(k): v for k, v in monitor.items()},
         }
 
 

@@ -19,6 +19,7 @@ from earnorm.errors import EventValidationError, JobNotFound, PublishError
 from earnorm.events import protocol
 from earnorm.events.broker import Broker
 from earnorm.events.event import Event
+from earnorm.events.monitoring import merge, percentiles
 from earnorm.events.redis_url import mask_url, open_redis
 
 log = logging.getLogger("earnorm.events")
@@ -157,24 +158,29 @@ class EventBus:
     # ------------------------------------------------------------------ failed jobs
 
     async def get_failed_jobs(
-        self, limit: int = 50, cursor: int | None = None, event_name: str | None = None
+        self, limit: int = 50, cursor: str | None = None, event_name: str | None = None
     ) -> list[dict[str, Any]]:
-        """Failed jobs in failure order, oldest first. Page with ``cursor`` = the previous
-        page's last ``cursor`` value."""
-        start = cursor or 0
+        """Failed jobs in failure order, oldest first, at most ``limit``. Each job has a
+        ``cursor``: pass the last one back to get the next page. Removing or retrying jobs
+        between pages neither skips nor repeats any.
+
+        >>> page = await event_bus.get_failed_jobs(limit=50)  # doctest: +SKIP
+        >>> more = await event_bus.get_failed_jobs(limit=50, cursor=page[-1]["cursor"])
+        """
+        after = _parse_cursor(cursor)
         out: list[dict[str, Any]] = []
         while len(out) < limit:
-            page = await self.broker.failed_page(start, max(limit, 100))
+            page = await self.broker.failed_page(after, max(limit, 100))
             if not page:
                 break
             for job_id, failed_ms, record in page:
-                start += 1
+                after = (failed_ms, job_id)
                 if record is None:
                     continue
                 job = orjson.loads(record)
                 if event_name is not None and job.get("name") != event_name:
                     continue
-                job["cursor"] = start
+                job["cursor"] = f"{failed_ms!r}:{job_id}"
                 job["job_id"] = job_id
                 job.setdefault("failed_at_ms", failed_ms)
                 out.append(job)
@@ -183,6 +189,7 @@ class EventBus:
         return out
 
     async def get_failed_job(self, job_id: str) -> dict[str, Any]:
+        """One failed job's record; ``JobNotFound`` if there is none."""
         record = await self.broker.failed_get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
@@ -191,11 +198,54 @@ class EventBus:
         return job
 
     async def retry_job(self, job_id: str) -> str:
-        """Put a failed job back on its queue with retries reset; its record is removed."""
+        """Put a failed job back on its queue with retries reset; its record is removed.
+        Only the handlers that gave up run again. ``JobNotFound`` for an unknown id."""
         job = await self.get_failed_job(job_id)
+        fresh, index = self._requeue_message(job)
+        if not await self.broker.failed_requeue(job_id, fresh, index):
+            raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
+        return job_id
+
+    async def remove_job(self, job_id: str) -> None:
+        """Delete a failed job's record; ``JobNotFound`` for an unknown id."""
+        if not await self.broker.failed_remove(job_id):
+            raise JobNotFound(self._not_found(job_id))
+
+    async def retry_failed(self, event_name: str | None = None) -> int:
+        """``retry_job`` every failed job (of ``event_name`` only, if given); jobs whose message
+        cannot be decoded stay in the store. Returns how many went back on the queue."""
+        count = 0
+        cursor = None
+        while page := await self.get_failed_jobs(500, cursor, event_name):
+            cursor = page[-1]["cursor"]
+            batch = []
+            for job in page:
+                try:
+                    fresh, index = self._requeue_message(job)
+                except (JobNotFound, EventValidationError):
+                    continue
+                batch.append((job["job_id"], fresh, index))
+            count += await self.broker.failed_requeue_many(batch)
+        return count
+
+    async def purge_failed(self, event_name: str | None = None) -> int:
+        """Delete every failed job (of ``event_name`` only, if given). Returns how many."""
+        if event_name is None:
+            return await self.broker.failed_purge()
+        count = 0
+        cursor = None
+        while page := await self.get_failed_jobs(500, cursor, event_name):
+            cursor = page[-1]["cursor"]
+            count += await self.broker.failed_remove_many([job["job_id"] for job in page])
+        return count
+
+    def _requeue_message(self, job: dict[str, Any]) -> tuple[bytes, int]:
+        job_id = job["job_id"]
         raw = job.get("envelope")
         if not isinstance(raw, str):
-            raise JobNotFound(f"failed job {job_id!r} has no message to retry")
+            raise EventValidationError(
+                f"failed job {job_id!r} cannot be retried: its message was not valid UTF-8"
+            )
         try:
             message = protocol.decode(raw.encode())
         except Exception as exc:
@@ -203,23 +253,122 @@ class EventBus:
                 f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
             ) from exc
         fresh = protocol.encode_reset(message)
-        index = self.broker.keys.ready_index(message.priority)
-        if not await self.broker.failed_requeue(job_id, fresh, index):
-            raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
-        return job_id
-
-    async def remove_job(self, job_id: str) -> None:
-        """Delete a failed job's record."""
-        if not await self.broker.failed_remove(job_id):
-            raise JobNotFound(self._not_found(job_id))
+        handlers = job.get("handlers")
+        if job.get("reason") == "handler_error" and handlers:
+            # Only the handlers that gave up run again; the others already succeeded.
+            envelope = orjson.loads(fresh)
+            envelope["headers"][protocol.H_PENDING] = list(handlers)
+            fresh = orjson.dumps(envelope)
+        return fresh, self.broker.keys.ready_index(message.priority)
 
     def _not_found(self, job_id: str) -> str:
         return f"no failed job with id {job_id!r} in queue {self.config.queue_name!r}"
 
+    # ------------------------------------------------------------------ monitoring
+
     async def stats(self) -> dict[str, Any]:
-        """Queue sizes: ready per priority step, delayed, in-flight, failed, live consumers."""
-        return await self.broker.counts()
+        """A snapshot of the queue, read from Redis (two round trips)::
+
+            {"queue": "app:events", "at": "2025-...",
+             "ready": {0: 12, 3: 0, 6: 0, 9: 0}, "ready_total": 12,
+             "delayed": 3, "inflight": 40, "failed": 1,
+             "counters": {"processed": 1000, "failed": 1, "retried": 7},
+             "processing_ms": {"count": 960, "p50": 0.41, "p95": 2.3, "p99": 8.1,
+                               "window_s": 60.0},
+             "latency_s": 0.012,
+             "consumers": [{"id": "c-...", "host": ..., "pid": ..., "last_heartbeat": ...,
+                            "last_heartbeat_age_s": 0.8, "alive": True, ...}]}
+
+        ``counters`` are totals since the queue was created (dead-letterings for ``failed``,
+        scheduled retries for ``retried``); ``processing_ms`` is over the consumers' recent
+        window; ``latency_s`` is how long the oldest waiting event has been ready to run.
+        """
+        snap = await self.broker.snapshot()
+        now_ms: float = snap["now_ms"]
+        consumers: list[dict[str, Any]] = []
+        histograms: list[dict[str, int]] = []
+        window = 0.0
+        for cid, deadline in snap["consumers"].items():
+            summary = _loads(snap["monitor"].get(cid)) or {}
+            beat = summary.get("heartbeat_ms")
+            consumers.append({
+                "id": cid,
+                "host": summary.get("host"),
+                "pid": summary.get("pid"),
+                "alive": deadline >= now_ms,
+                "last_heartbeat": _iso(beat) if beat else None,
+                "last_heartbeat_age_s": round((now_ms - beat) / 1000, 3) if beat else None,
+                "concurrency": summary.get("concurrency"),
+                "running": summary.get("running"),
+                "processed": summary.get("processed"),
+                "failed": summary.get("failed"),
+                "retried": summary.get("retried"),
+            })
+            if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
+                histograms.append(summary["histogram"])
+                window = max(window, float(summary.get("window_s") or 0))
+        counters = {"processed": 0, "failed": 0, "retried": 0, **snap["counters"]}
+        processing: dict[str, Any] = {**percentiles(merge(histograms)), "window_s": window}
+        return {
+            "queue": self.config.queue_name,
+            "at": _iso(now_ms),
+            "ready": snap["ready"],
+            "ready_total": sum(snap["ready"].values()),
+            "delayed": snap["delayed"],
+            "inflight": snap["inflight"],
+            "failed": snap["failed"],
+            "counters": counters,
+            "processing_ms": processing,
+            "latency_s": _latency_s(snap, now_ms),
+            "consumers": consumers,
+        }
 
     def __repr__(self) -> str:
         return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"
 
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    score, sep, job_id = str(cursor).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(score), job_id
+    except ValueError:
+        raise EventValidationError(
+            f"invalid cursor {cursor!r}: pass a job's 'cursor' value from get_failed_jobs()"
+        ) from None
+
+
+def _loads(raw: bytes | None) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _latency_s(snap: dict[str, Any], now_ms: float) -> float | None:
+    """Age of the oldest event that is ready to run: the tail of each ready list (since its eta,
+    or its publish time), and a due but not yet promoted delayed event."""
+    since: list[float] = []
+    for raw in snap["oldest_ready"]:
+        try:
+            message = protocol.decode(raw)
+            if message.eta is None and protocol.H_TIMESTAMP not in message.headers:
+                continue  # e.g. from Celery's send_task: nothing tells when it was sent
+            stamp = message.eta or message.to_event().timestamp
+        except Exception:  # an odd message must not break stats; it has no age we can tell
+            continue
+        since.append(stamp.timestamp() * 1000)
+    due = snap["next_delayed_ms"]
+    if due is not None and due <= now_ms:
+        since.append(due)
+    if not since:
+        return None if not snap["oldest_ready"] else 0.0
+    return round(max(now_ms - min(since), 0.0) / 1000, 3)

@@ -51,10 +51,17 @@ def failure_record(
     message: Message | None = None,
     detail: str = "",
     failures: list[HandlerFailure] | None = None,
+    previous: bytes | None = None,
 ) -> bytes:
-    """The JSON record stored under ``job_id`` in ``Q:failed``."""
+    """The JSON record stored under ``job_id`` in ``Q:failed``.
+
+    ``previous`` is the record already stored for this job, if any: when handlers of one event
+    give up at different attempts (each has its own retry policy), the record gathers them all,
+    so ``retry_job`` re-runs exactly the handlers that gave up.
+    """
     failures = failures or []
     first = (message.headers.get("earnorm_first_failure") if message else None) or _iso(now_ms)
+    errors = [f.as_dict() for f in failures]
     record: dict[str, Any] = {
         "job_id": job_id,
         "reason": str(reason),
@@ -67,9 +74,13 @@ def failure_record(
         "last_failed_at": _iso(now_ms),
         "failed_at_ms": now_ms,
         "handlers": [f.handler for f in failures],
-        "errors": [f.as_dict() for f in failures],
-        "error_type": type(failures[0].error).__name__ if failures else None,
+        "errors": errors,
+        "error_type": errors[0]["error_type"] if errors else None,
+        "error": errors[0]["error"] if errors else (detail or None),
+        "traceback": errors[0]["traceback"] if errors else None,
     }
+    if previous is not None:
+        _merge_previous(record, previous)
     try:
         record["envelope"] = raw.decode("utf-8")
     except UnicodeDecodeError:  # keep the exact bytes: nothing is lost, even garbage
@@ -80,3 +91,18 @@ def failure_record(
         except Exception:  # the record must be written even if the data is odd
             record["data"] = None
     return orjson.dumps(record)
+
+
+def _merge_previous(record: dict[str, Any], previous: bytes) -> None:
+    try:
+        old = orjson.loads(previous)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(old, dict) or old.get("reason") != record["reason"]:
+        return
+    gave_up = [h for h in old.get("handlers", []) if h not in record["handlers"]]
+    record["handlers"] = gave_up + record["handlers"]
+    record["errors"] = [e for e in old.get("errors", []) if e.get("handler") in gave_up] + (
+        record["errors"]
+    )
+    record["first_failed_at"] = old.get("first_failed_at") or record["first_failed_at"]

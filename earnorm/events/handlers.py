@@ -13,6 +13,7 @@ from earnorm.errors import ConfigError
 from earnorm.events.event import Event
 
 HandlerFunc = Callable[[Event], Awaitable[Any]]
+BatchHandlerFunc = Callable[[list[Event]], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _PATTERN_RE = re.compile(r"^([a-z0-9_]+|\*|#)(\.([a-z0-9_]+|\*|#))*$")
@@ -23,13 +24,17 @@ class Handler:
     """A registered handler and its options."""
 
     pattern: str
-    func: HandlerFunc
+    func: Callable[[Any], Awaitable[Any]]  # HandlerFunc, or BatchHandlerFunc with batch_size
     name: str
     retry_policy: RetryPolicy | None = None
     timeout: float | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     no_retry_on: tuple[type[BaseException], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # With batch_size the handler receives a list of up to batch_size events, flushed when
+    # full or batch_timeout seconds after its first event arrived.
+    batch_size: int | None = None
+    batch_timeout: float = 1.0
 
 
 def _check_pattern(pattern: str) -> bool:
@@ -72,13 +77,15 @@ class HandlerRegistry:
     def register(
         self,
         pattern: str,
-        func: HandlerFunc,
+        func: HandlerFunc | BatchHandlerFunc,
         *,
         retry_policy: RetryPolicy | dict[str, Any] | None = None,
         timeout: float | None = None,
         retry_on: tuple[type[BaseException], ...] = (),
         no_retry_on: tuple[type[BaseException], ...] = (),
         name: str | None = None,
+        batch_size: int | None = None,
+        batch_timeout: float = 1.0,
         **options: Any,
     ) -> Handler:
         if not inspect.iscoroutinefunction(func):
@@ -88,6 +95,20 @@ class HandlerRegistry:
             )
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigError(f"timeout must be a positive number, got {timeout!r}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if (
+            isinstance(batch_timeout, bool) or not isinstance(batch_timeout, (int, float))
+            or not batch_timeout > 0
+        ):
+            raise ConfigError(f"batch_timeout must be a positive number, got {batch_timeout!r}")
+        for option, value in (("retry_on", retry_on), ("no_retry_on", no_retry_on)):
+            if not isinstance(value, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in value
+            ):
+                raise ConfigError(f"{option} must be a tuple of exception classes, got {value!r}")
         wild = _check_pattern(pattern)
         policy = None if retry_policy is None else RetryPolicy.from_dict(retry_policy)
         handler = Handler(
@@ -99,6 +120,8 @@ class HandlerRegistry:
             retry_on=tuple(retry_on),
             no_retry_on=tuple(no_retry_on),
             options=options,
+            batch_size=batch_size,
+            batch_timeout=float(batch_timeout),
         )
         if any(h.name == handler.name for h in self.all()):
             raise ConfigError(f"a handler named {handler.name!r} is already registered")

@@ -6,8 +6,10 @@ Tasks inside ``run()`` (one anyio task group, all owned and cancelled together):
   on BLMOVE into our landing list when the queue is empty;
 - ``concurrency`` workers: take fetched messages and run their handlers;
 - ack loop: coalesces acks into one HDEL per round trip;
-- heartbeat loop: extends our deadline and recovers consumers past theirs;
-- promote loop: moves due delayed messages to the ready lists.
+- heartbeat loop: extends our deadline, recovers consumers past theirs, and publishes our
+  summary (counters, recent processing times) for ``stats()``;
+- promote loop: moves due delayed messages to the ready lists;
+- batch loop: flushes batch handlers' batches whose ``batch_timeout`` passed (``_batch.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -24,21 +28,25 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 
 from earnorm.config import EventConfig
-from earnorm.errors import EarnORMError, MessageDecodeError
+from earnorm.errors import EarnORMError, HandlerTimeout, MessageDecodeError
 from earnorm.events import protocol
 from earnorm.events.bus import _TRANSIENT, EventBus
+from earnorm.events.consumer._batch import Batches, Failures, PendingEvent, run_batch
 from earnorm.events.event import Event
 from earnorm.events.failures import FailureReason, HandlerFailure, failure_record
 from earnorm.events.handlers import Handler, HandlerRegistry, default_registry
+from earnorm.events.monitoring import ProcessingTimes
 from earnorm.events.redis_url import mask_url
 
 log = logging.getLogger("earnorm.consumer")
 
 _MAX_FETCH = 1000  # keeps Lua's unpack() well inside its stack limit
 _ETA_SLACK_MS = 5.0  # an eta this close is run now rather than bounced through the delayed set
+_Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
 
 
 class Consumer:
@@ -112,6 +120,12 @@ class Consumer:
         self._stopped = asyncio.Event()
         self._task_group: TaskGroup | None = None
         self._background: Any = None
+        self._batches = Batches()
+        # event name -> (handlers_for's tuple, handlers run at once, batch handlers)
+        self._plans: dict[str, _Plan] = {}
+        self._timings = ProcessingTimes()
+        self._started_ms = time.time() * 1000
+        self._unreported = 0  # acked events not yet added to the queue's processed counter
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,24 +146,35 @@ class Consumer:
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._promote_loop)
                 tg.start_soon(self._ack_loop)
+                tg.start_soon(self._batch_loop)
                 for _ in range(self.concurrency):
                     tg.start_soon(self._worker)
                 self._started.set()
                 await self._fetch_loop()
-                # Stopping: what is running may finish; what was fetched but not started waits
-                # in our in-flight hash and is handed back below.
+                # Stopping: what is running may finish, then open batches are flushed; what was
+                # fetched but not started waits in our in-flight hash and is handed back below.
                 self._have_work.set()
                 with anyio.move_on_after(self.shutdown_timeout):
-                    while self._running:
-                        self._idle.clear()
-                        await self._idle.wait()
-                if self._running:
-                    log.warning("shutdown timeout: cancelling %d running handler(s)", self._running)
+                    await self._drain()
+                if self._running or len(self._batches):
+                    log.warning("shutdown timeout: cancelling %d running handler(s); %d batched "
+                                "event(s) go back to the queue", self._running, len(self._batches))
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await self._finish()
             self._stopped.set()
+
+    async def _drain(self) -> None:
+        while True:
+            while self._running:
+                self._idle.clear()
+                await self._idle.wait()
+            batches = self._batches.take_all()
+            if not batches:
+                return
+            for handler, items in batches:
+                await self._run_batch(handler, items)
 
     def stop(self) -> None:
         """Ask the consumer to stop: no more fetching; running handlers may finish."""
@@ -187,6 +212,8 @@ class Consumer:
             return
         try:
             await self._flush_acks()
+            await bus.broker.count_processed(self._unreported)
+            self._unreported = 0
             returned = await bus.broker.recover(self.consumer_id, force=True)
             if returned:
                 log.info("returned %d unfinished message(s) to the queue", returned)
@@ -228,7 +255,9 @@ class Consumer:
                     self._fetch_scope = scope
                     if self._stopping:
                         break
-                    batch = await broker.fetch(self.consumer_id, want, first - 1)
+                    # The fetch script also counts what we handled since the last one.
+                    handled, self._unreported = self._unreported, 0
+                    batch = await broker.fetch(self.consumer_id, want, first - 1, handled)
                     if not batch:
                         await broker.wait_for_message(self.consumer_id, self.poll_interval)
                 if scope.cancelled_caught:
@@ -310,12 +339,14 @@ class Consumer:
             self._acks[:0] = fields  # keep them for the next try
             raise
         self._held.difference_update(fields)
+        self._unreported += len(fields)  # only handled events are acked here
 
     async def _heartbeat_once(self) -> None:
         timeout_ms = int(self.config.heartbeat_timeout * 1000)
         before = time.time()
         now_ms, dead = await self.bus.broker.heartbeat(self.consumer_id, timeout_ms)
         self._clock_offset_ms = now_ms - (before + time.time()) * 500
+        await self.bus.broker.publish_summary(self.consumer_id, self._summary(now_ms))
         for other in dead:
             if other == self.consumer_id:
                 log.warning("this consumer missed its heartbeat deadline; its in-flight "
@@ -336,6 +367,23 @@ class Consumer:
                 failures += 1
                 await self._backoff("heartbeat", exc, failures)
 
+    def _summary(self, now_ms: float) -> bytes:
+        return orjson.dumps({
+            "consumer_id": self.consumer_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_ms": self._started_ms,
+            "heartbeat_ms": now_ms,
+            "concurrency": self.concurrency,
+            "running": self._running,
+            "batched": len(self._batches),
+            "processed": self.processed,
+            "failed": self.failed,
+            "retried": self.retried,
+            "window_s": self._timings.window,
+            "histogram": self._timings.histogram(),
+        }, option=orjson.OPT_NON_STR_KEYS)
+
     async def _promote_loop(self) -> None:
         broker = self.bus.broker
         failures = 0
@@ -353,6 +401,49 @@ class Consumer:
             if next_due is not None:
                 wait = min(max((next_due - now) / 1000, 0.0), wait)
             await anyio.sleep(wait)
+
+    async def _batch_loop(self) -> None:
+        """Flushes batches whose ``batch_timeout`` passed; full ones are run by the worker
+        that filled them."""
+        batches = self._batches
+        while True:
+            deadline = batches.next_deadline()
+            batches.changed.clear()
+            if deadline is None:
+                await batches.changed.wait()
+                continue
+            with anyio.move_on_after(deadline - time.monotonic()):
+                await batches.changed.wait()  # a new batch may be due sooner
+            for handler, items in batches.take_due():
+                assert self._task_group is not None
+                self._running += 1  # shutdown waits for it like for a worker
+                self._task_group.start_soon(self._run_counted_batch, handler, items)
+
+    async def _run_counted_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
+        try:
+            await self._run_batch(handler, items)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def _run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
+        started = time.perf_counter()
+        await run_batch(handler, items, self._call)
+        share = (time.perf_counter() - started) / len(items)
+        for item in items:
+            self._timings.record(share)
+            item.waiting -= 1
+            if item.waiting:
+                continue
+            failures = 0
+            while True:  # the batch ran: settle each event, whatever Redis does meanwhile
+                try:
+                    await self._settle(item.field, item.raw, item.message, item.failures)
+                    break
+                except _TRANSIENT as exc:
+                    failures += 1
+                    await self._backoff("settle", exc, failures)
 
     async def _backoff(self, what: str, exc: BaseException, failures: int) -> None:
         wait = min(0.05 * 2 ** min(failures, 8), 5.0)
@@ -398,74 +489,146 @@ class Consumer:
                 self._held.discard(field)
                 return
         pending = message.headers.get(protocol.H_PENDING)
-        if isinstance(pending, list):
-            still = tuple(h for h in handlers if h.name in pending)
-            handlers = still or handlers  # a renamed handler must not make the event vanish
+        plan = self._plans.get(message.task)
+        if pending is None and plan is not None and plan[0] is handlers:
+            _, now, batched = plan
+        else:
+            if isinstance(pending, list):
+                still = tuple(h for h in handlers if h.name in pending)
+                handlers = still or handlers  # a renamed handler must not make the event vanish
+            now = tuple(h for h in handlers if h.batch_size is None)
+            batched = tuple(h for h in handlers if h.batch_size is not None)
+            if pending is None:
+                self._plans[message.task] = (handlers, now, batched)
         try:
             event = message.to_event()
         except EarnORMError as exc:
             await self._dead_letter(field, raw, FailureReason.UNDECODABLE, message, str(exc))
             return
-        failures = await self._run_handlers(handlers, event)
+        failures: Failures = []
+        if now:
+            started = time.perf_counter()
+            failures = await self._run_handlers(now, event)
+            self._timings.record(time.perf_counter() - started)
+        if batched:
+            item = PendingEvent(field, raw, message, event, failures, len(batched))
+            for handler in batched:
+                full = self._batches.add(handler, item)
+                if full is not None:
+                    await self._run_batch(handler, full)
+        elif failures:
+            await self._retry_or_dead_letter(field, raw, message, failures)
+        else:
+            self.processed += 1
+            self._ack(field)
+
+    async def _settle(
+        self, field: int, raw: bytes, message: protocol.Message, failures: Failures
+    ) -> None:
         if not failures:
             self.processed += 1
             self._ack(field)
             return
         await self._retry_or_dead_letter(field, raw, message, failures)
 
-    async def _run_handlers(
-        self, handlers: tuple[Handler, ...], event: Event
-    ) -> list[tuple[Handler, HandlerFailure]]:
-        failures: list[tuple[Handler, HandlerFailure]] = []
+    async def _call(self, handler: Handler, argument: Any) -> BaseException | None:
+        """Run one handler (an event, or a list of them for a batch handler), with its
+        timeout: one that overruns is cancelled and counts as failed with ``HandlerTimeout``.
+        Returns the error, or None."""
+        try:
+            if handler.timeout is None:
+                await handler.func(argument)
+            else:
+                with anyio.fail_after(handler.timeout):
+                    await handler.func(argument)
+        except TimeoutError as exc:
+            if handler.timeout is None or isinstance(exc, HandlerTimeout):
+                return exc
+            timeout = HandlerTimeout(
+                f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
+            )
+            timeout.__cause__ = exc
+            return timeout
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _run_handlers(self, handlers: tuple[Handler, ...], event: Event) -> Failures:
+        failures: Failures = []
         for handler in handlers:
-            try:
-                if handler.timeout is None:
+            if handler.timeout is None:  # the common case, without _call's extra await
+                try:
                     await handler.func(event)
-                else:
-                    with anyio.fail_after(handler.timeout):
-                        await handler.func(event)
-            except Exception as exc:
+                    continue
+                except Exception as exc:
+                    error: BaseException | None = exc
+            else:
+                error = await self._call(handler, event)
+            if error is not None:
                 log.warning("handler %s failed on %s %s: %r",
-                            handler.name, event.name, event.id, exc)
-                failures.append((handler, HandlerFailure(handler.name, exc)))
+                            handler.name, event.name, event.id, error)
+                failures.append((handler, HandlerFailure(handler.name, error)))
         return failures
 
     async def _retry_or_dead_letter(
-        self, field: int, raw: bytes, message: protocol.Message,
-        failures: list[tuple[Handler, HandlerFailure]],
+        self, field: int, raw: bytes, message: protocol.Message, failures: Failures
     ) -> None:
-        policy = failures[0][0].retry_policy or self.config.retry_policy
-        retryable = all(_should_retry(h, f.error) for h, f in failures)
-        if retryable and message.retries < policy.max_retries:
-            delay_s = policy.delay(message.retries)
+        """Each failed handler follows its own policy: the ones that may still retry go into
+        one retry message (waiting the longest of their delays); the ones that gave up go to
+        the failed store; both in the same transaction that acks the message."""
+        retry: Failures = []
+        gave_up: Failures = []
+        for handler, failure in failures:
+            policy = handler.retry_policy or self.config.retry_policy
+            may_retry = message.retries < policy.max_retries and _should_retry(
+                handler, failure.error
+            )
+            (retry if may_retry else gave_up).append((handler, failure))
+        retry_item = None
+        if retry:
+            delay_s = max(
+                (h.retry_policy or self.config.retry_policy).delay(message.retries)
+                for h, _ in retry
+            )
             due_ms = self._now_ms() + delay_s * 1000
             fresh = protocol.encode_retry(
-                message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in failures]
+                message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in retry]
             )
-            index = self.bus.broker.keys.ready_index(message.priority)
-            await self.bus.broker.defer(self.consumer_id, field, fresh, index, due_ms)
+            retry_item = (fresh, self.bus.broker.keys.ready_index(message.priority), due_ms)
+        if not gave_up:
+            await self.bus.broker.settle(self.consumer_id, field, retry=retry_item)
             self._held.discard(field)
             self.retried += 1
             return
         await self._dead_letter(
-            field, raw, FailureReason.HANDLER_ERROR, message, "", [f for _, f in failures]
+            field, raw, FailureReason.HANDLER_ERROR, message, "", [f for _, f in gave_up],
+            retry=retry_item,
         )
 
     async def _dead_letter(
         self, field: int, raw: bytes, reason: FailureReason, message: protocol.Message | None,
         detail: str, failures: list[HandlerFailure] | None = None,
+        retry: tuple[bytes, int, float] | None = None,
     ) -> None:
         job_id = message.id if message is not None else f"undecodable-{uuid.uuid4()}"
         now_ms = self._now_ms()
+        # Handlers of this event that gave up on an earlier attempt already have a record.
+        previous = None
+        if message is not None and message.retries and reason is FailureReason.HANDLER_ERROR:
+            previous = await self.bus.broker.failed_get(job_id)
         record = failure_record(
             job_id=job_id, reason=reason, raw=raw, now_ms=now_ms, message=message,
-            detail=detail, failures=failures,
+            detail=detail, failures=failures, previous=previous,
         )
         why = detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures or ())
         log.error("message %s moved to the failed store: %s: %s", job_id, reason, why)
-        self.failed += 1
-        await self.bus.broker.dead_letter(self.consumer_id, field, job_id, record, now_ms)
+        await self.bus.broker.settle(
+            self.consumer_id, field, retry=retry, dead=(job_id, record, now_ms)
+        )
         self._held.discard(field)
+        self.failed += 1
+        if retry is not None:
+            self.retried += 1
 
 
 def _should_retry(handler: Handler, error: BaseException) -> bool:
