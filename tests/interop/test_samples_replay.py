@@ -1,0 +1,153 @@
+"""Every message captured from real Celery (shared/celery-wire/samples) replayed into our
+consumer: each is handled, held for its eta, or dead-lettered, as SPEC.md says.
+
+Where Celery itself loses a message for want of ``delivery_tag``/``delivery_info`` (SPEC 9) we
+do not need those fields and run it; everything a worker rejects, discards or crashes on lands
+in our failed store with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from earnorm.events import Consumer, Event, HandlerRegistry
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "celery-wire" / "samples"
+
+# Variants a Celery worker did not run (handcrafted_variants.results.json) -> our outcome.
+NOT_RUN_BY_CELERY = {
+    "min_no_delivery_info": "handled",  # Celery: lost. We need no delivery_info.
+    "min_empty_delivery_info": "handled",
+    "min_no_delivery_tag": "handled",
+    # Celery: lost. With no properties there is no body_encoding either, so the base64 body
+    # would be read as JSON text (SPEC 4): it cannot be decoded, and we say so.
+    "min_no_properties": "undecodable",
+    "min_no_content_type": "undecodable",  # Celery: worker exits, poison
+    "min_no_content_type_no_encoding": "undecodable",
+    "min_no_header_id": "undecodable",  # Celery: restart loop
+    "min_no_headers": "undecodable",  # Celery: discarded as unknown
+    "min_body_two_elements": "undecodable",  # Celery: worker exits, poison
+    "min_body_missing": "undecodable",
+    "unknown_task": "no_handler",  # Celery: rejected as unregistered
+    "malformed_body_not_base64": "undecodable",  # Celery: worker exits, lost
+    "malformed_body_bad_json": "undecodable",  # Celery: "Can't decode message body"
+    "content_type_not_accepted": "undecodable",  # Celery: refused untrusted content
+    "eta_invalid_string": "undecodable",  # Celery: "invalid ETA value"
+    "expires_past": "expired",  # Celery: "Discarding revoked task"
+    "envelope_not_json": "undecodable",  # Celery: worker exits, lost
+    "envelope_json_array": "undecodable",
+}
+
+
+@dataclass
+class Case:
+    name: str
+    raw: bytes
+    expected: str  # handled | delayed | undecodable | no_handler | expired
+
+
+def _when(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _timed_outcome(raw: bytes) -> str:
+    """Captured etas/expires are absolute times: what they mean depends on when we replay."""
+    headers = orjson.loads(raw).get("headers") or {}
+    now = time.time()
+    expires, eta = _when(headers.get("expires")), _when(headers.get("eta"))
+    if expires is not None and expires <= now - 5:
+        return "expired"
+    if expires is not None and expires <= now + 30:
+        return "skip"  # too close to call either way while the suite runs
+    if eta is not None and eta > now + 60:
+        return "delayed"
+    if eta is not None and eta > now - 5:
+        return "skip"  # too close to call either way while the suite runs
+    return "handled"
+
+
+def cases() -> list[Case]:
+    out = []
+    for path in sorted(SAMPLES.glob("*.raw.json")):
+        name = path.name.removesuffix(".raw.json")
+        raw = path.read_bytes()
+        if name == "worker_unacked_entry":
+            raw = orjson.dumps(orjson.loads(raw)[0])
+        out.append(Case(name, raw, _timed_outcome(raw)))
+    variants = json.loads((SAMPLES / "handcrafted_variants.results.json").read_text())
+    for name, variant in variants["variants"].items():
+        raw = variant["raw_message_pushed"].encode()
+        expected = _timed_outcome(raw) if variant["task_executed"] else NOT_RUN_BY_CELERY[name]
+        out.append(Case(f"variant:{name}", raw, expected))
+    return [c for c in out if c.expected != "skip"]
+
+
+def test_every_variant_celery_did_not_run_has_an_expected_outcome() -> None:
+    variants = json.loads((SAMPLES / "handcrafted_variants.results.json").read_text())
+    not_run = {n for n, v in variants["variants"].items() if not v["task_executed"]}
+    assert not_run == set(NOT_RUN_BY_CELERY)
+
+
+async def test_captured_messages_are_handled_or_dead_lettered_as_spec_says(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    replay = cases()
+    assert len(replay) > 50
+    handled: Counter[str] = Counter()
+    registry = HandlerRegistry()
+
+    async def record(event: Event) -> None:
+        handled[event.id] += 1
+
+    for name in ("user.created", "route.me", "retry.me", "retry.default"):
+        registry.register(name, record, name=f"replay:{name}")
+    for case in replay:
+        await redis.lpush(queue_name, case.raw)
+    expected_failed = [c for c in replay if c.expected not in ("handled", "delayed")]
+    expected_handled = Counter(
+        orjson.loads(c.raw)["headers"]["id"] for c in replay if c.expected == "handled")
+    expected_delayed = sum(c.expected == "delayed" for c in replay)
+    async with Consumer(redis_url, queue_name=queue_name, registry=registry,
+                        concurrency=8) as consumer:
+
+        async def settled() -> bool:
+            return (sum(handled.values()) == expected_handled.total()
+                    and await redis.hlen(f"{queue_name}:failed") == len(expected_failed)
+                    and await redis.zcard(f"{queue_name}:delayed") == expected_delayed)
+
+        async def progress() -> str:
+            return (f"handled {sum(handled.values())}/{expected_handled.total()}, failed "
+                    f"{await redis.hlen(f'{queue_name}:failed')}/{len(expected_failed)}, delayed "
+                    f"{await redis.zcard(f'{queue_name}:delayed')}/{expected_delayed}")
+
+        try:
+            await wait_until(settled, 20, message="every replayed message settled")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {await progress()}") from None
+        jobs = await consumer.bus.get_failed_jobs(limit=100)
+    assert handled == expected_handled
+    by_envelope = {job["envelope"]: job for job in jobs}
+    for case in expected_failed:
+        job = by_envelope[case.raw.decode()]
+        assert job["reason"] == case.expected, (case.name, job["detail"])
+        assert job["detail"], case.name
+    assert await redis.llen(queue_name) == 0
