@@ -12,6 +12,7 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm.config import EventConfig
@@ -154,6 +155,11 @@ class EventBus:
                 wait = policy.delay(attempt)
                 log.warning("publish failed (%s), retrying in %.2fs", exc, wait)
                 await anyio.sleep(wait)
+            except RedisError as exc:  # reached, but refused (OOM, NOPERM, READONLY): no retry
+                raise PublishError(
+                    f"Redis at {mask_url(self.url)} refused the publish: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
 
     # ------------------------------------------------------------------ failed jobs
 

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
 from earnorm.errors import PublishError
 from earnorm.events import Event, EventBus
@@ -106,3 +107,25 @@ async def test_batch_cut_off_by_a_redis_crash_lands_whole_or_not_at_all(
     finally:
         server.kill()
     print(f"\nbatch cut off by a crash (raised PublishError, messages landed): {outcomes}")
+
+
+async def test_publish_refused_by_a_full_redis_raises_publish_error_and_writes_nothing(
+    queue_name: str,
+) -> None:
+    """Out of memory (maxmemory with noeviction): Redis is reached but refuses the write. That is
+    not retried; the batch's MULTI is discarded whole."""
+    server = start_local_redis(extra_args=("--maxmemory-policy", "noeviction"))
+    try:
+        bus = await EventBus.connect(server.url, queue_name=queue_name)
+        await bus.redis.set(f"{queue_name}:ballast", "x" * 512 * 1024)
+        used = int((await bus.redis.info("memory"))["used_memory"])
+        await bus.redis.config_set("maxmemory", used - 128 * 1024)  # now over the limit
+        refused = r"refused the publish: OutOfMemoryError.*maxmemory"
+        with pytest.raises(PublishError, match=refused) as raised:
+            await bus.publish_batch([Event(name="order.placed") for _ in range(100)])
+        assert isinstance(raised.value.__cause__, OutOfMemoryError)
+        await bus.redis.delete(f"{queue_name}:ballast")
+        assert await bus.redis.llen(queue_name) == 0
+        await bus.close()
+    finally:
+        server.kill()
