@@ -234,7 +234,8 @@ def decode_body(
         else:
             decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
     except Exception as exc:
-        raise MessageDecodeError(f"body is not valid {content_type}: {exc}") from exc
+        reason = str(exc) or type(exc).__name__  # msgpack's errors often have no text
+        raise MessageDecodeError(f"body is not valid {content_type}: {reason}") from exc
     if b"__type__" in data:
         decoded = from_wire(decoded)
     return _split_body(decoded)
