@@ -1,0 +1,278 @@
+"""``python -m earnorm.events``: queue stats and the failed-job store, for operators and scripts.
+
+::
+
+    python -m earnorm.events stats [--watch [--interval 2]]
+    python -m earnorm.events failed list [--limit 50] [--event NAME] [--cursor C]
+    python -m earnorm.events failed show JOB_ID
+    python -m earnorm.events failed retry (JOB_ID | --all [--event NAME])
+    python -m earnorm.events failed remove (JOB_ID | --all [--event NAME])
+
+Every command takes ``--redis-uri`` (``EARNORM_REDIS_URI`` / ``REDIS_URL``), ``--queue``
+(``EARNORM_QUEUE``) and ``--json``. Exit codes: 0 done, 1 no such job, 2 usage error, 3 Redis
+unreachable, 4 refused (a job whose message cannot be decoded cannot be retried).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from earnorm.errors import EarnORMError, JobNotFound
+from earnorm.events.bus import _TRANSIENT, EventBus
+from earnorm.events.redis_url import mask_url
+
+OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (argparse's own exit with 2 too)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: options may come before or after the command without the later parser
+    # overwriting what the earlier one read.
+    common.add_argument("--redis-uri", default=argparse.SUPPRESS,
+                        help="redis:// or rediss:// URL [EARNORM_REDIS_URI, REDIS_URL]")
+    common.add_argument("--queue", default=argparse.SUPPRESS,
+                        help="queue name [EARNORM_QUEUE] (default: earnorm:events)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    parser = argparse.ArgumentParser(
+        prog="python -m earnorm.events", parents=[common],
+        description="Inspect an EarnORM queue: stats, and the failed-job (dead-letter) store.",
+        epilog="exit codes: 0 done, 1 no such job, 2 usage error, 3 Redis unreachable, "
+               "4 refused (e.g. retrying a job whose message is undecodable)",
+    )
+    parser.set_defaults(
+        redis_uri=env("EARNORM_REDIS_URI") or env("REDIS_URL"),
+        queue=env("EARNORM_QUEUE", "earnorm:events"), json=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stats = commands.add_parser("stats", parents=[common], help="queue sizes, counters, timings")
+    stats.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    stats.add_argument("--count", type=int, default=None,
+                       help="with --watch: stop after this many refreshes")
+
+    failed = commands.add_parser("failed", parents=[common], help="the failed-job store")
+    actions = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="failed jobs, oldest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--event", help="only this event name")
+    listing.add_argument("--cursor", help="continue after this cursor (printed by a page)")
+    show = actions.add_parser("show", parents=[common], help="one failed job in full")
+    show.add_argument("job_id")
+    for name, what in (("retry", "put back on the queue"), ("remove", "delete")):
+        action = actions.add_parser(name, parents=[common], help=f"{what}: one job or --all")
+        action.add_argument("job_id", nargs="?")
+        action.add_argument("--all", action="store_true", help="every failed job")
+        action.add_argument("--event", help="with --all: only this event name")
+    return parser
+
+
+# ---------------------------------------------------------------------------- rendering
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:g} ms"
+
+
+def render_stats(stats: dict[str, Any]) -> str:
+    ready = ", ".join(f"p{step} {n}" for step, n in stats["ready"].items())
+    counters = stats["counters"]
+    timing = stats["processing_ms"]
+    latency = stats["latency_s"]
+    lines = [
+        f"queue {stats['queue']}  at {stats['at']}",
+        "",
+        _table(["", ""], [
+            ["ready", f"{stats['ready_total']}  ({ready})"],
+            ["delayed", stats["delayed"]],
+            ["in-flight", stats["inflight"]],
+            ["failed", stats["failed"]],
+            ["processed", f"{counters['processed']}  (total; dead-lettered {counters['failed']}, "
+                          f"retries {counters['retried']})"],
+            ["processing", f"p50 {_ms(timing['p50'])}  p95 {_ms(timing['p95'])}  "
+                           f"p99 {_ms(timing['p99'])}  ({timing['count']} events, last "
+                           f"{timing['window_s']:g} s)"],
+            ["latency", "-" if latency is None else f"{latency:g} s (oldest waiting event)"],
+        ]).split("\n", 1)[1],
+        "",
+    ]
+    consumers = stats["consumers"]
+    if not consumers:
+        lines.append("no live consumers")
+    else:
+        lines.append(_table(
+            ["CONSUMER", "HOST", "PID", "LAST HEARTBEAT", "RUNNING", "PROCESSED", "FAILED"],
+            [[c["id"], c["host"], c["pid"],
+              "-" if c["last_heartbeat_age_s"] is None
+              else f"{c['last_heartbeat_age_s']:.1f}s ago" + ("" if c["alive"] else " (dead)"),
+              c["running"], c["processed"], c["failed"]] for c in consumers],
+        ))
+    return "\n".join(lines)
+
+
+def _when(job: dict[str, Any]) -> str:
+    ms = job.get("failed_at_ms")
+    if not isinstance(ms, (int, float)):
+        return str(job.get("last_failed_at") or "")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(text: Any, width: int = 60) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def render_jobs(jobs: list[dict[str, Any]], next_cursor: str | None) -> str:
+    if not jobs:
+        return "no failed jobs"
+    out = _table(
+        ["JOB ID", "EVENT", "REASON", "ATTEMPTS", "LAST FAILED (UTC)", "ERROR"],
+        [[j["job_id"], j.get("name") or "-", j.get("reason"), j.get("attempts"), _when(j),
+          _short(f"{j['error_type']}: {j.get('error')}" if j.get("error_type")
+                 else j.get("detail"))] for j in jobs],
+    )
+    if next_cursor:
+        out += f"\n\nmore: --cursor '{next_cursor}'"
+    return out
+
+
+def render_job(job: dict[str, Any]) -> str:
+    fields = [
+        ("job id", job["job_id"]), ("event", job.get("name")), ("reason", job.get("reason")),
+        ("detail", job.get("detail")), ("attempts", job.get("attempts")),
+        ("handlers", ", ".join(job.get("handlers") or []) or "-"),
+        ("first failed", job.get("first_failed_at")), ("last failed", job.get("last_failed_at")),
+        ("data", orjson.dumps(job.get("data")).decode()),
+        ("metadata", orjson.dumps(job.get("metadata")).decode()),
+    ]
+    out = [_table(["", ""], fields).split("\n", 1)[1]]
+    for error in job.get("errors") or []:
+        out += ["", f"--- {error['handler']}: {error['error_type']}: {error['error']}",
+                error.get("traceback", "").rstrip()]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- commands
+
+def _emit(out: TextIO, args: argparse.Namespace, data: Any, human: str) -> None:
+    if args.json:
+        out.write(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    else:
+        out.write(human + "\n")
+    out.flush()
+
+
+async def _stats(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.watch:
+        stats = await bus.stats()
+        _emit(out, args, stats, render_stats(stats))
+        return OK
+    clear = out.isatty() and not args.json
+    shown = 0
+    while args.count is None or shown < args.count:
+        if shown:
+            await asyncio.sleep(args.interval)
+        stats = await bus.stats()
+        if clear:
+            out.write(_CLEAR)
+        elif shown and not args.json:
+            out.write("\n")
+        _emit(out, args, stats, render_stats(stats))
+        shown += 1
+    return OK
+
+
+async def _failed(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
+    if args.action == "list":
+        if args.limit < 1:
+            raise _Usage("--limit must be >= 1")
+        try:
+            jobs = await bus.get_failed_jobs(args.limit, args.cursor, args.event)
+        except EarnORMError as exc:  # a malformed --cursor
+            raise _Usage(str(exc)) from exc
+        more = jobs[-1]["cursor"] if len(jobs) == args.limit else None
+        if more and not await bus.get_failed_jobs(1, more, args.event):
+            more = None
+        _emit(out, args, {"jobs": jobs, "next_cursor": more}, render_jobs(jobs, more))
+        return OK
+    if args.action == "show":
+        job = await bus.get_failed_job(args.job_id)
+        _emit(out, args, job, render_job(job))
+        return OK
+    if args.all == bool(args.job_id):
+        raise _Usage(f"failed {args.action}: give a job id or --all (one of them)")
+    if args.event and not args.all:
+        raise _Usage("--event goes with --all")
+    one: Callable[[str], Awaitable[object]]
+    if args.action == "retry":
+        bulk, one, done = bus.retry_failed, bus.retry_job, "retried"
+    else:
+        bulk, one, done = bus.purge_failed, bus.remove_job, "removed"
+    if args.all:
+        count = await bulk(args.event)
+    else:
+        await one(args.job_id)
+        count = 1
+    _emit(out, args, {done: count}, f"{done} {count} job(s)")
+    return OK
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    bus = await EventBus.connect(args.redis_uri, {"queue_name": args.queue})
+    try:
+        if args.command == "stats":
+            return await _stats(bus, args, out)
+        return await _failed(bus, args, out)
+    finally:
+        await bus.close()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)  # exits with 2 on a usage error
+    if not args.redis_uri:
+        print("error: no Redis URL: give --redis-uri or set EARNORM_REDIS_URI (or REDIS_URL)",
+              file=sys.stderr)
+        return USAGE
+    started = time.monotonic()
+    try:
+        return asyncio.run(_run(args, out))
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    except JobNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return NOT_FOUND
+    except _TRANSIENT as exc:  # PublishError from connect() is a ConnectionError too
+        waited = time.monotonic() - started
+        print(f"error: cannot reach Redis at {mask_url(args.redis_uri)} after {waited:.1f}s: "
+              f"{exc}", file=sys.stderr)
+        return UNREACHABLE
+    except EarnORMError as exc:  # e.g. a job whose message is undecodable cannot be retried
+        print(f"error: {exc}", file=sys.stderr)
+        return REFUSED
+    except KeyboardInterrupt:  # stats --watch ends with Ctrl-C
+        return OK
