@@ -1,0 +1,144 @@
+"""The failed-jobs API: paging in failure order, filters, bulk retry and purge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from earnorm.errors import EventValidationError, JobNotFound
+from earnorm.events import Consumer, Event, EventBus, HandlerRegistry, protocol
+from earnorm.events.failures import FailureReason, failure_record
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
+    bus = await EventBus.connect(redis_url, {"queue_name": queue_name,
+                                             "retry_policy": {"max_retries": 0}})
+    yield bus
+    await bus.close()
+
+
+async def dead_letter(bus: EventBus, name: str, failed_ms: float) -> str:
+    """Store a failed job as the consumer would, at a chosen failure time."""
+    event = Event(name=name, data={"n": failed_ms})
+    raw = protocol.encode_event(event, bus.config.queue_name)
+    record = failure_record(job_id=event.id, reason=FailureReason.NO_HANDLER, raw=raw,
+                            now_ms=failed_ms, message=protocol.decode(raw), detail="nobody")
+    await bus.broker.dead_letter(None, None, event.id, record, failed_ms)
+    return event.id
+
+
+async def test_pages_follow_failure_order_even_with_ties(bus: EventBus) -> None:
+    times = [1000.0, 2000.0, 2000.0, 2000.0, 3000.0, 4000.0, 4000.0]
+    ids = [await dead_letter(bus, "a.b", ms) for ms in times]
+    # Within one failure time the index orders by id, as the zset does.
+    expected = [i for _, i in sorted(zip(times, ids, strict=True))]
+    seen: list[str] = []
+    cursor = None
+    while page := await bus.get_failed_jobs(limit=2, cursor=cursor):
+        assert len(page) <= 2
+        seen += [job["job_id"] for job in page]
+        cursor = page[-1]["cursor"]
+    assert seen == expected
+
+
+async def test_retrying_while_paging_neither_skips_nor_repeats(bus: EventBus) -> None:
+    ids = [await dead_letter(bus, "a.b", 1000.0 + i) for i in range(9)]
+    seen: list[str] = []
+    cursor = None
+    while page := await bus.get_failed_jobs(limit=3, cursor=cursor):
+        for job in page:
+            seen.append(job["job_id"])
+            await bus.retry_job(job["job_id"])  # an offset cursor would now skip jobs
+        cursor = page[-1]["cursor"]
+    assert seen == ids
+    assert await bus.redis.llen(bus.config.queue_name) == 9
+
+
+async def test_event_name_filter_and_bulk_operations_return_counts(bus: EventBus) -> None:
+    orders = [await dead_letter(bus, "order.paid", 1000.0 + i) for i in range(3)]
+    mails = [await dead_letter(bus, "mail.sent", 2000.0 + i) for i in range(2)]
+    listed = await bus.get_failed_jobs(event_name="mail.sent")
+    assert [job["job_id"] for job in listed] == mails
+
+    assert await bus.retry_failed(event_name="order.paid") == 3
+    assert [job["job_id"] for job in await bus.get_failed_jobs()] == mails
+    queued = await bus.redis.lrange(bus.config.queue_name, 0, -1)
+    assert sorted(protocol.decode(raw).id for raw in queued) == sorted(orders)
+    assert all(protocol.decode(raw).retries == 0 for raw in queued)
+
+    assert await bus.purge_failed(event_name="order.paid") == 0
+    assert await bus.purge_failed() == 2
+    assert await bus.get_failed_jobs() == []
+    assert await bus.retry_failed() == 0
+
+
+async def test_purge_by_event_name_keeps_the_others(bus: EventBus) -> None:
+    keep = await dead_letter(bus, "keep.me", 1000.0)
+    for i in range(3):
+        await dead_letter(bus, "drop.me", 2000.0 + i)
+    assert await bus.purge_failed(event_name="drop.me") == 3
+    assert [job["job_id"] for job in await bus.get_failed_jobs()] == [keep]
+
+
+async def test_undecodable_jobs_stay_when_retrying_all(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    registry = HandlerRegistry()
+
+    async def fails(event: Event) -> None:
+        raise ValueError("no")
+
+    registry.register("a.b", fails)
+    async with Consumer(bus=bus, registry=registry):
+        await redis.lpush(queue_name, b"\xff garbage")
+        job_id = await bus.publish(Event(name="a.b"))
+        await wait_until(lambda: _failed_count(redis, queue_name, 2), 10, message="2 failed")
+    [garbage] = [j["job_id"] for j in await bus.get_failed_jobs() if j["job_id"] != job_id]
+    with pytest.raises(EventValidationError, match="cannot be retried"):
+        await bus.retry_job(garbage)
+    assert await bus.retry_failed() == 1
+    assert [j["job_id"] for j in await bus.get_failed_jobs()] == [garbage]
+    with pytest.raises(JobNotFound, match="no failed job with id 'nope'"):
+        await bus.get_failed_job("nope")
+
+
+async def _failed_count(redis: Redis, queue_name: str, n: int) -> bool:
+    return await redis.hlen(f"{queue_name}:failed") == n
+
+
+async def test_a_malformed_cursor_is_refused_clearly(bus: EventBus) -> None:
+    with pytest.raises(EventValidationError, match="invalid cursor 'abc'"):
+        await bus.get_failed_jobs(cursor="abc")
+
+
+async def test_failed_record_has_everything_an_operator_needs(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    registry = HandlerRegistry()
+
+    async def fails(event: Event) -> None:
+        raise LookupError("no such customer")
+
+    registry.register("order.paid", fails, name="billing.charge")
+    async with Consumer(bus=bus, registry=registry):
+        job_id = await bus.publish(Event(name="order.paid", data={"order": 7},
+                                         metadata={"source": "api"}))
+        await wait_until(lambda: redis.hexists(f"{queue_name}:failed", job_id), 10)
+    job = await bus.get_failed_job(job_id)
+    assert job["job_id"] == job_id
+    assert (job["name"], job["data"], job["metadata"]) == ("order.paid", {"order": 7},
+                                                           {"source": "api"})
+    assert protocol.decode(job["envelope"]).id == job_id
+    assert (job["error_type"], job["error"]) == ("LookupError", "no such customer")
+    assert "LookupError: no such customer" in job["traceback"]
+    assert job["handlers"] == ["billing.charge"]
+    assert job["attempts"] == 1
+    assert job["reason"] == "handler_error"
+    assert job["first_failed_at"] <= job["last_failed_at"]
+    assert (await bus.stats())["counters"]["failed"] == 1
