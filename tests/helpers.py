@@ -24,3 +24,16 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await anyio.sleep(interval)
+
+
+async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
+    """Put a failed job in ``bus``'s store as the consumer would, at a chosen failure time."""
+    from earnorm.events import Event, protocol
+    from earnorm.events.failures import FailureReason, failure_record
+
+    event = Event(name=name, data={"n": failed_ms})
+    raw = protocol.encode_event(event, bus.config.queue_name)
+    record = failure_record(job_id=event.id, reason=FailureReason.NO_HANDLER, raw=raw,
+                            now_ms=failed_ms, message=protocol.decode(raw), detail="nobody")
+    await bus.broker.dead_letter(None, None, event.id, record, failed_ms)
+    return event.id

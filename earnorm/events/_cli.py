@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from earnorm.errors import EarnORMError, JobNotFound
+from earnorm.errors import EarnORMError, JobNotFound, PublishError
 from earnorm.events.bus import _TRANSIENT, EventBus
 from earnorm.events.redis_url import mask_url
 
@@ -39,7 +39,6 @@ class _Usage(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: options may come before or after the command without the later parser
     # overwriting what the earlier one read.
@@ -54,10 +53,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect an EarnORM queue: stats, and the failed-job (dead-letter) store.",
         epilog="exit codes: 0 done, 1 no such job, 2 usage error, 3 Redis unreachable, "
                "4 refused (e.g. retrying a job whose message is undecodable)",
-    )
-    parser.set_defaults(
-        redis_uri=env("EARNORM_REDIS_URI") or env("REDIS_URL"),
-        queue=env("EARNORM_QUEUE", "earnorm:events"), json=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -253,6 +248,13 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)  # exits with 2 on a usage error
+    # Not parser.set_defaults: it would write into the option objects the subcommands share.
+    env = os.environ.get
+    defaults = {"redis_uri": env("EARNORM_REDIS_URI") or env("REDIS_URL"),
+                "queue": env("EARNORM_QUEUE", "earnorm:events"), "json": False}
+    for key, value in defaults.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
     if not args.redis_uri:
         print("error: no Redis URL: give --redis-uri or set EARNORM_REDIS_URI (or REDIS_URL)",
               file=sys.stderr)
@@ -267,9 +269,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return NOT_FOUND
     except _TRANSIENT as exc:  # PublishError from connect() is a ConnectionError too
-        waited = time.monotonic() - started
-        print(f"error: cannot reach Redis at {mask_url(args.redis_uri)} after {waited:.1f}s: "
-              f"{exc}", file=sys.stderr)
+        why = str(exc) if isinstance(exc, PublishError) else (
+            f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}"
+        )
+        print(f"error: {why} (after {time.monotonic() - started:.1f}s)", file=sys.stderr)
         return UNREACHABLE
     except EarnORMError as exc:  # e.g. a job whose message is undecodable cannot be retried
         print(f"error: {exc}", file=sys.stderr)

@@ -9,8 +9,7 @@ from redis.asyncio import Redis
 
 from earnorm.errors import EventValidationError, JobNotFound
 from earnorm.events import Consumer, Event, EventBus, HandlerRegistry, protocol
-from earnorm.events.failures import FailureReason, failure_record
-from tests.helpers import wait_until
+from tests.helpers import store_failed_job, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -23,19 +22,9 @@ async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[Ev
     await bus.close()
 
 
-async def dead_letter(bus: EventBus, name: str, failed_ms: float) -> str:
-    """Store a failed job as the consumer would, at a chosen failure time."""
-    event = Event(name=name, data={"n": failed_ms})
-    raw = protocol.encode_event(event, bus.config.queue_name)
-    record = failure_record(job_id=event.id, reason=FailureReason.NO_HANDLER, raw=raw,
-                            now_ms=failed_ms, message=protocol.decode(raw), detail="nobody")
-    await bus.broker.dead_letter(None, None, event.id, record, failed_ms)
-    return event.id
-
-
 async def test_pages_follow_failure_order_even_with_ties(bus: EventBus) -> None:
     times = [1000.0, 2000.0, 2000.0, 2000.0, 3000.0, 4000.0, 4000.0]
-    ids = [await dead_letter(bus, "a.b", ms) for ms in times]
+    ids = [await store_failed_job(bus, "a.b", ms) for ms in times]
     # Within one failure time the index orders by id, as the zset does.
     expected = [i for _, i in sorted(zip(times, ids, strict=True))]
     seen: list[str] = []
@@ -48,7 +37,7 @@ async def test_pages_follow_failure_order_even_with_ties(bus: EventBus) -> None:
 
 
 async def test_retrying_while_paging_neither_skips_nor_repeats(bus: EventBus) -> None:
-    ids = [await dead_letter(bus, "a.b", 1000.0 + i) for i in range(9)]
+    ids = [await store_failed_job(bus, "a.b", 1000.0 + i) for i in range(9)]
     seen: list[str] = []
     cursor = None
     while page := await bus.get_failed_jobs(limit=3, cursor=cursor):
@@ -61,8 +50,8 @@ async def test_retrying_while_paging_neither_skips_nor_repeats(bus: EventBus) ->
 
 
 async def test_event_name_filter_and_bulk_operations_return_counts(bus: EventBus) -> None:
-    orders = [await dead_letter(bus, "order.paid", 1000.0 + i) for i in range(3)]
-    mails = [await dead_letter(bus, "mail.sent", 2000.0 + i) for i in range(2)]
+    orders = [await store_failed_job(bus, "order.paid", 1000.0 + i) for i in range(3)]
+    mails = [await store_failed_job(bus, "mail.sent", 2000.0 + i) for i in range(2)]
     listed = await bus.get_failed_jobs(event_name="mail.sent")
     assert [job["job_id"] for job in listed] == mails
 
@@ -79,9 +68,9 @@ async def test_event_name_filter_and_bulk_operations_return_counts(bus: EventBus
 
 
 async def test_purge_by_event_name_keeps_the_others(bus: EventBus) -> None:
-    keep = await dead_letter(bus, "keep.me", 1000.0)
+    keep = await store_failed_job(bus, "keep.me", 1000.0)
     for i in range(3):
-        await dead_letter(bus, "drop.me", 2000.0 + i)
+        await store_failed_job(bus, "drop.me", 2000.0 + i)
     assert await bus.purge_failed(event_name="drop.me") == 3
     assert [job["job_id"] for job in await bus.get_failed_jobs()] == [keep]
 
