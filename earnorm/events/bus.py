@@ -259,11 +259,14 @@ class EventBus:
                 f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
             ) from exc
         fresh = protocol.encode_reset(message)
-        handlers = job.get("handlers")
-        if job.get("reason") == "handler_error" and handlers:
-            # Only the handlers that gave up run again; the others already succeeded.
+        handlers = job.get("handlers") or []
+        reason = job.get("reason")
+        if (reason == "handler_error" and handlers) or reason == "expired":
             envelope = orjson.loads(fresh)
-            envelope["headers"][protocol.H_PENDING] = list(handlers)
+            if reason == "expired":  # asked to run it anyway: it must not expire again at once
+                envelope["headers"]["expires"] = None
+            else:  # only the handlers that gave up run again; the others already succeeded
+                envelope["headers"][protocol.H_PENDING] = list(handlers)
             fresh = orjson.dumps(envelope)
         return fresh, self.broker.keys.ready_index(message.priority)
 

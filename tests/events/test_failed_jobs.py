@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -131,3 +132,25 @@ async def test_failed_record_has_everything_an_operator_needs(
     assert job["reason"] == "handler_error"
     assert job["first_failed_at"] <= job["last_failed_at"]
     assert (await bus.stats())["counters"]["failed"] == 1
+
+
+async def test_retrying_an_expired_job_runs_it_instead_of_expiring_it_again(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    handled: list[str] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+
+    registry.register("a.b", handle)
+    event = Event(name="a.b")
+    raw = orjson.loads(protocol.encode_event(event, queue_name))
+    raw["headers"]["expires"] = "2000-01-01T00:00:00+00:00"
+    async with Consumer(bus=bus, registry=registry):
+        await redis.lpush(queue_name, orjson.dumps(raw))
+        await wait_until(lambda: redis.hexists(f"{queue_name}:failed", event.id), 10)
+        assert (await bus.get_failed_job(event.id))["reason"] == "expired"
+        await bus.retry_job(event.id)
+        await wait_until(lambda: handled == [event.id], 10, message="the retried event")
+    assert await bus.get_failed_jobs() == []
