@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
         "--only", default="", help="comma-separated systems: " + ",".join(p.name for p in PEERS)
     )
     parser.add_argument(
-        "--issue-counts", action="store_true", help="issue 7's exact counts (about 40 minutes)"
+        "--issue-counts", action="store_true", help="issue 7's exact counts (about 45 minutes)"
     )
     parser.add_argument("--reps", type=int, default=None, help="override the repetitions")
     parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib charts")
@@ -105,7 +105,9 @@ def _summary(outcome: Outcome) -> str:
 
 def run_all(
     results: list[CaseResult], peers: dict[str, Peer], server: RedisServer, reps: int
-) -> None:
+) -> list[str]:
+    """Run every case ``reps`` times, interleaved; return the progress lines."""
+    log: list[str] = []
     todo = [r for r in results if not r.outcomes]
     total = len(todo) * reps
     done = 0
@@ -115,12 +117,13 @@ def run_all(
             server.flushall()
             outcome = run_case(peers[result.case.peer], result.case, server.url)
             result.outcomes.append(outcome)
-            print(
+            line = (
                 f"[{done}/{total}] rep {rep} {result.case.key} ({outcome.seconds:.1f}s) "
-                f"{_summary(outcome)}",
-                file=sys.stderr,
-                flush=True,
+                f"{_summary(outcome)}"
             )
+            log.append(line)
+            print(line, file=sys.stderr, flush=True)
+    return log
 
 
 def draw_charts(json_path: Path) -> str | None:
@@ -168,7 +171,7 @@ def main() -> int:
     try:
         redis_version = server.version()
         results, batch_api = plan_cases(peers, counts, env_errors)
-        run_all(results, {p.name: p for p in peers}, server, counts.reps)
+        log = run_all(results, {p.name: p for p in peers}, server, counts.reps)
     finally:
         server.stop()
     meta = {
@@ -183,6 +186,7 @@ def main() -> int:
         "versions": {name: frozen_versions(name) for name in env_names},
     }
     RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "latest.log").write_text("\n".join(log) + "\n")
     json_path = RESULTS_DIR / "latest.json"
     json_path.write_text(
         json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n"

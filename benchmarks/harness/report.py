@@ -69,6 +69,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    if unit == "count":
+        return f"{value:,.0f}"
     if unit == "s":
         return f"{value:.2f}"
     return f"{value:.1f}"
@@ -217,12 +219,20 @@ def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
                 peer,
                 table.cell(spread, "lateness_p50_ms", "ms"),
                 table.cell(spread, "lateness_p99_ms", "ms"),
+                table.cell(spread, "published_late", "count"),
                 table.cell(instant, "all_ready_s", "s"),
                 ran,
             ]
         )
     out += _rows(
-        ["system", "spread p50 ms", "spread p99 ms", "instant: all ready s", "instant: all ran s"],
+        [
+            "system",
+            "spread p50 ms",
+            "spread p99 ms",
+            "spread: published after due",
+            "instant: all ready s",
+            "instant: all ran s",
+        ],
         rows,
     )
 

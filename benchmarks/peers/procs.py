@@ -113,11 +113,11 @@ class Worker:
         values = [peak_rss_mb(pid) for pid in tree]
         return {"rss_mb": round(max(values), 1), "rss_tree_mb": round(sum(values), 1)}
 
-    def stop(self, grace: float = 2.0) -> None:
-        """SIGTERM the worker's process group, then SIGKILL what is left after ``grace``.
+    def stop(self, grace: float = 0.0) -> None:
+        """SIGKILL the worker's process group, after SIGTERM and ``grace`` seconds if asked.
 
-        The measurement is over by now, so a short grace keeps the run fast; nothing it
-        left behind matters because the orchestrator flushes Redis before the next case.
+        The measurement is over by now, so by default there is no grace: graceful shutdown is
+        not what is measured, and the orchestrator flushes Redis before the next case.
         """
         if self.proc is None:
             return
@@ -126,12 +126,13 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(grace)
+        if grace > 0:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace)
         # Prefork children share the group; a group kill also reaps stragglers.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
