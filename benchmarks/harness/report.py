@@ -306,13 +306,13 @@ def target_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[st
         0.8,
     )
     ratio_row(
-        "no-op drain as a fraction of the floor (LMOVE+LREM pipelined by 100)",
+        "no-op drain / floor (LMOVE+LREM pipelined by 100)",
         _best(by_key, "earnorm", "pubdrain", "drain_per_s"),
         [_best(by_key, "floor", "floor_consume", "move_ack_pipe100_per_s")],
         None,
     )
     ratio_row(
-        "no-op drain as a fraction of the bulk floor (RPOP 100 + HSET + HDEL)",
+        "no-op drain / bulk floor (RPOP 100 + HSET + HDEL)",
         _best(by_key, "earnorm", "pubdrain", "drain_per_s"),
         [_best(by_key, "floor", "floor_consume", "pop_hash_bulk100_per_s")],
         None,
