@@ -182,6 +182,8 @@ class Keys:
 
     def ready_index(self, priority: int) -> int:
         """Celery's rule (SPEC 6): the largest step <= the priority clamped to 0..9."""
+        if priority == 0:  # the publishing hot path
+            return 0
         priority = min(max(priority, 0), 9)
         index = 0
         for i, step in enumerate(self.steps):

@@ -13,7 +13,6 @@ import bz2
 import lzma
 import os
 import socket
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import msgpack
 import orjson
 
 from earnorm.errors import EventValidationError, MessageDecodeError, SerializationError
-from earnorm.events.event import Event
+from earnorm.events.event import Event, new_uuid4
 from earnorm.events.wiretypes import from_wire, to_wire
 
 JSON = "application/json"
@@ -39,11 +38,37 @@ H_METADATA = "earnorm_metadata"
 H_PENDING = "earnorm_pending"  # handlers still to run on a retry (earlier ones succeeded)
 H_FIRST_FAILURE = "earnorm_first_failure"
 
-_DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    ZLIB: zlib.decompress,
-    "application/x-bz2": bz2.decompress,
-    "application/x-lzma": lzma.decompress,
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    ZLIB: zlib.decompressobj,
+    "application/x-bz2": bz2.BZ2Decompressor,
+    "application/x-lzma": lzma.LZMADecompressor,
 }
+
+
+def _decompress(kind: str, data: bytes, limit: int | None) -> bytes:
+    """Inflate ``data`` but never past ``limit`` bytes: a small compressed message must not be
+    able to expand into gigabytes in the consumer (a "zip bomb")."""
+    factory = _DECOMPRESSORS.get(kind)
+    if factory is None:
+        raise MessageDecodeError(f"unsupported compression {kind!r}")
+    cap = -1 if limit is None else limit + 1
+    try:
+        inflater = factory()
+        if kind == ZLIB:  # zlib's cap is positional and 0 means "no cap"
+            out: bytes = inflater.decompress(data, max(cap, 0))
+            complete = inflater.eof and not inflater.unconsumed_tail
+        else:
+            out = inflater.decompress(data, max_length=cap)
+            complete = inflater.eof
+    except Exception as exc:
+        raise MessageDecodeError(f"body does not decompress as {kind}: {exc}") from exc
+    if limit is not None and len(out) > limit:
+        raise MessageDecodeError(
+            f"body inflates past the limit of {limit} bytes ({kind}); refused"
+        )
+    if not complete:
+        raise MessageDecodeError(f"body does not decompress as {kind}: truncated stream")
+    return out
 _REFUSED = ("pickle", "yaml", "python-serialize")
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _REPR_LIMIT = 1024
@@ -172,7 +197,7 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
         properties = {}
     elif not isinstance(properties, dict):
         raise MessageDecodeError("envelope 'properties' must be an object")
-    args, kwargs, embed = decode_body(envelope, headers, properties)
+    args, kwargs, embed = decode_body(envelope, headers, properties, max_bytes)
     retries = headers.get("retries") or 0
     priority = properties.get("priority")
     eta, expires = headers.get("eta"), headers.get("expires")
@@ -193,7 +218,8 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
 
 
 def decode_body(
-    envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any]
+    envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
+    max_bytes: int | None = None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
     """Body -> (args, kwargs, embed): body_encoding, then compression, then content-type
     (SPEC 12)."""
@@ -221,13 +247,9 @@ def decode_body(
         raise MessageDecodeError(f"unsupported body_encoding {encoding!r}")
     compression = headers.get("compression")
     if compression is not None:
-        decompress = _DECOMPRESSORS.get(compression)
-        if decompress is None:
+        if not isinstance(compression, str):
             raise MessageDecodeError(f"unsupported compression {compression!r}")
-        try:
-            data = decompress(data)
-        except Exception as exc:
-            raise MessageDecodeError(f"body does not decompress as {compression}: {exc}") from exc
+        data = _decompress(compression, data, max_bytes)
     try:
         if content_type == JSON:
             decoded = orjson.loads(data)
@@ -354,7 +376,7 @@ def encode_event(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": priority,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": new_uuid4(),
         },
     }
     try:
@@ -378,7 +400,7 @@ def encode_retry(
     if pending is not None:
         headers[H_PENDING] = pending
     properties = dict(message.properties)
-    properties["delivery_tag"] = str(uuid.uuid4())
+    properties["delivery_tag"] = new_uuid4()
     properties["origin"] = _ORIGIN
     envelope["headers"] = headers
     envelope["properties"] = properties
@@ -394,7 +416,7 @@ def encode_reset(message: Message) -> bytes:
     headers.pop(H_PENDING, None)
     headers.pop(H_FIRST_FAILURE, None)
     properties = dict(message.properties)
-    properties["delivery_tag"] = str(uuid.uuid4())
+    properties["delivery_tag"] = new_uuid4()
     envelope["headers"] = headers
     envelope["properties"] = properties
     return orjson.dumps(envelope)

@@ -18,6 +18,7 @@ from earnorm.errors import MessageDecodeError, SerializationError
 
 _TAG_KEYS = frozenset({"__type__", "__value__"})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson and msgpack can both write
+_VERBATIM = frozenset({str, bool, type(None)})
 
 
 def _tag(kind: str, value: Any) -> dict[str, Any]:
@@ -53,11 +54,16 @@ def to_wire(
             )
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise SerializationError(
                     f"{path}: dict keys must be strings, got {type(key).__name__} {key!r}"
                 )
-            out[key] = to_wire(item, f"{path}.{key}", binary=binary, plain=plain)
+            # Publishing hot path: plain strings, booleans and None need no walk (nor a path).
+            kind = type(item)
+            if kind in _VERBATIM or (kind is int and _INT_MIN <= item <= _INT_MAX):
+                out[key] = item
+            else:
+                out[key] = to_wire(item, f"{path}.{key}", binary=binary, plain=plain)
         return out
     if isinstance(value, (list, tuple)):
         return [

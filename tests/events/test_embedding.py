@@ -68,3 +68,21 @@ async def test_cancelled_mid_handler_message_is_returned_not_lost(
     [raw] = await redis.lrange(queue_name, 0, -1)
     assert event_id.encode() in raw
     await bus.close()
+
+
+async def test_prefetch_of_one_keeps_fetching(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    handled: list[int] = []
+    registry = HandlerRegistry()
+
+    async def on_tick(event: Event) -> None:
+        handled.append(event.data["i"])
+
+    registry.register("app.tick", on_tick)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    async with Consumer(bus=bus, registry=registry, concurrency=1, prefetch=1):
+        await bus.publish_batch([Event(name="app.tick", data={"i": i}) for i in range(20)])
+        await wait_until(lambda: len(handled) == 20, 10, message="20 handled one at a time")
+    assert handled == list(range(20))
+    await bus.close()

@@ -338,3 +338,27 @@ def test_encoder_never_emits_a_message_a_worker_would_crash_on_or_lose(
     decoded = protocol.decode(raw).to_event()
     assert decoded == event
     assert repr(decoded.data) == repr(event.data)
+
+
+@pytest.mark.parametrize("kind", ["application/x-gzip", "application/x-bz2", "application/x-lzma"])
+def test_compressed_body_within_limit_decodes_and_truncated_stream_is_refused(kind: str) -> None:
+    import bz2
+    import lzma
+    import zlib
+
+    from earnorm.errors import MessageDecodeError
+    from earnorm.events import protocol
+
+    compress = {"application/x-gzip": zlib.compress, "application/x-bz2": bz2.compress,
+                "application/x-lzma": lzma.compress}[kind]
+    body = b'[[{"k": "v"}], {}, {}]'
+    envelope = {
+        "body": base64.b64encode(compress(body)).decode(), "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {"task": "a.b", "id": "1", "compression": kind},
+        "properties": {"body_encoding": "base64"},
+    }
+    assert protocol.decode(orjson.dumps(envelope), 1 << 20).args == [{"k": "v"}]
+    envelope["body"] = base64.b64encode(compress(body)[:-4]).decode()
+    with pytest.raises(MessageDecodeError, match="decompress"):
+        protocol.decode(orjson.dumps(envelope), 1 << 20)

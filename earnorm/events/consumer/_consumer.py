@@ -298,7 +298,7 @@ class Consumer:
                 self._have_work.clear()
                 await self._have_work.wait()
             field, raw = buffer.popleft()
-            if len(buffer) < self.prefetch // 2:
+            if len(buffer) < max(self.prefetch // 2, 1):
                 self._have_room.set()
             self._running += 1
             try:
