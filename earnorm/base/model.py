@@ -9,7 +9,8 @@
 >>> (await User.get(user.id)).status          # doctest: +SKIP
 'inactive'
 
-See ``earnorm.base.hooks`` for the order hooks run in, and the README's "Models" section for the guide.
+See ``earnorm.base.hooks`` for the order hooks run in, and the README's "Models" section
+for the guide.
 """
 
 from __future__ import annotations

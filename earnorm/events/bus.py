@@ -124,7 +124,10 @@ class EventBus:
         header. Returns the job id (the event id)."""
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
         if due_ms is None:
-            await self._with_retries(self.broker.push, raw, index)
+            try:  # the common case, without the retry machinery's extra awaits
+                await self.redis.lpush(self.broker.keys.ready[index], raw)
+            except (*_TRANSIENT, RedisError):
+                await self._with_retries(self.broker.push, raw, index)
         else:
             await self._with_retries(self.broker.schedule, raw, index, due_ms)
         return event.id
