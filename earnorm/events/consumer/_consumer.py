@@ -32,11 +32,11 @@ import orjson
 from anyio.abc import TaskGroup
 
 from earnorm.config import EventConfig
-from earnorm.errors import EarnORMError, HandlerTimeout, MessageDecodeError
+from earnorm.errors import EarnORMError, MessageDecodeError
 from earnorm.events import protocol
 from earnorm.events.bus import _TRANSIENT, EventBus
 from earnorm.events.consumer._batch import Batches, Failures, PendingEvent, run_batch
-from earnorm.events.event import Event
+from earnorm.events.consumer._calls import call_handler, plan_retries, run_handlers
 from earnorm.events.failures import FailureReason, HandlerFailure, failure_record
 from earnorm.events.handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events.monitoring import ProcessingTimes
@@ -429,7 +429,7 @@ class Consumer:
 
     async def _run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
         started = time.perf_counter()
-        await run_batch(handler, items, self._call)
+        await run_batch(handler, items, call_handler)
         share = (time.perf_counter() - started) / len(items)
         for item in items:
             self._timings.record(share)
@@ -508,7 +508,7 @@ class Consumer:
         failures: Failures = []
         if now:
             started = time.perf_counter()
-            failures = await self._run_handlers(now, event)
+            failures = await run_handlers(now, event)
             self._timings.record(time.perf_counter() - started)
         if batched:
             item = PendingEvent(field, raw, message, event, failures, len(batched))
@@ -531,65 +531,15 @@ class Consumer:
             return
         await self._retry_or_dead_letter(field, raw, message, failures)
 
-    async def _call(self, handler: Handler, argument: Any) -> BaseException | None:
-        """Run one handler (an event, or a list of them for a batch handler), with its
-        timeout: one that overruns is cancelled and counts as failed with ``HandlerTimeout``.
-        Returns the error, or None."""
-        try:
-            if handler.timeout is None:
-                await handler.func(argument)
-            else:
-                with anyio.fail_after(handler.timeout):
-                    await handler.func(argument)
-        except TimeoutError as exc:
-            if handler.timeout is None or isinstance(exc, HandlerTimeout):
-                return exc
-            timeout = HandlerTimeout(
-                f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
-            )
-            timeout.__cause__ = exc
-            return timeout
-        except Exception as exc:
-            return exc
-        return None
-
-    async def _run_handlers(self, handlers: tuple[Handler, ...], event: Event) -> Failures:
-        failures: Failures = []
-        for handler in handlers:
-            if handler.timeout is None:  # the common case, without _call's extra await
-                try:
-                    await handler.func(event)
-                    continue
-                except Exception as exc:
-                    error: BaseException | None = exc
-            else:
-                error = await self._call(handler, event)
-            if error is not None:
-                log.warning("handler %s failed on %s %s: %r",
-                            handler.name, event.name, event.id, error)
-                failures.append((handler, HandlerFailure(handler.name, error)))
-        return failures
-
     async def _retry_or_dead_letter(
         self, field: int, raw: bytes, message: protocol.Message, failures: Failures
     ) -> None:
         """Each failed handler follows its own policy: the ones that may still retry go into
         one retry message (waiting the longest of their delays); the ones that gave up go to
         the failed store; both in the same transaction that acks the message."""
-        retry: Failures = []
-        gave_up: Failures = []
-        for handler, failure in failures:
-            policy = handler.retry_policy or self.config.retry_policy
-            may_retry = message.retries < policy.max_retries and _should_retry(
-                handler, failure.error
-            )
-            (retry if may_retry else gave_up).append((handler, failure))
+        retry, gave_up, delay_s = plan_retries(message, failures, self.config.retry_policy)
         retry_item = None
         if retry:
-            delay_s = max(
-                (h.retry_policy or self.config.retry_policy).delay(message.retries)
-                for h, _ in retry
-            )
             due_ms = self._now_ms() + delay_s * 1000
             fresh = protocol.encode_retry(
                 message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in retry]
@@ -629,12 +579,4 @@ class Consumer:
         self.failed += 1
         if retry is not None:
             self.retried += 1
-
-
-def _should_retry(handler: Handler, error: BaseException) -> bool:
-    if handler.no_retry_on and isinstance(error, handler.no_retry_on):
-        return False
-    if handler.retry_on:
-        return isinstance(error, handler.retry_on)
-    return True
 

@@ -1,0 +1,86 @@
+"""Calling handlers, and deciding what a failure leads to. Stateless: no Redis, no consumer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from earnorm.config import RetryPolicy
+from earnorm.errors import HandlerTimeout
+from earnorm.events import protocol
+from earnorm.events.consumer._batch import Failures
+from earnorm.events.event import Event
+from earnorm.events.failures import HandlerFailure
+from earnorm.events.handlers import Handler
+
+log = logging.getLogger("earnorm.consumer")
+
+
+async def call_handler(handler: Handler, argument: Any) -> BaseException | None:
+    """Run one handler (an event, or a list of them for a batch handler), with its timeout:
+    one that overruns is cancelled and counts as failed with ``HandlerTimeout``.
+    Returns the error, or None."""
+    try:
+        if handler.timeout is None:
+            await handler.func(argument)
+        else:
+            with anyio.fail_after(handler.timeout):
+                await handler.func(argument)
+    except TimeoutError as exc:
+        if handler.timeout is None or isinstance(exc, HandlerTimeout):
+            return exc
+        timeout = HandlerTimeout(
+            f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
+        )
+        timeout.__cause__ = exc
+        return timeout
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> Failures:
+    """Run ``handlers`` on ``event`` one after another; return the ones that failed."""
+    failures: Failures = []
+    for handler in handlers:
+        if handler.timeout is None:  # the common case, without call_handler's extra await
+            try:
+                await handler.func(event)
+                continue
+            except Exception as exc:
+                error: BaseException | None = exc
+        else:
+            error = await call_handler(handler, event)
+        if error is not None:
+            log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, error)
+            failures.append((handler, HandlerFailure(handler.name, error)))
+    return failures
+
+
+def should_retry(handler: Handler, error: BaseException) -> bool:
+    if handler.no_retry_on and isinstance(error, handler.no_retry_on):
+        return False
+    if handler.retry_on:
+        return isinstance(error, handler.retry_on)
+    return True
+
+
+def plan_retries(
+    message: protocol.Message, failures: Failures, default: RetryPolicy
+) -> tuple[Failures, Failures, float]:
+    """Split failures by each handler's own policy into (retry, gave up), and the delay of the
+    retry: the longest of the retrying handlers' delays for this attempt."""
+    retry: Failures = []
+    gave_up: Failures = []
+    for handler, failure in failures:
+        policy = handler.retry_policy or default
+        may_retry = message.retries < policy.max_retries and should_retry(
+            handler, failure.error
+        )
+        (retry if may_retry else gave_up).append((handler, failure))
+    delay_s = max(
+        ((h.retry_policy or default).delay(message.retries) for h, _ in retry), default=0.0
+    )
+    return retry, gave_up, delay_s
