@@ -125,7 +125,7 @@ class EventBus:
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
         if due_ms is None:
             try:  # the common case, without the retry machinery's extra awaits
-                await self.redis.lpush(self.broker.keys.ready[index], raw)
+                await self.broker.push(raw, index)
             except (*_TRANSIENT, RedisError):
                 await self._with_retries(self.broker.push, raw, index)
         else:
@@ -261,16 +261,15 @@ class EventBus:
             raise EventValidationError(
                 f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
             ) from exc
-        fresh = protocol.encode_reset(message)
         handlers = job.get("handlers") or []
         reason = job.get("reason")
-        if (reason == "handler_error" and handlers) or reason == "expired":
-            envelope = orjson.loads(fresh)
-            if reason == "expired":  # asked to run it anyway: it must not expire again at once
-                envelope["headers"]["expires"] = None
-            else:  # only the handlers that gave up run again; the others already succeeded
-                envelope["headers"][protocol.H_PENDING] = list(handlers)
-            fresh = orjson.dumps(envelope)
+        fresh = protocol.encode_reset(
+            message,
+            # only the handlers that gave up run again; the others already succeeded
+            pending=list(handlers) if reason == "handler_error" and handlers else None,
+            # asked to run it anyway: it must not expire again at once
+            clear_expires=reason == "expired",
+        )
         return fresh, self.broker.keys.ready_index(message.priority)
 
     def _not_found(self, job_id: str) -> str:

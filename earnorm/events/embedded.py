@@ -24,6 +24,17 @@ from pathlib import Path
 from earnorm.errors import EarnORMError
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a server process and reap it; SIGKILL if it has not exited within ``timeout``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
     """PEM files for a TLS server: its certificate and key, and the CA that signs clients.
@@ -114,13 +125,7 @@ class LocalRedis:
 
     def stop(self) -> None:
         """SIGTERM, which a server with ``appendonly`` answers by flushing its log to disk."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to flush anything."""

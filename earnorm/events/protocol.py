@@ -385,12 +385,19 @@ def encode_event(
         raise SerializationError(f"event {event.name!r} cannot be encoded: {exc}") from exc
 
 
+def _reissue(message: Message, headers: dict[str, Any], **properties: Any) -> bytes:
+    """``message`` as a new delivery: the given headers, a fresh ``delivery_tag``."""
+    envelope = dict(message.envelope)
+    envelope["headers"] = headers
+    envelope["properties"] = {**message.properties, "delivery_tag": new_uuid4(), **properties}
+    return orjson.dumps(envelope)
+
+
 def encode_retry(
     message: Message, eta: datetime, pending: list[str] | None = None
 ) -> bytes:
     """The message as Celery's own ``self.retry()`` republishes it (SPEC 10): same id and body,
     ``retries`` + 1, ``eta``, ``parent_id`` = id, a new ``delivery_tag``."""
-    envelope = dict(message.envelope)
     headers = dict(message.headers)
     headers["retries"] = message.retries + 1
     headers["eta"] = eta.astimezone(UTC).isoformat()
@@ -399,24 +406,21 @@ def encode_retry(
     headers.setdefault(H_FIRST_FAILURE, datetime.now(UTC).isoformat())
     if pending is not None:
         headers[H_PENDING] = pending
-    properties = dict(message.properties)
-    properties["delivery_tag"] = new_uuid4()
-    properties["origin"] = _ORIGIN
-    envelope["headers"] = headers
-    envelope["properties"] = properties
-    return orjson.dumps(envelope)
+    return _reissue(message, headers, origin=_ORIGIN)
 
 
-def encode_reset(message: Message) -> bytes:
-    """The message with its retry state cleared, for ``retry_job``."""
-    envelope = dict(message.envelope)
+def encode_reset(
+    message: Message, *, pending: list[str] | None = None, clear_expires: bool = False
+) -> bytes:
+    """The message with its retry state cleared, for ``retry_job``: ``pending`` limits the run
+    to those handlers; ``clear_expires`` lets an expired job run instead of expiring again."""
     headers = dict(message.headers)
     headers["retries"] = 0
     headers["eta"] = None
     headers.pop(H_PENDING, None)
     headers.pop(H_FIRST_FAILURE, None)
-    properties = dict(message.properties)
-    properties["delivery_tag"] = new_uuid4()
-    envelope["headers"] = headers
-    envelope["properties"] = properties
-    return orjson.dumps(envelope)
+    if pending is not None:
+        headers[H_PENDING] = pending
+    if clear_expires:
+        headers["expires"] = None
+    return _reissue(message, headers)

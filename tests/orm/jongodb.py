@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from earnorm.events.embedded import free_port
+from earnorm.events.embedded import free_port, terminate
 
 PACKAGE = "@jongodb/memory-server-bin-linux-x64-gnu"
 VERSION = "0.1.6"
@@ -76,13 +76,7 @@ class Jongodb:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
 
 
 def start(timeout: float = 30.0) -> Jongodb:
