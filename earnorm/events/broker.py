@@ -181,7 +181,7 @@ class Keys:
         return f"{self.queue}:landing:{consumer_id}"
 
     def ready_index(self, priority: int) -> int:
-        """Celery's rule (SPEC 6): the largest step <= the priority clamped to 0..9."""
+        """Celery's rule (wire.md 6): the largest step <= the priority clamped to 0..9."""
         if priority == 0:  # the publishing hot path
             return 0
         priority = min(max(priority, 0), 9)

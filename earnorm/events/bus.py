@@ -27,7 +27,7 @@ log = logging.getLogger("earnorm.events")
 
 Delay = float | int | timedelta | None
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-_CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (SPEC 7)
+_CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (wire.md 7)
 
 
 def _seconds(delay: Delay) -> float | None:

@@ -1,7 +1,7 @@
 """Celery protocol v2 on Redis, as pure functions: bytes in, typed objects out, and back.
 
 No I/O here (like h11): the broker moves bytes, this module gives them meaning. Every field
-written and every rule enforced comes from ``shared/celery-wire/SPEC.md``; the section numbers
+written and every rule enforced is described in ``docs/wire.md``; the section numbers
 below refer to it.
 """
 
@@ -28,10 +28,10 @@ from earnorm.events.wiretypes import from_wire, to_wire
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"
-ZLIB = "application/x-gzip"  # kombu's name for zlib (SPEC 5): the bytes are an RFC 1950 stream
+ZLIB = "application/x-gzip"  # kombu's name for zlib (wire.md 5): the bytes are an RFC 1950 stream
 EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
-# Extra headers that carry what a Celery task has no field for (SPEC 4: custom headers are fine).
+# Extra headers that carry what a Celery task has no field for (wire.md 4: custom headers are fine).
 H_TIMESTAMP = "earnorm_timestamp"
 H_VERSION = "earnorm_version"
 H_METADATA = "earnorm_metadata"
@@ -138,7 +138,7 @@ class Message:
 
 
 def _parse_time(value: Any, field: str) -> datetime | None:
-    """ISO-8601 as Celery writes it; naive means UTC (SPEC 7)."""
+    """ISO-8601 as Celery writes it; naive means UTC (wire.md 7)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -160,7 +160,7 @@ def _parse_time(value: Any, field: str) -> datetime | None:
 
 def decode(raw: bytes | str, max_bytes: int | None = None) -> Message:
     """Decode one Redis list element into a ``Message``; raise ``MessageDecodeError`` with a
-    reason a human can act on for every malformed input of SPEC 9.
+    reason a human can act on for every malformed input of wire.md 9.
 
     ``MessageDecodeError`` is the only exception it raises, whatever the bytes: a consumer
     relies on that to dead-letter garbage instead of crashing on it.
@@ -222,7 +222,7 @@ def decode_body(
     max_bytes: int | None = None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
     """Body -> (args, kwargs, embed): body_encoding, then compression, then content-type
-    (SPEC 12)."""
+    (wire.md 12)."""
     body = envelope.get("body")
     if not isinstance(body, str):
         raise MessageDecodeError("envelope has no 'body' string")
@@ -265,7 +265,7 @@ def decode_body(
 
 def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
     embed: Any = None
-    if isinstance(decoded, dict):  # the "hybrid" form a worker accepts (SPEC 5)
+    if isinstance(decoded, dict):  # the "hybrid" form a worker accepts (wire.md 5)
         args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
     elif isinstance(decoded, list) and len(decoded) == 3:
         args, kwargs, embed = decoded
@@ -327,7 +327,7 @@ def encode_event(
     priority: int = 0,
     reply_to: str | None = None,
 ) -> bytes:
-    """Encode an ``Event`` as a complete Celery protocol-v2 envelope (SPEC 4, 11, 12).
+    """Encode an ``Event`` as a complete Celery protocol-v2 envelope (wire.md 4, 11, 12).
 
     Every header and property Celery writes is written, so Flower, logs and result handling
     work on a stock worker.
@@ -396,7 +396,7 @@ def _reissue(message: Message, headers: dict[str, Any], **properties: Any) -> by
 def encode_retry(
     message: Message, eta: datetime, pending: list[str] | None = None
 ) -> bytes:
-    """The message as Celery's own ``self.retry()`` republishes it (SPEC 10): same id and body,
+    """The message as Celery's own ``self.retry()`` republishes it (wire.md 10): same id and body,
     ``retries`` + 1, ``eta``, ``parent_id`` = id, a new ``delivery_tag``."""
     headers = dict(message.headers)
     headers["retries"] = message.retries + 1

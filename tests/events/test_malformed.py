@@ -1,4 +1,4 @@
-"""Malformed input never crashes, stalls or loses in our consumer (SPEC 9, plus a fuzzer).
+"""Malformed input never crashes, stalls or loses in our consumer (wire.md 9, plus a fuzzer).
 
 Every bad message lands in ``Q:failed`` with a reason a human can act on; the good messages
 around it keep flowing. Real Redis, real consumer.
@@ -80,8 +80,8 @@ def changed(**changes: Any) -> Callable[[], bytes]:
     return make
 
 
-# SPEC 9, one by one: (make raw, expected outcome, words the failure detail must contain).
-SPEC9: dict[str, tuple[Callable[[], bytes], str, str]] = {
+# wire.md 9, one by one: (make raw, expected outcome, words the failure detail must contain).
+WIRE9: dict[str, tuple[Callable[[], bytes], str, str]] = {
     "missing body": (without("body"), "undecodable", "'body'"),
     "missing content-type": (without("content-type"), "undecodable", "content-type"),
     "missing headers": (without("headers"), "undecodable", "headers"),
@@ -99,7 +99,7 @@ SPEC9: dict[str, tuple[Callable[[], bytes], str, str]] = {
     "2-element body": (with_body(b"[[1], {}]"), "undecodable", "2 element"),
     "unknown task name": (lambda: dumps(envelope(task="no.such.task")), "no_handler",
                           "no.such.task"),
-    # Beyond SPEC 9: more ways a peer can get it wrong.
+    # Beyond wire.md 9: more ways a peer can get it wrong.
     "invalid eta": (changed(headers__eta="tomorrow"), "undecodable", "eta"),
     "eta not a string": (changed(headers__eta=12), "undecodable", "eta"),
     "expired": (changed(headers__expires="2000-01-01T00:00:00+00:00"), "expired", "expired"),
@@ -156,14 +156,14 @@ async def test_every_spec9_variant_is_dead_lettered_with_a_reason_between_good_m
     redis_url: str, queue_name: str, redis: Redis
 ) -> None:
     handled: list[Event] = []
-    raws = {name: make() for name, (make, _, _) in SPEC9.items()}
+    raws = {name: make() for name, (make, _, _) in WIRE9.items()}
     good_ids = []
     for raw in raws.values():  # good, bad, good, bad, ... good
         good = envelope()
         good_ids.append(good["headers"]["id"])
         await redis.lpush(queue_name, dumps(good), raw)
-    expected_handled = len(good_ids) + sum(o == "handled" for _, o, _ in SPEC9.values())
-    expected_failed = len(SPEC9) - sum(o == "handled" for _, o, _ in SPEC9.values())
+    expected_handled = len(good_ids) + sum(o == "handled" for _, o, _ in WIRE9.values())
+    expected_failed = len(WIRE9) - sum(o == "handled" for _, o, _ in WIRE9.values())
     async with Consumer(redis_url, queue_name=queue_name, registry=registry_for(handled),
                         concurrency=4) as consumer:
         await wait_until(lambda: len(handled) == expected_handled, 10, message="good messages")
@@ -180,7 +180,7 @@ async def test_every_spec9_variant_is_dead_lettered_with_a_reason_between_good_m
         await redis.lpush(queue_name, dumps(late))
         await wait_until(lambda: handled[-1].id == late["headers"]["id"], 5, message="one more")
     assert set(good_ids) <= {e.id for e in handled}
-    for name, (_, outcome, words) in SPEC9.items():
+    for name, (_, outcome, words) in WIRE9.items():
         if outcome == "handled":
             continue
         job = jobs[_stored_as(raws[name])]
@@ -193,7 +193,7 @@ async def test_every_spec9_variant_is_dead_lettered_with_a_reason_between_good_m
 async def test_bad_messages_do_not_slow_down_the_good_ones_much(
     redis_url: str, queue_name: str, redis: Redis
 ) -> None:
-    bad_makers = [make for make, outcome, _ in SPEC9.values() if outcome != "handled"]
+    bad_makers = [make for make, outcome, _ in WIRE9.values() if outcome != "handled"]
 
     async def drain(count_good: int, with_bad: bool) -> float:
         handled: list[Event] = []

@@ -1,5 +1,6 @@
 """Pure protocol tests: golden vectors from real Celery, and the encoder against what a worker
-needs. No Redis. Samples: ``shared/celery-wire/samples`` (SPEC.md, "Samples index")."""
+needs. No Redis. Samples: ``tests/interop/samples``, written by ``scripts/capture_celery_wire.py``
+from a real Celery (docs/wire.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tests.interop.wire_rules import (
     worker_problems,
 )
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "celery-wire" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "interop" / "samples"
 RAW_SAMPLES = sorted(p.name.removesuffix(".raw.json") for p in SAMPLES.glob("*.raw.json"))
 
 

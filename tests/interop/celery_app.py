@@ -85,7 +85,7 @@ for _name in EVENT_TASKS:
 
 @app.task(name="user.retried", bind=True, max_retries=3)
 def retried(self: Task, data: dict[str, Any], forward_to: str | None = None) -> None:
-    """Republishes itself once with Celery's own ``self.retry()`` (SPEC 10), optionally onto
+    """Republishes itself once with Celery's own ``self.retry()`` (wire.md 10), optionally onto
     another queue, where an EarnORM consumer receives the retry message."""
     _record(self, (data,), {"forward_to": forward_to})
     if self.request.retries == 0:

@@ -207,7 +207,7 @@ async def test_link_callbacks_are_kept_in_metadata_and_not_run(
 async def test_message_as_celery_self_retry_publishes_it_runs_with_its_retry_count(
     producer: Celery, consumer: Consumer, recorder: Recorder, redis: Redis, queue_name: str,
 ) -> None:
-    """SPEC 10: a retry is the same id and body with retries + 1, a countdown eta and
+    """wire.md 10: a retry is the same id and body with retries + 1, a countdown eta and
     parent_id = id. Here apply_async is given those options; the real ``self.retry()`` from a
     running worker is in test_bus_to_celery.py."""
     task_id = str(uuid.uuid4())

@@ -1,4 +1,4 @@
-"""What a real Celery worker needs from one Redis list element (SPEC 4, 5, 9, 11), checked
+"""What a real Celery worker needs from one Redis list element (wire.md 4, 5, 9, 11), checked
 with kombu's own decoders. Pure: no Redis. ``worker_problems(raw)`` is empty for a message a
 worker would run, reject cleanly or discard as expired; anything it returns is a way the
 message would crash a worker process, stall its consumer, or be lost.
@@ -16,7 +16,7 @@ from kombu import serialization as kombu_serialization
 from kombu.utils import json as kombu_json
 
 ACCEPT = ("application/json", "application/x-msgpack")
-# Every header Celery writes (SPEC 4: "Celery always writes all 19 standard headers").
+# Every header Celery writes (wire.md 4: "Celery always writes all 19 standard headers").
 STANDARD_HEADERS = (
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
