@@ -27,8 +27,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry  # noqa: E402
-from earnorm.events.embedded import start_local_redis  # noqa: E402
+from earnorm import (  # noqa: E402
+    Consumer,
+    Event,
+    EventBus,
+    HandlerRegistry,
+    start_local_redis,
+)
 
 MIB = 1024 * 1024
 

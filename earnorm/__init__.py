@@ -10,20 +10,8 @@
 
 from __future__ import annotations
 
-from earnorm._runtime import close, env, event_bus, init
-from earnorm.base import (
-    BaseModel,
-    after_create,
-    after_delete,
-    after_update,
-    after_write,
-    before_create,
-    before_delete,
-    before_update,
-    before_write,
-)
-from earnorm.environment import Cache, Environment
-from earnorm.errors import (
+from earnorm._environment import Cache, Environment
+from earnorm._errors import (
     ConfigError,
     DatabaseError,
     DocumentNotFound,
@@ -36,15 +24,31 @@ from earnorm.errors import (
     SerializationError,
     ValidationError,
 )
-from earnorm.events import (
-    Consumer,
-    Event,
-    EventBus,
+from earnorm._runtime import close, env, event_bus, init
+from earnorm.base import (
+    BaseModel,
+    after_create,
+    after_delete,
+    after_update,
+    after_write,
+    before_create,
+    before_delete,
+    before_update,
+    before_write,
+)
+from earnorm.events._bus import EventBus
+from earnorm.events._embedded import LocalRedis, start_local_redis
+from earnorm.events._event import Event
+from earnorm.events._failures import FailureReason
+from earnorm.events._handlers import (
+    Handler,
     HandlerRegistry,
     event_handler,
     model_event_handler,
+    model_event_name,
 )
-from earnorm.events.decorators import after_save, before_save, dispatch_model_event
+from earnorm.events._model_events import after_save, before_save, dispatch_model_event
+from earnorm.events.consumer import Consumer
 
 __version__ = "0.1.0"
 
@@ -60,8 +64,11 @@ __all__ = [
     "Event",
     "EventBus",
     "EventValidationError",
+    "FailureReason",
+    "Handler",
     "HandlerRegistry",
     "JobNotFound",
+    "LocalRedis",
     "MessageDecodeError",
     "NotInitializedError",
     "PublishError",
@@ -85,4 +92,6 @@ __all__ = [
     "event_handler",
     "init",
     "model_event_handler",
+    "model_event_name",
+    "start_local_redis",
 ]

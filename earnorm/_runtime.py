@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from earnorm.config import EventConfig
-from earnorm.environment import Environment, activate, connect_mongo, current_environment
-from earnorm.errors import ConfigError, NotInitializedError
-from earnorm.events.bus import EventBus
+from earnorm._config import EventConfig
+from earnorm._environment import Environment, activate, connect_mongo, current_environment
+from earnorm._errors import ConfigError, NotInitializedError
+from earnorm.events._bus import EventBus
 
 
 class _BusProxy:

@@ -17,8 +17,7 @@ from decimal import Decimal
 
 import earnorm
 import examples.app  # noqa: F401  (registers the handlers)
-from earnorm import Consumer, Event, event_bus
-from earnorm.events.embedded import LocalRedis, start_local_redis
+from earnorm import Consumer, Event, LocalRedis, event_bus, start_local_redis
 
 log = logging.getLogger("examples.demo")
 

@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 import redis
 
-from earnorm.events.embedded import LocalRedis, start_local_redis
+from earnorm import LocalRedis, start_local_redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -157,9 +157,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> bool:
 def capture_publishing(url: str, writer: Writer) -> None:
     os.environ["CAPTURE_REDIS_URL"] = url
     sys.path.insert(0, str(HERE))
-    from celery import chain, group
-
     import celery_capture_app as capture
+    from celery import chain, group
 
     app = capture.app
     user_created, route_me = capture.user_created, capture.route_me
@@ -496,11 +495,15 @@ def capture_variants(url: str, writer: Writer) -> None:
                 process = stack.__enter__()
             client.lpush(queue, raw)
             wait = 8 if "future" in name else 4
-            ran = wait_for(lambda: client.llen(RAN_KEY) > 0 or process.poll() is not None,
-                           wait, name)
+            running = process
+
+            def finished(worker: subprocess.Popen[bytes] = running) -> bool:
+                return bool(client.llen(RAN_KEY)) or worker.poll() is not None
+
+            wait_for(finished, wait, name)
             ran = bool(client.llen(RAN_KEY))
-            alive = wait_for(lambda: process.poll() is None, 0.5, "alive") and (
-                process.poll() is None)
+            time.sleep(0.5)  # a worker that crashes on the message does so within this
+            alive = running.poll() is None
             left = sum(1 for _ in list_elements(client)) + client.hlen("unacked")
             celery = {"task_executed": ran, "worker_alive_afterwards": alive,
                       "left_in_redis": left}

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check earnorm tests benchmarks examples
+.venv/bin/ruff check earnorm tests benchmarks examples scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

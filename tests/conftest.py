@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events.embedded import LocalRedis, start_local_redis
+from earnorm import LocalRedis, start_local_redis
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,9 @@ async def wait_until(
 
 async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
     """Put a failed job in ``bus``'s store as the consumer would, at a chosen failure time."""
-    from earnorm.events import Event, protocol
-    from earnorm.events.failures import FailureReason, failure_record
+    from earnorm import Event
+    from earnorm.events import _protocol as protocol
+    from earnorm.events._failures import FailureReason, failure_record
 
     event = Event(name=name, data={"n": failed_ms})
     raw = protocol.encode_event(event, bus.config.queue_name)

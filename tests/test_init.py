@@ -6,7 +6,7 @@ import pytest
 
 import earnorm
 from earnorm import Event, event_bus
-from earnorm.errors import ConfigError, NotInitializedError
+from earnorm._errors import ConfigError, NotInitializedError
 
 pytestmark = pytest.mark.anyio
 

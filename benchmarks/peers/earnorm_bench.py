@@ -22,7 +22,7 @@ _CONCURRENCY = {"default": "default", "tuned": "256", "io": "1000"}
 
 def _import_error() -> str | None:
     try:
-        from earnorm.events import Consumer, Event, EventBus, HandlerRegistry  # noqa: F401
+        from earnorm import Consumer, Event, EventBus, HandlerRegistry  # noqa: F401
     except Exception as exc:
         return f"earnorm core not available yet ({type(exc).__name__}: {exc})"
     return None
@@ -40,7 +40,7 @@ class EarnormAdapter:
         self.batch_api = "EventBus.publish_batch"
 
     async def open(self, redis_url: str) -> None:
-        from earnorm.events import Event, EventBus
+        from earnorm import Event, EventBus
 
         self.event_type = Event
         import redis.asyncio

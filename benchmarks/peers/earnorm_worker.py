@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: e
 
 from tracker import TRACKER
 
-from earnorm.events import Consumer, HandlerRegistry
+from earnorm import Consumer, HandlerRegistry
 
 
 async def noop(event: Any) -> None:

@@ -1,7 +1,7 @@
 """Models: ``BaseModel`` and the lifecycle hook decorators."""
 
-from earnorm.base.fields import Field
-from earnorm.base.hooks import (
+from earnorm.base._fields import Field
+from earnorm.base._hooks import (
     after_create,
     after_delete,
     after_update,
@@ -11,8 +11,8 @@ from earnorm.base.hooks import (
     before_update,
     before_write,
 )
-from earnorm.base.model import BaseModel
-from earnorm.base.query import Query
+from earnorm.base._model import BaseModel
+from earnorm.base._query import Query
 
 __all__ = [
     "BaseModel",

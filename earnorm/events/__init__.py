@@ -1,27 +1,7 @@
-"""EarnORM's event system: Celery-wire events on Redis with an asyncio consumer."""
+"""EarnORM's event system: Celery-wire events on Redis with an asyncio consumer.
 
-from earnorm.events.bus import EventBus
-from earnorm.events.consumer import Consumer
-from earnorm.events.event import Event
-from earnorm.events.failures import FailureReason
-from earnorm.events.handlers import (
-    Handler,
-    HandlerRegistry,
-    default_registry,
-    event_handler,
-    model_event_handler,
-    model_event_name,
-)
-
-__all__ = [
-    "Consumer",
-    "Event",
-    "EventBus",
-    "FailureReason",
-    "Handler",
-    "HandlerRegistry",
-    "default_registry",
-    "event_handler",
-    "model_event_handler",
-    "model_event_name",
-]
+Public names are imported from ``earnorm`` (``from earnorm import Consumer, Event, event_bus``);
+this package holds the implementation in private modules (map: ``docs/architecture.md``). The
+spec's paths ``earnorm.events.decorators`` and ``earnorm.events.utils`` are kept as aliases, and
+``python -m earnorm.events`` / ``python -m earnorm.events.consumer`` are the command lines.
+"""

@@ -26,9 +26,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from earnorm.errors import EarnORMError, JobNotFound, PublishError
-from earnorm.events.bus import _TRANSIENT, EventBus
-from earnorm.events.redis_url import mask_url
+from earnorm._errors import EarnORMError, JobNotFound, PublishError
+from earnorm.events._bus import _TRANSIENT, EventBus
+from earnorm.events._redis_url import mask_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 _CLEAR = "\x1b[H\x1b[2J"

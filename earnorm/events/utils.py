@@ -1,5 +1,11 @@
-"""Where the spec imports ``dispatch_model_event`` from; it lives in ``decorators``."""
+"""The spec's import path for ``dispatch_model_event`` (alias of ``earnorm.dispatch_model_event``).
 
-from earnorm.events.decorators import dispatch_model_event, model_data
+>>> from earnorm.events.utils import dispatch_model_event
+>>> import earnorm
+>>> dispatch_model_event is earnorm.dispatch_model_event
+True
+"""
+
+from earnorm.events._model_events import dispatch_model_event, model_data
 
 __all__ = ["dispatch_model_event", "model_data"]

@@ -11,7 +11,7 @@ import os
 import anyio
 from redis.asyncio import Redis
 
-from earnorm.events import Event, event_handler
+from earnorm import Event, event_handler
 
 _QUEUE = os.environ["EARNORM_QUEUE"]
 _SLEEP = float(os.environ.get("EARNORM_TEST_HANDLER_SLEEP", "0"))

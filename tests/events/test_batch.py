@@ -9,7 +9,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry, event_handler
+from earnorm import Consumer, Event, EventBus, HandlerRegistry, event_handler
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

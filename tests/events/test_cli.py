@@ -13,7 +13,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Event, EventBus
+from earnorm import Event, EventBus
 from tests.helpers import store_failed_job
 
 pytestmark = pytest.mark.anyio

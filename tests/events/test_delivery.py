@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.helpers import wait_until
 from tests.processes import consumer_process, start_consumer, stop
 

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.errors import EventValidationError, JobNotFound
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry, protocol
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm._errors import EventValidationError, JobNotFound
+from earnorm.events import _protocol as protocol
 from tests.helpers import store_failed_job, wait_until
 
 pytestmark = pytest.mark.anyio

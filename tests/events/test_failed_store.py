@@ -11,8 +11,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.errors import JobNotFound
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm._errors import JobNotFound
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from earnorm.errors import EarnORMError, MessageDecodeError
-from earnorm.events import Consumer, Event, HandlerRegistry, protocol
+from earnorm import Consumer, Event, HandlerRegistry
+from earnorm._errors import EarnORMError, MessageDecodeError
+from earnorm.events import _protocol as protocol
 from tests.helpers import wait_until
 
 GOOD = "fuzz.ok"

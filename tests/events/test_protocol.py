@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 
-from earnorm.errors import EventValidationError, MessageDecodeError, SerializationError
-from earnorm.events import protocol
-from earnorm.events.event import _NAME_RE, Event
-from earnorm.events.wiretypes import from_wire
+from earnorm._errors import EventValidationError, MessageDecodeError, SerializationError
+from earnorm.events import _protocol as protocol
+from earnorm.events._event import _NAME_RE, Event
+from earnorm.events._wiretypes import from_wire
 from tests.interop.wire_rules import (
     STANDARD_HEADERS,
     STANDARD_PROPERTIES,
@@ -347,8 +347,8 @@ def test_compressed_body_within_limit_decodes_and_truncated_stream_is_refused(ki
     import lzma
     import zlib
 
-    from earnorm.errors import MessageDecodeError
-    from earnorm.events import protocol
+    from earnorm._errors import MessageDecodeError
+    from earnorm.events import _protocol as protocol
 
     compress = {"application/x-gzip": zlib.compress, "application/x-bz2": bz2.compress,
                 "application/x-lzma": lzma.compress}[kind]

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.errors import EventValidationError, SerializationError
-from earnorm.events import Event, EventBus
+from earnorm import Event, EventBus
+from earnorm._errors import EventValidationError, SerializationError
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.config import RetryPolicy
-from earnorm.errors import ConfigError
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events.broker import split_delayed_member
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm._config import RetryPolicy
+from earnorm._errors import ConfigError
+from earnorm.events._broker import split_delayed_member
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events.monitoring import ProcessingTimes, merge, percentiles
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm.events._monitoring import ProcessingTimes, merge, percentiles
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -20,10 +20,10 @@ import pytest
 import trustme
 from redis.asyncio import Redis
 
-from earnorm.errors import EarnORMError, PublishError
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events.embedded import LocalRedis, TLSFiles, find_server_binary, start_local_redis
-from earnorm.events.redis_url import mask_url
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm._errors import EarnORMError, PublishError
+from earnorm.events._embedded import LocalRedis, TLSFiles, find_server_binary, start_local_redis
+from earnorm.events._redis_url import mask_url
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 

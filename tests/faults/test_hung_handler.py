@@ -13,7 +13,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Event, EventBus
+from earnorm import Event, EventBus
 from tests.faults.workers import Worker, record_size, recorded
 from tests.helpers import wait_until
 

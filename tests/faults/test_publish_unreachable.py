@@ -14,9 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
-from earnorm.errors import PublishError
-from earnorm.events import Event, EventBus
-from earnorm.events.embedded import start_local_redis
+from earnorm import Event, EventBus, start_local_redis
+from earnorm._errors import PublishError
 
 pytestmark = pytest.mark.anyio
 

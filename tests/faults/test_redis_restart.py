@@ -12,9 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from earnorm.errors import PublishError
-from earnorm.events import Event, EventBus
-from earnorm.events.embedded import start_local_redis
+from earnorm import Event, EventBus, start_local_redis
+from earnorm._errors import PublishError
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.helpers import wait_until
 from tests.interop.celery_app import EVENT_TASKS
 from tests.interop.harness import CeleryWorker, celery_worker

@@ -14,7 +14,7 @@ import pytest
 from celery import Celery, group
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, HandlerRegistry
+from earnorm import Consumer, Event, HandlerRegistry
 from tests.helpers import wait_until
 from tests.interop.celery_app import EVENT_TASKS
 

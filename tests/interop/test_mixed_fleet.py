@@ -8,7 +8,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from tests.helpers import wait_until
 from tests.interop.celery_app import make_app
 from tests.interop.harness import CeleryWorker

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm.events import Consumer, Event, HandlerRegistry
+from earnorm import Consumer, Event, HandlerRegistry
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 import earnorm
-from earnorm.environment import Environment, current_environment
+from earnorm._environment import Environment, current_environment
 from tests.orm import jongodb
 
 

@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 
 from earnorm import BaseModel, DatabaseError, DocumentNotFound, ValidationError
-from earnorm.environment import Environment
+from earnorm._environment import Environment
 
 pytestmark = pytest.mark.anyio
 

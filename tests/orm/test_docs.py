@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 import earnorm
 from earnorm import HandlerRegistry
-from earnorm.events import handlers
+from earnorm.events import _handlers as handlers
 
 pytestmark = pytest.mark.anyio
 

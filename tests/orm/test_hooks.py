@@ -19,7 +19,7 @@ from earnorm import (
     before_update,
     before_write,
 )
-from earnorm.environment import Environment
+from earnorm._environment import Environment
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, HandlerRegistry, event_handler, model_event_handler
+from earnorm._environment import Environment
 from earnorm.base import BaseModel
-from earnorm.environment import Environment
 from earnorm.events.decorators import after_save, before_save
 from earnorm.events.utils import dispatch_model_event
 from tests.helpers import wait_until

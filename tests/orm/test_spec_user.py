@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import earnorm
+from earnorm._environment import Environment
 from earnorm.base import BaseModel
-from earnorm.environment import Environment
 from earnorm.events.decorators import after_write, before_create, before_delete
 
 pytestmark = pytest.mark.anyio

@@ -16,10 +16,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from earnorm.config import EventConfig
+from earnorm._config import EventConfig
+from earnorm.events._embedded import LocalRedis, start_local_redis
+from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._consumer import Consumer
-from earnorm.events.embedded import LocalRedis, start_local_redis
-from earnorm.events.handlers import default_registry
 
 log = logging.getLogger("earnorm.consumer")
 

@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from earnorm.events.event import Event
-from earnorm.events.failures import HandlerFailure
-from earnorm.events.handlers import Handler
-from earnorm.events.protocol import Message
+from earnorm.events._event import Event
+from earnorm.events._failures import HandlerFailure
+from earnorm.events._handlers import Handler
+from earnorm.events._protocol import Message
 
 Failures = list[tuple[Handler, HandlerFailure]]
 

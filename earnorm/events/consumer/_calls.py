@@ -7,13 +7,13 @@ from typing import Any
 
 import anyio
 
-from earnorm.config import RetryPolicy
-from earnorm.errors import HandlerTimeout
-from earnorm.events import protocol
+from earnorm._config import RetryPolicy
+from earnorm._errors import HandlerTimeout
+from earnorm.events import _protocol as protocol
+from earnorm.events._event import Event
+from earnorm.events._failures import HandlerFailure
+from earnorm.events._handlers import Handler
 from earnorm.events.consumer._batch import Failures
-from earnorm.events.event import Event
-from earnorm.events.failures import HandlerFailure
-from earnorm.events.handlers import Handler
 
 log = logging.getLogger("earnorm.consumer")
 

@@ -31,16 +31,16 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
-from earnorm.config import EventConfig
-from earnorm.errors import EarnORMError, MessageDecodeError
-from earnorm.events import protocol
-from earnorm.events.bus import _TRANSIENT, EventBus
+from earnorm._config import EventConfig
+from earnorm._errors import EarnORMError, MessageDecodeError
+from earnorm.events import _protocol as protocol
+from earnorm.events._bus import _TRANSIENT, EventBus
+from earnorm.events._failures import FailureReason, HandlerFailure, failure_record
+from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
+from earnorm.events._monitoring import ProcessingTimes
+from earnorm.events._redis_url import mask_url
 from earnorm.events.consumer._batch import Batches, Failures, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, plan_retries, run_handlers
-from earnorm.events.failures import FailureReason, HandlerFailure, failure_record
-from earnorm.events.handlers import Handler, HandlerRegistry, default_registry
-from earnorm.events.monitoring import ProcessingTimes
-from earnorm.events.redis_url import mask_url
 
 log = logging.getLogger("earnorm.consumer")
 

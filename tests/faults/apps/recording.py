@@ -18,7 +18,7 @@ import os
 import anyio
 from redis.asyncio import Redis
 
-from earnorm.events import Event, event_handler
+from earnorm import Event, event_handler
 
 _FD = os.open(os.environ["EARNORM_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 _SLEEP = float(os.environ.get("EARNORM_TEST_HANDLER_SLEEP", "0"))

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from earnorm.errors import ConfigError
+from earnorm._errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from earnorm.errors import ConfigError
+from earnorm._errors import ConfigError
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
 _SECRET_PARAMS = frozenset({"password", "ssl_password"})

@@ -14,7 +14,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
-from earnorm.errors import DatabaseError, ValidationError
+from earnorm._errors import DatabaseError, ValidationError
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection

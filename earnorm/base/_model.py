@@ -9,7 +9,7 @@
 >>> (await User.get(user.id)).status          # doctest: +SKIP
 'inactive'
 
-See ``earnorm.base.hooks`` for the order hooks run in, and the README's "Models" section
+See ``earnorm.base._hooks`` for the order hooks run in, and the README's "Models" section
 for the guide.
 """
 
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from bson import ObjectId
 
-from earnorm.base.fields import MISSING, Field, collect_fields
-from earnorm.base.hooks import collect_hooks, run_hooks
-from earnorm.base.query import Filter, Query, Sort, mongo_errors, mongo_filter, to_object_id
-from earnorm.environment import Environment, current_environment, register_model
-from earnorm.errors import ConfigError, DocumentNotFound, ValidationError
+from earnorm._environment import Environment, current_environment, register_model
+from earnorm._errors import ConfigError, DocumentNotFound, ValidationError
+from earnorm.base._fields import MISSING, Field, collect_fields
+from earnorm.base._hooks import collect_hooks, run_hooks
+from earnorm.base._query import Filter, Query, Sort, mongo_errors, mongo_filter, to_object_id
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection

@@ -22,9 +22,9 @@ from typing import Any
 import msgpack
 import orjson
 
-from earnorm.errors import EventValidationError, MessageDecodeError, SerializationError
-from earnorm.events.event import Event, new_uuid4
-from earnorm.events.wiretypes import from_wire, to_wire
+from earnorm._errors import EventValidationError, MessageDecodeError, SerializationError
+from earnorm.events._event import Event, new_uuid4
+from earnorm.events._wiretypes import from_wire, to_wire
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from earnorm.errors import EarnORMError
+from earnorm._errors import EarnORMError
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

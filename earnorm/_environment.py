@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from earnorm.errors import ConfigError, DatabaseError, NotInitializedError
-from earnorm.events.wiretypes import from_wire, to_wire
+from earnorm._errors import ConfigError, DatabaseError, NotInitializedError
+from earnorm.events._wiretypes import from_wire, to_wire
 
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from pymongo.asynchronous.database import AsyncDatabase
     from redis.asyncio import Redis
 
-    from earnorm.events.bus import EventBus
+    from earnorm.events._bus import EventBus
 
 _models: dict[str, type] = {}
 

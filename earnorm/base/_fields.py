@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from bson import ObjectId
 
-from earnorm.errors import ConfigError, ValidationError
+from earnorm._errors import ConfigError, ValidationError
 
 
 class _Missing:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from earnorm.errors import ConfigError
+from earnorm._errors import ConfigError
 
 Serializer = Literal["json", "msgpack"]
 Compression = Literal["zlib"] | None

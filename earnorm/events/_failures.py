@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from earnorm.events.protocol import Message
-from earnorm.events.wiretypes import to_wire
+from earnorm.events._protocol import Message
+from earnorm.events._wiretypes import to_wire
 
 
 class FailureReason(StrEnum):

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from earnorm.config import EventConfig
+from earnorm._config import EventConfig
 
 # Redis 7 runs scripts with effects replication, so TIME may be read before writing; on 5/6
 # redis.replicate_commands() asks for it.

@@ -14,7 +14,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from earnorm.errors import MessageDecodeError, SerializationError
+from earnorm._errors import MessageDecodeError, SerializationError
 
 _TAG_KEYS = frozenset({"__type__", "__value__"})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson and msgpack can both write

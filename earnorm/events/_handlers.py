@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from earnorm.config import RetryPolicy
-from earnorm.errors import ConfigError
-from earnorm.events.event import Event
+from earnorm._config import RetryPolicy
+from earnorm._errors import ConfigError
+from earnorm.events._event import Event
 
 HandlerFunc = Callable[[Event], Awaitable[Any]]
 BatchHandlerFunc = Callable[[list[Event]], Awaitable[Any]]

@@ -15,13 +15,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from earnorm.config import EventConfig
-from earnorm.errors import EventValidationError, JobNotFound, PublishError
-from earnorm.events import protocol
-from earnorm.events.broker import Broker
-from earnorm.events.event import Event
-from earnorm.events.monitoring import merge, percentiles
-from earnorm.events.redis_url import mask_url, open_redis
+from earnorm._config import EventConfig
+from earnorm._errors import EventValidationError, JobNotFound, PublishError
+from earnorm.events import _protocol as protocol
+from earnorm.events._broker import Broker
+from earnorm.events._event import Event
+from earnorm.events._monitoring import merge, percentiles
+from earnorm.events._redis_url import mask_url, open_redis
 
 log = logging.getLogger("earnorm.events")
 
