@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from earnorm._environment import Cache, Environment
 from earnorm._errors import (
+    BrokerConnectionError,
     ConfigError,
     DatabaseError,
     DocumentNotFound,
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseModel",
+    "BrokerConnectionError",
     "Cache",
     "ConfigError",
     "Consumer",

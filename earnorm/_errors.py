@@ -27,6 +27,11 @@ class MessageDecodeError(EarnORMError, ValueError):
     """A message read from the broker cannot be decoded into an event."""
 
 
+class BrokerConnectionError(EarnORMError):
+    """Redis cannot be reached (at ``init()``, or when a consumer starts); ``__cause__`` holds
+    redis-py's error. The message names the URL, without its secrets."""
+
+
 class PublishError(EarnORMError, ConnectionError):
     """Publishing failed after the retry policy ran out; ``__cause__`` holds the last error."""
 

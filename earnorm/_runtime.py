@@ -81,8 +81,8 @@ async def init(
     ``mongo_uri`` (also spelled ``mongodb_uri``) is optional; with it, MongoDB must answer a
     ping within ``mongo_timeout`` seconds. ``database`` defaults to the URI's, else "earnorm".
 
-    Raises ``ConfigError`` naming the bad setting, ``PublishError`` if Redis is unreachable,
-    ``DatabaseError`` if MongoDB is.
+    Raises ``ConfigError`` naming the bad setting, ``BrokerConnectionError`` if Redis is
+    unreachable, ``DatabaseError`` if MongoDB is.
     """
     config = EventConfig.from_dict(event_config)
     if redis_uri is None:

@@ -9,7 +9,8 @@ every key in one Redis Cluster slot):
 - ``Q:consumers``: zset of consumer id scored by heartbeat deadline (unix ms, Redis clock).
 - ``Q:inflight:<consumer>``: hash of field -> envelope, what that consumer holds.
 - ``Q:landing:<consumer>``: list that the blocking wait moves one message into.
-- ``Q:failed`` (hash job id -> JSON record) and ``Q:failed:index`` (zset by failure time).
+- ``Q:failed`` (hash job id -> JSON record) and ``Q:failed:index`` (zset by failure time):
+  written here in the settle transaction, read and managed by ``_failed_store.FailedStore``.
 - ``Q:stats``: hash of counters (processed, failed, retried). A retry or dead-letter counts in
   its own transaction; handled events are counted by the consumer's next fetch script (no round
   trip of their own, at most ``poll_interval`` late).
@@ -24,12 +25,31 @@ list are handed back by a live consumer once its heartbeat deadline passes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
+from earnorm.events._failed_store import FailedStore
+from earnorm.events._keys import Keys, delayed_member, text
+
+# Errors that mean "Redis could not be reached or did not answer in time": the operation may
+# succeed if tried again later, and callers back off and retry. Any other RedisError is an
+# answer (the server refused the command) and is not retried blindly.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, OSError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection-level failure worth retrying (see ``TRANSIENT_ERRORS``).
+
+    >>> is_transient(RedisConnectionError("refused")), is_transient(ValueError())
+    (True, False)
+    """
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 # Redis 7 runs scripts with effects replication, so TIME may be read before writing; on 5/6
 # redis.replicate_commands() asks for it.
@@ -127,80 +147,6 @@ return moved
 """
 
 
-# KEYS: failed, failed index, ready lists by index. ARGV: (job id, list index, envelope)...
-# A job is pushed back only if its record was still there: retrying a job twice at once, or
-# retrying one that was just removed, cannot put it on the queue twice.
-_REQUEUE_FAILED = """
-local pushed = 0
-for i = 1, #ARGV, 3 do
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    redis.call('LPUSH', KEYS[3 + tonumber(ARGV[i + 1])] or KEYS[3], ARGV[i + 2])
-    pushed = pushed + 1
-  end
-end
-return pushed
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """Redis key names for one queue."""
-
-    queue: str
-    ready: tuple[str, ...]
-    steps: tuple[int, ...]
-    delayed: str
-    consumers: str
-    failed: str
-    failed_index: str
-    stats: str
-    monitor: str
-
-    @classmethod
-    def for_queue(cls, config: EventConfig) -> Keys:
-        q = config.queue_name
-        ready = tuple(q if step == 0 else f"{q}{config.separator}{step}"
-                      for step in config.priority_steps)
-        return cls(
-            queue=q,
-            ready=ready,
-            steps=config.priority_steps,
-            delayed=f"{q}:delayed",
-            consumers=f"{q}:consumers",
-            failed=f"{q}:failed",
-            failed_index=f"{q}:failed:index",
-            stats=f"{q}:stats",
-            monitor=f"{q}:monitor",
-        )
-
-    def inflight(self, consumer_id: str) -> str:
-        return f"{self.queue}:inflight:{consumer_id}"
-
-    def landing(self, consumer_id: str) -> str:
-        return f"{self.queue}:landing:{consumer_id}"
-
-    def ready_index(self, priority: int) -> int:
-        """Celery's rule (wire.md 6): the largest step <= the priority clamped to 0..9."""
-        if priority == 0:  # the publishing hot path
-            return 0
-        priority = min(max(priority, 0), 9)
-        index = 0
-        for i, step in enumerate(self.steps):
-            if step <= priority:
-                index = i
-        return index
-
-
-def delayed_member(raw: bytes, ready_index: int) -> bytes:
-    return b"%d:%s" % (ready_index, raw)
-
-
-def split_delayed_member(member: bytes) -> tuple[int, bytes]:
-    index, _, raw = member.partition(b":")
-    return int(index), raw
-
-
 class Broker:
     """Thin async operations over one queue's keys. Stateless apart from the client."""
 
@@ -213,7 +159,12 @@ class Broker:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._recover = redis.register_script(_RECOVER)
         self._reclaim = redis.register_script(_RECLAIM)
-        self._requeue_failed = redis.register_script(_REQUEUE_FAILED)
+        self.failed = FailedStore(redis, self.keys)
+
+    async def server_time_ms(self) -> float:
+        """Redis's clock, in unix ms."""
+        seconds, micros = await self.redis.time()
+        return float(seconds * 1000 + micros / 1000)
 
     # ------------------------------------------------------------------ publishing
 
@@ -324,7 +275,7 @@ class Broker:
     async def heartbeat(self, consumer_id: str, timeout_ms: int) -> tuple[float, list[str]]:
         """Extend our deadline. Returns (Redis now ms, ids of consumers past their deadline)."""
         result = await self._heartbeat(keys=[self.keys.consumers], args=[consumer_id, timeout_ms])
-        return float(result[0]), [_text(x) for x in result[1:]]
+        return float(result[0]), [text(x) for x in result[1:]]
 
     async def recover(self, consumer_id: str, *, force: bool = False) -> int:
         """Hand a dead consumer's messages back to the ready list; -1 if it is alive again."""
@@ -353,73 +304,6 @@ class Broker:
     async def publish_summary(self, consumer_id: str, summary: bytes) -> None:
         await self.redis.hset(self.keys.monitor, consumer_id, summary)
 
-    # ------------------------------------------------------------------ failed jobs
-
-    async def failed_page(
-        self, after: tuple[float, str] | None, count: int
-    ) -> list[tuple[str, float, bytes | None]]:
-        """Up to ``count`` failed jobs in failure order, after position ``after`` (failed ms,
-        job id; None = from the start): (job id, failed ms, record) each.
-
-        The position is a score and a member, not an offset, so removing or retrying jobs while
-        paging neither skips nor repeats any. Equal scores are ordered by id, as in the zset.
-        """
-        low: float | str = "-inf" if after is None else after[0]
-        skip = 0
-        while True:
-            ids: Any = await self.redis.zrangebyscore(
-                self.keys.failed_index, low, "+inf", start=skip, num=count, withscores=True
-            )
-            page = [(_text(i), float(score)) for i, score in ids]
-            if after is not None:
-                page = [(i, sc) for i, sc in page if (sc, i) > (after[0], after[1])]
-            if page or len(ids) < count:
-                break
-            skip += len(ids)  # a whole page tied with ``after``: look further
-        if not page:
-            return []
-        records: Any = await self.redis.hmget(self.keys.failed, [i for i, _ in page])
-        return [(i, sc, r) for (i, sc), r in zip(page, records, strict=True)]
-
-    async def failed_get(self, job_id: str) -> bytes | None:
-        result = await self.redis.hget(self.keys.failed, job_id)
-        return result if isinstance(result, bytes) or result is None else result.encode()
-
-    async def failed_remove(self, job_id: str) -> bool:
-        return await self.failed_remove_many([job_id]) == 1
-
-    async def failed_remove_many(self, job_ids: Sequence[str]) -> int:
-        """Delete failed jobs' records; returns how many existed."""
-        if not job_ids:
-            return 0
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.failed, *job_ids)
-            pipe.zrem(self.keys.failed_index, *job_ids)
-            removed, _ = await pipe.execute()
-        return int(removed)
-
-    async def failed_purge(self) -> int:
-        """Delete every failed job; returns how many there were."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hlen(self.keys.failed)
-            pipe.delete(self.keys.failed, self.keys.failed_index)
-            count, _ = await pipe.execute()
-        return int(count)
-
-    async def failed_requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
-        """Put a failed job's message back on the queue and drop its record, atomically."""
-        return await self.failed_requeue_many([(job_id, raw, ready_index)]) == 1
-
-    async def failed_requeue_many(self, jobs: Sequence[tuple[str, bytes, int]]) -> int:
-        """``failed_requeue`` for many (job id, envelope, ready index); returns how many."""
-        if not jobs:
-            return 0
-        args: list[str | bytes | int] = []
-        for job_id, raw, ready_index in jobs:
-            args += [job_id, ready_index, raw]
-        keys = [self.keys.failed, self.keys.failed_index, *self.keys.ready]
-        return int(await self._requeue_failed(keys=keys, args=args))
-
     # ------------------------------------------------------------------ counts
 
     async def snapshot(self) -> dict[str, Any]:
@@ -445,8 +329,8 @@ class Broker:
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid, _ in consumers:
-                    pipe.hlen(self.keys.inflight(_text(cid)))
-                    pipe.llen(self.keys.landing(_text(cid)))
+                    pipe.hlen(self.keys.inflight(text(cid)))
+                    pipe.llen(self.keys.landing(text(cid)))
                 inflight = sum(await pipe.execute())
         return {
             "now_ms": seconds * 1000 + micros / 1000,
@@ -456,11 +340,9 @@ class Broker:
             "next_delayed_ms": float(next_delayed[0][1]) if next_delayed else None,
             "failed": int(failed),
             "inflight": int(inflight),
-            "consumers": {_text(cid): float(deadline) for cid, deadline in consumers},
-            "counters": {_text(k): int(v) for k, v in counters.items()},
-            "monitor": {_text(k): v for k, v in monitor.items()},
+            "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
+            "counters": {text(k): int(v) for k, v in counters.items()},
+            "monitor": {text(k): v for k, v in monitor.items()},
         }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -11,14 +11,13 @@ from typing import Any
 import anyio
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
-from earnorm._errors import EventValidationError, JobNotFound, PublishError
+from earnorm._errors import BrokerConnectionError, EventValidationError, JobNotFound, PublishError
 from earnorm.events import _protocol as protocol
-from earnorm.events._broker import Broker
+from earnorm.events._broker import TRANSIENT_ERRORS, Broker
+from earnorm.events._clock import ServerClock
 from earnorm.events._event import Event
 from earnorm.events._monitoring import merge, percentiles
 from earnorm.events._redis_url import mask_url, open_redis
@@ -26,7 +25,6 @@ from earnorm.events._redis_url import mask_url, open_redis
 log = logging.getLogger("earnorm.events")
 
 Delay = float | int | timedelta | None
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (wire.md 7)
 
 
@@ -53,7 +51,7 @@ class EventBus:
         self.broker = Broker(redis, self.config)
         self.url = url
         self._owns_redis = False
-        self._clock_offset_ms = 0.0
+        self.clock = ServerClock()
 
     @classmethod
     async def connect(
@@ -68,23 +66,28 @@ class EventBus:
             cfg = EventConfig.from_dict(raw)
         bus = cls(open_redis(redis_url), cfg, url=redis_url)
         bus._owns_redis = True
-        await bus.sync_clock()
+        try:
+            await bus.sync_clock()
+        except BaseException:
+            await bus.close()
+            raise
         return bus
 
     async def sync_clock(self) -> None:
-        """Measure the offset to Redis's clock, so delays are due by the clock consumers use."""
+        """Measure the offset to Redis's clock, so delays are due by the clock consumers use.
+        ``BrokerConnectionError`` if Redis cannot be reached."""
         try:
-            before = time.time()
-            seconds, micros = await self.redis.time()
-            after = time.time()
-        except _TRANSIENT as exc:
-            raise PublishError(f"cannot reach Redis at {mask_url(self.url)}: {exc}") from exc
-        server_ms = seconds * 1000 + micros / 1000
-        self._clock_offset_ms = server_ms - (before + after) * 500
+            sent = time.time()
+            server_ms = await self.broker.server_time_ms()
+            self.clock.observe(server_ms, sent, time.time())
+        except TRANSIENT_ERRORS as exc:
+            raise BrokerConnectionError(
+                f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def now_ms(self) -> float:
         """Now, in unix ms by Redis's clock."""
-        return time.time() * 1000 + self._clock_offset_ms
+        return self.clock.now_ms()
 
     async def close(self) -> None:
         if self._owns_redis:
@@ -123,13 +126,15 @@ class EventBus:
         delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
         header. Returns the job id (the event id)."""
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
-        if due_ms is None:
-            try:  # the common case, without the retry machinery's extra awaits
-                await self.broker.push(raw, index)
-            except (*_TRANSIENT, RedisError):
-                await self._with_retries(self.broker.push, raw, index)
-        else:
+        if due_ms is not None:
             await self._with_retries(self.broker.schedule, raw, index, due_ms)
+            return event.id
+        try:  # the first attempt of the common case, without the retry loop's extra awaits
+            await self.broker.push(raw, index)
+        except TRANSIENT_ERRORS as exc:
+            await self._with_retries(self.broker.push, raw, index, first_failure=exc)
+        except RedisError as exc:
+            raise self._refused(exc) from exc
         return event.id
 
     async def publish_batch(
@@ -143,26 +148,37 @@ class EventBus:
             await self._with_retries(self.broker.push_many, items)
         return [event.id for event in events]
 
-    async def _with_retries(self, operation: Any, *args: Any) -> None:
+    async def _with_retries(
+        self, operation: Any, *args: Any, first_failure: BaseException | None = None
+    ) -> None:
+        """Run ``operation`` up to ``max_retries + 1`` times in all while Redis is unreachable,
+        waiting the retry policy's delay between attempts. ``first_failure``: the caller's own
+        first attempt already failed with it (it counts as attempt 1). A write Redis answers
+        with a refusal (OOM, NOPERM, READONLY) is not sent again."""
         policy = self.config.retry_policy
-        for attempt in range(policy.max_retries + 1):
+        attempts = policy.max_retries + 1
+        error = first_failure
+        for attempt in range(1 if first_failure is not None else 0, attempts):
+            if attempt:
+                wait = policy.delay(attempt - 1)
+                log.warning("publish failed (%s), retrying in %.2fs", error, wait)
+                await anyio.sleep(wait)
             try:
                 await operation(*args)
                 return
-            except _TRANSIENT as exc:
-                if attempt >= policy.max_retries:
-                    raise PublishError(
-                        f"publish to {mask_url(self.url)} failed after {attempt + 1} "
-                        f"attempt(s): {type(exc).__name__}: {exc}"
-                    ) from exc
-                wait = policy.delay(attempt)
-                log.warning("publish failed (%s), retrying in %.2fs", exc, wait)
-                await anyio.sleep(wait)
-            except RedisError as exc:  # reached, but refused (OOM, NOPERM, READONLY): no retry
-                raise PublishError(
-                    f"Redis at {mask_url(self.url)} refused the publish: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            except TRANSIENT_ERRORS as exc:
+                error = exc
+            except RedisError as exc:
+                raise self._refused(exc) from exc
+        raise PublishError(
+            f"publish to {mask_url(self.url)} failed after {attempts} attempt(s): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+    def _refused(self, exc: RedisError) -> PublishError:
+        return PublishError(
+            f"Redis at {mask_url(self.url)} refused the publish: {type(exc).__name__}: {exc}"
+        )
 
     # ------------------------------------------------------------------ failed jobs
 
@@ -179,7 +195,7 @@ class EventBus:
         after = _parse_cursor(cursor)
         out: list[dict[str, Any]] = []
         while len(out) < limit:
-            page = await self.broker.failed_page(after, max(limit, 100))
+            page = await self.broker.failed.page(after, max(limit, 100))
             if not page:
                 break
             for job_id, failed_ms, record in page:
@@ -199,7 +215,7 @@ class EventBus:
 
     async def get_failed_job(self, job_id: str) -> dict[str, Any]:
         """One failed job's record; ``JobNotFound`` if there is none."""
-        record = await self.broker.failed_get(job_id)
+        record = await self.broker.failed.get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
         job: dict[str, Any] = orjson.loads(record)
@@ -211,13 +227,13 @@ class EventBus:
         Only the handlers that gave up run again. ``JobNotFound`` for an unknown id."""
         job = await self.get_failed_job(job_id)
         fresh, index = self._requeue_message(job)
-        if not await self.broker.failed_requeue(job_id, fresh, index):
+        if not await self.broker.failed.requeue(job_id, fresh, index):
             raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
         return job_id
 
     async def remove_job(self, job_id: str) -> None:
         """Delete a failed job's record; ``JobNotFound`` for an unknown id."""
-        if not await self.broker.failed_remove(job_id):
+        if not await self.broker.failed.remove(job_id):
             raise JobNotFound(self._not_found(job_id))
 
     async def retry_failed(self, event_name: str | None = None) -> int:
@@ -234,18 +250,18 @@ class EventBus:
                 except (JobNotFound, EventValidationError):
                     continue
                 batch.append((job["job_id"], fresh, index))
-            count += await self.broker.failed_requeue_many(batch)
+            count += await self.broker.failed.requeue_many(batch)
         return count
 
     async def purge_failed(self, event_name: str | None = None) -> int:
         """Delete every failed job (of ``event_name`` only, if given). Returns how many."""
         if event_name is None:
-            return await self.broker.failed_purge()
+            return await self.broker.failed.purge()
         count = 0
         cursor = None
         while page := await self.get_failed_jobs(500, cursor, event_name):
             cursor = page[-1]["cursor"]
-            count += await self.broker.failed_remove_many([job["job_id"] for job in page])
+            count += await self.broker.failed.remove_many([job["job_id"] for job in page])
         return count
 
     def _requeue_message(self, job: dict[str, Any]) -> tuple[bytes, int]:

@@ -26,8 +26,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from earnorm._errors import EarnORMError, JobNotFound, PublishError
-from earnorm.events._bus import _TRANSIENT, EventBus
+from earnorm._errors import BrokerConnectionError, EarnORMError, JobNotFound
+from earnorm.events._broker import TRANSIENT_ERRORS
+from earnorm.events._bus import EventBus
 from earnorm.events._redis_url import mask_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
@@ -245,6 +246,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await bus.close()
 
 
+def _unreachable(why: str, started: float) -> int:
+    print(f"error: {why} (after {time.monotonic() - started:.1f}s)", file=sys.stderr)
+    return UNREACHABLE
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)  # exits with 2 on a usage error
@@ -268,12 +274,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except JobNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return NOT_FOUND
-    except _TRANSIENT as exc:  # PublishError from connect() is a ConnectionError too
-        why = str(exc) if isinstance(exc, PublishError) else (
-            f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}"
-        )
-        print(f"error: {why} (after {time.monotonic() - started:.1f}s)", file=sys.stderr)
-        return UNREACHABLE
+    except BrokerConnectionError as exc:
+        return _unreachable(str(exc), started)
+    except TRANSIENT_ERRORS as exc:
+        return _unreachable(f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}", started)
     except EarnORMError as exc:  # e.g. a job whose message is undecodable cannot be retried
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED

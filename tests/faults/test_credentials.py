@@ -21,7 +21,7 @@ import trustme
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from earnorm._errors import EarnORMError, PublishError
+from earnorm import BrokerConnectionError, EarnORMError, PublishError
 from earnorm.events._embedded import LocalRedis, TLSFiles, find_server_binary, start_local_redis
 from earnorm.events._redis_url import mask_url
 from tests.faults.workers import Worker, recorded
@@ -141,9 +141,9 @@ async def test_refused_connection_error_names_the_cause_not_the_password(
         "no client certificate": secure.url(cert=False),
         "no CA file": secure.url(ca=False),
     }[kind]
-    with pytest.raises(PublishError) as raised:
+    with pytest.raises(BrokerConnectionError) as raised:
         await EventBus.connect(url, queue_name=queue_name)
-    with pytest.raises(PublishError) as from_consumer:
+    with pytest.raises(BrokerConnectionError) as from_consumer:
         await Consumer(url, queue_name=queue_name, registry=HandlerRegistry()).run()
     for error in (raised.value, from_consumer.value):
         text = f"{error} {error.__cause__!r} {error.__cause__}"

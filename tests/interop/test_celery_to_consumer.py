@@ -113,7 +113,7 @@ async def test_expired_celery_message_is_not_run_but_counted_and_recorded(
     expires = datetime.now(UTC) - timedelta(seconds=60)
     task_id = publish(producer, "send_task", "user.created", args=[{"x": 1}], expires=expires)
     # The counter goes up just before the record is written: wait for the record.
-    await wait_until(lambda: consumer.bus.broker.failed_get(task_id), 10,
+    await wait_until(lambda: consumer.bus.broker.failed.get(task_id), 10,
                      message="the expired message's record")
     assert consumer.failed == 1
     assert recorder.events == []

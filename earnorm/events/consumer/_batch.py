@@ -21,8 +21,7 @@ from earnorm.events._event import Event
 from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
 from earnorm.events._protocol import Message
-
-Failures = list[tuple[Handler, HandlerFailure]]
+from earnorm.events.consumer._decide import Failures
 
 
 @dataclass(eq=False, slots=True)

@@ -1,4 +1,4 @@
-"""Calling handlers, and deciding what a failure leads to. Stateless: no Redis, no consumer."""
+"""Calling handlers, with their timeouts. Stateless: no Redis, no consumer."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from typing import Any
 
 import anyio
 
-from earnorm._config import RetryPolicy
 from earnorm._errors import HandlerTimeout
-from earnorm.events import _protocol as protocol
 from earnorm.events._event import Event
 from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
-from earnorm.events.consumer._batch import Failures
+from earnorm.events.consumer._decide import Failures
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -57,30 +55,3 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> Failures:
             log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, error)
             failures.append((handler, HandlerFailure(handler.name, error)))
     return failures
-
-
-def should_retry(handler: Handler, error: BaseException) -> bool:
-    if handler.no_retry_on and isinstance(error, handler.no_retry_on):
-        return False
-    if handler.retry_on:
-        return isinstance(error, handler.retry_on)
-    return True
-
-
-def plan_retries(
-    message: protocol.Message, failures: Failures, default: RetryPolicy
-) -> tuple[Failures, Failures, float]:
-    """Split failures by each handler's own policy into (retry, gave up), and the delay of the
-    retry: the longest of the retrying handlers' delays for this attempt."""
-    retry: Failures = []
-    gave_up: Failures = []
-    for handler, failure in failures:
-        policy = handler.retry_policy or default
-        may_retry = message.retries < policy.max_retries and should_retry(
-            handler, failure.error
-        )
-        (retry if may_retry else gave_up).append((handler, failure))
-    delay_s = max(
-        ((h.retry_policy or default).delay(message.retries) for h, _ in retry), default=0.0
-    )
-    return retry, gave_up, delay_s

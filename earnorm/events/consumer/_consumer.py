@@ -1,15 +1,16 @@
 """The consumer: one asyncio program that fetches, runs handlers, retries, and acks.
 
-Tasks inside ``run()`` (one anyio task group, all owned and cancelled together):
+It owns one anyio task group; every task in it is started here and cancelled with it:
 
-- fetch loop: moves batches from the ready lists into our in-flight hash (atomic Lua), or blocks
-  on BLMOVE into our landing list when the queue is empty;
-- ``concurrency`` workers: take fetched messages and run their handlers;
-- ack loop: coalesces acks into one HDEL per round trip;
-- heartbeat loop: extends our deadline, recovers consumers past theirs, and publishes our
-  summary (counters, recent processing times) for ``stats()``;
-- promote loop: moves due delayed messages to the ready lists;
-- batch loop: flushes batch handlers' batches whose ``batch_timeout`` passed (``_batch.py``).
+- ``Fetcher.run`` (``_fetcher.py``): ready lists -> our in-flight hash -> the buffer;
+- ``concurrency`` workers (``_worker`` below): take a message, decide, run, apply the outcome;
+- ``AckBatcher.run`` (``_acks.py``): coalesced acks;
+- ``Heartbeat.run`` (``_heartbeat.py``): liveness, recovery of dead consumers, our summary;
+- ``promote_due_forever`` (``_promoter.py``): due delayed messages -> ready lists;
+- the batch flusher (``_batch_loop`` below): batches whose ``batch_timeout`` passed.
+
+What happens to a message is decided by the pure functions of ``_decide.py``; this module does
+the I/O they ask for, through the broker layer only.
 """
 
 from __future__ import annotations
@@ -21,31 +22,38 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
+from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
-from earnorm._errors import EarnORMError, MessageDecodeError
+from earnorm._errors import BrokerConnectionError, EarnORMError, MessageDecodeError
 from earnorm.events import _protocol as protocol
-from earnorm.events._bus import _TRANSIENT, EventBus
-from earnorm.events._failures import FailureReason, HandlerFailure, failure_record
+from earnorm.events._broker import TRANSIENT_ERRORS, Broker
+from earnorm.events._bus import EventBus
+from earnorm.events._clock import ServerClock
+from earnorm.events._failures import FailureReason, failure_record
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
+from earnorm.events._keys import Keys
 from earnorm.events._monitoring import ProcessingTimes
-from earnorm.events._redis_url import mask_url
-from earnorm.events.consumer._batch import Batches, Failures, PendingEvent, run_batch
-from earnorm.events.consumer._calls import call_handler, plan_retries, run_handlers
+from earnorm.events._redis_url import mask_url, open_redis
+from earnorm.events.consumer import _decide as decide
+from earnorm.events.consumer._acks import AckBatcher
+from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
+from earnorm.events.consumer._calls import call_handler, run_handlers
+from earnorm.events.consumer._fetcher import Fetcher
+from earnorm.events.consumer._heartbeat import Heartbeat
+from earnorm.events.consumer._promoter import promote_due_forever
+from earnorm.events.consumer._resilient import until_done
 
 log = logging.getLogger("earnorm.consumer")
 
-_MAX_FETCH = 1000  # keeps Lua's unpack() well inside its stack limit
-_ETA_SLACK_MS = 5.0  # an eta this close is run now rather than bounced through the delayed set
+# event name -> (handlers_for's tuple, handlers run at once, batch handlers)
 _Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
 
 
@@ -60,6 +68,10 @@ class Consumer:
 
         async with Consumer(bus=earnorm.event_bus, concurrency=50):
             await serve_forever()
+
+    The queue and its settings come from ``config`` (or ``bus.config``), with ``queue_name``
+    overriding the queue: with ``bus=`` and another ``queue_name``, the consumer shares the
+    bus's Redis connection but consumes, logs and reports its own queue.
     """
 
     def __init__(
@@ -102,58 +114,85 @@ class Consumer:
         self.processed = 0
         self.failed = 0
         self.retried = 0
+        self.clock = ServerClock()
+        self._redis: Redis | None = None
+        self._broker: Broker | None = None
         self._bus: EventBus | None = None
-        self._buffer: deque[tuple[int, bytes]] = deque()
-        self._have_work = asyncio.Event()
-        self._have_room = asyncio.Event()
-        self._acks: list[int] = []
-        self._have_acks = asyncio.Event()
+        self._fetcher: Fetcher | None = None
+        self._acks: AckBatcher | None = None
         self._running = 0
         self._idle = asyncio.Event()
-        self._seq = 0
-        self._held: set[int] = set()  # fields in our in-flight hash that we know about
-        self._orphans_possible = False
-        self._clock_offset_ms = 0.0
-        self._stopping = False
-        self._fetch_scope: anyio.CancelScope | None = None
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._stop_requested = False
         self._task_group: TaskGroup | None = None
-        self._background: Any = None
+        self._background: asyncio.Task[None] | None = None
         self._batches = Batches()
-        # event name -> (handlers_for's tuple, handlers run at once, batch handlers)
         self._plans: dict[str, _Plan] = {}
         self._timings = ProcessingTimes()
         self._started_ms = time.time() * 1000
-        self._unreported = 0  # acked events not yet added to the queue's processed counter
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def bus(self) -> EventBus:
-        if self._bus is None:
+        """An ``EventBus`` on this consumer's queue and connection (failed jobs, stats)."""
+        if self._broker is None:
             raise EarnORMError("consumer is not running")
+        if self._bus is None:
+            given = self._given_bus
+            if given is not None and given.config == self.config:
+                self._bus = given
+            else:
+                self._bus = EventBus(self._broker.redis, self.config, url=self.redis_url)
+                self._bus.clock = self.clock
         return self._bus
 
+    async def _connect(self) -> Broker:
+        if self._given_bus is not None:
+            self._redis = self._given_bus.redis
+        else:
+            self._redis = open_redis(self.redis_url)
+        broker = Broker(self._redis, self.config)
+        self._broker = broker
+        return broker
+
     async def run(self) -> None:
-        """Run until ``stop()`` is called or the calling task is cancelled."""
-        self._bus = self._given_bus or await EventBus.connect(self.redis_url, self.config)
+        """Run until ``stop()`` is called or the calling task is cancelled.
+
+        ``BrokerConnectionError`` if Redis cannot be reached when it starts; once running it
+        rides out Redis outages (every loop backs off and retries)."""
+        broker = await self._connect()
+        acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked)
+        fetcher = self._fetcher = Fetcher(
+            broker, self.consumer_id, self.prefetch, self.poll_interval,
+            acks.take_unreported, acks.give_back_unreported,
+        )
+        heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary)
         try:
-            await self._heartbeat_once()
+            try:
+                await heartbeat.once()
+            except TRANSIENT_ERRORS as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach Redis at {mask_url(self.redis_url)}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             self._log_startup()
+            if self._stop_requested:
+                fetcher.stop()
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                tg.start_soon(self._heartbeat_loop)
-                tg.start_soon(self._promote_loop)
-                tg.start_soon(self._ack_loop)
+                tg.start_soon(heartbeat.run)
+                tg.start_soon(promote_due_forever, broker, self.promote_interval)
+                tg.start_soon(acks.run)
                 tg.start_soon(self._batch_loop)
                 for _ in range(self.concurrency):
                     tg.start_soon(self._worker)
                 self._started.set()
-                await self._fetch_loop()
+                await fetcher.run()
                 # Stopping: what is running may finish, then open batches are flushed; what was
                 # fetched but not started waits in our in-flight hash and is handed back below.
-                self._have_work.set()
+                fetcher.wake_workers()
                 with anyio.move_on_after(self.shutdown_timeout):
                     await self._drain()
                 if self._running or len(self._batches):
@@ -162,7 +201,7 @@ class Consumer:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
-                await self._finish()
+                await self._finish(broker, acks)
             self._stopped.set()
 
     async def _drain(self) -> None:
@@ -178,11 +217,9 @@ class Consumer:
 
     def stop(self) -> None:
         """Ask the consumer to stop: no more fetching; running handlers may finish."""
-        self._stopping = True
-        self._have_work.set()
-        self._have_room.set()
-        if self._fetch_scope is not None:
-            self._fetch_scope.cancel()
+        self._stop_requested = True
+        if self._fetcher is not None:
+            self._fetcher.stop()
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -206,23 +243,19 @@ class Consumer:
         if self._background is not None:
             await self._background
 
-    async def _finish(self) -> None:
-        bus = self._bus
-        if bus is None:
-            return
+    async def _finish(self, broker: Broker, acks: AckBatcher) -> None:
         try:
-            await self._flush_acks()
-            await bus.broker.count_processed(self._unreported)
-            self._unreported = 0
-            returned = await bus.broker.recover(self.consumer_id, force=True)
+            await acks.flush()
+            await broker.count_processed(acks.take_unreported())
+            returned = await broker.recover(self.consumer_id, force=True)
             if returned:
                 log.info("returned %d unfinished message(s) to the queue", returned)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             log.warning("could not return in-flight messages (%s); another consumer will "
                         "recover them after the heartbeat timeout", exc)
         finally:
-            if self._given_bus is None:
-                await bus.close()
+            if self._given_bus is None and self._redis is not None:
+                await self._redis.aclose()
 
     def _log_startup(self) -> None:
         names = sorted({h.pattern for h in self.registry.all()})
@@ -231,141 +264,6 @@ class Consumer:
             self.consumer_id, self.config.queue_name, len(self.registry), names,
             self.concurrency, self.prefetch, mask_url(self.redis_url),
         )
-
-    # ------------------------------------------------------------------ loops
-
-    async def _fetch_loop(self) -> None:
-        broker = self.bus.broker
-        low_water = max(self.prefetch // 2, 1)
-        failures = 0
-        while not self._stopping:
-            room = self.prefetch - len(self._buffer)
-            if room < low_water:
-                self._have_room.clear()
-                await self._have_room.wait()
-                continue
-            want = min(room, _MAX_FETCH)
-            first = self._seq + 1
-            # Field numbers are spent before the call: if its reply is lost, the next fetch
-            # must not reuse (and overwrite) fields the script may already have written.
-            self._seq += want
-            batch: list[bytes] = []
-            try:
-                with anyio.CancelScope() as scope:
-                    self._fetch_scope = scope
-                    if self._stopping:
-                        break
-                    # The fetch script also counts what we handled since the last one.
-                    handled, self._unreported = self._unreported, 0
-                    batch = await broker.fetch(self.consumer_id, want, first - 1, handled)
-                    if not batch:
-                        await broker.wait_for_message(self.consumer_id, self.poll_interval)
-                if scope.cancelled_caught:
-                    break
-                failures = 0
-            except _TRANSIENT as exc:
-                failures += 1
-                self._orphans_possible = True
-                await self._backoff("fetch", exc, failures)
-                continue
-            finally:
-                self._fetch_scope = None
-            if self._orphans_possible:
-                await self._reclaim_orphans()
-            if batch:
-                fields = range(first, first + len(batch))
-                self._held.update(fields)
-                self._buffer.extend(zip(fields, batch, strict=True))
-                self._have_work.set()
-
-    async def _reclaim_orphans(self) -> None:
-        """After a fetch whose reply was lost, hand back what it moved but we never saw."""
-        try:
-            returned = await self.bus.broker.reclaim(self.consumer_id, self._held)
-        except _TRANSIENT:
-            return
-        self._orphans_possible = False
-        if returned:
-            log.warning("returned %d message(s) fetched during a connection failure", returned)
-
-    async def _worker(self) -> None:
-        buffer = self._buffer
-        failures = 0  # consecutive Redis failures while settling: the backoff grows with them
-        while True:
-            while not buffer or self._stopping:
-                if self._stopping:
-                    return
-                self._have_work.clear()
-                await self._have_work.wait()
-            field, raw = buffer.popleft()
-            if len(buffer) < max(self.prefetch // 2, 1):
-                self._have_room.set()
-            self._running += 1
-            try:
-                await self._process(field, raw)
-                failures = 0
-            except _TRANSIENT as exc:
-                # Redis failed while settling the message: it is still in our in-flight hash,
-                # so it is neither lost nor settled. Run it again once Redis is back.
-                failures += 1
-                await self._backoff("settle", exc, failures)
-                buffer.appendleft((field, raw))
-                self._have_work.set()
-            finally:
-                self._running -= 1
-                if not self._running:
-                    self._idle.set()
-
-    async def _ack_loop(self) -> None:
-        failures = 0
-        while True:
-            await self._have_acks.wait()
-            self._have_acks.clear()
-            try:
-                await self._flush_acks()
-                failures = 0
-            except _TRANSIENT as exc:
-                failures += 1
-                await self._backoff("ack", exc, failures)
-                self._have_acks.set()
-
-    async def _flush_acks(self) -> None:
-        if not self._acks:
-            return
-        fields, self._acks = self._acks, []
-        try:
-            await self.bus.broker.ack(self.consumer_id, fields)
-        except BaseException:
-            self._acks[:0] = fields  # keep them for the next try
-            raise
-        self._held.difference_update(fields)
-        self._unreported += len(fields)  # only handled events are acked here
-
-    async def _heartbeat_once(self) -> None:
-        timeout_ms = int(self.config.heartbeat_timeout * 1000)
-        before = time.time()
-        now_ms, dead = await self.bus.broker.heartbeat(self.consumer_id, timeout_ms)
-        self._clock_offset_ms = now_ms - (before + time.time()) * 500
-        await self.bus.broker.publish_summary(self.consumer_id, self._summary(now_ms))
-        for other in dead:
-            if other == self.consumer_id:
-                log.warning("this consumer missed its heartbeat deadline; its in-flight "
-                            "messages may be delivered again")
-                continue
-            moved = await self.bus.broker.recover(other)
-            if moved >= 0:
-                log.warning("recovered %d message(s) from dead consumer %s", moved, other)
-
-    async def _heartbeat_loop(self) -> None:
-        failures = 0
-        while True:
-            await anyio.sleep(self.config.heartbeat_interval)
-            try:
-                await self._heartbeat_once()
-                failures = 0
-            except _TRANSIENT as exc:
-                failures += 1
-                await self._backoff("heartbeat", exc, failures)
 
     def _summary(self, now_ms: float) -> bytes:
         return orjson.dumps({
@@ -384,23 +282,23 @@ class Consumer:
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)
 
-    async def _promote_loop(self) -> None:
-        broker = self.bus.broker
-        failures = 0
-        while True:
+    def _forget_acked(self, fields: list[int]) -> None:
+        assert self._fetcher is not None
+        self._fetcher.held.difference_update(fields)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _worker(self) -> None:
+        assert self._fetcher is not None
+        fetcher = self._fetcher
+        while (item := await fetcher.take()) is not None:
+            self._running += 1
             try:
-                moved, next_due, now = await broker.promote_due(500)
-                failures = 0
-            except _TRANSIENT as exc:
-                failures += 1
-                await self._backoff("promote", exc, failures)
-                continue
-            if moved >= 500:
-                continue
-            wait = self.promote_interval
-            if next_due is not None:
-                wait = min(max((next_due - now) / 1000, 0.0), wait)
-            await anyio.sleep(wait)
+                await self._process(*item)
+            finally:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
 
     async def _batch_loop(self) -> None:
         """Flushes batches whose ``batch_timeout`` passed; full ones are run by the worker
@@ -434,78 +332,54 @@ class Consumer:
         for item in items:
             self._timings.record(share)
             item.waiting -= 1
-            if item.waiting:
-                continue
-            failures = 0
-            while True:  # the batch ran: settle each event, whatever Redis does meanwhile
-                try:
-                    await self._settle(item.field, item.raw, item.message, item.failures)
-                    break
-                except _TRANSIENT as exc:
-                    failures += 1
-                    await self._backoff("settle", exc, failures)
-
-    async def _backoff(self, what: str, exc: BaseException, failures: int) -> None:
-        wait = min(0.05 * 2 ** min(failures, 8), 5.0)
-        log.warning("%s: Redis unavailable (%s: %s); retrying in %.2fs",
-                    what, type(exc).__name__, exc, wait)
-        await anyio.sleep(wait)
+            if not item.waiting:
+                outcome = decide.after_running(
+                    item.message, item.failures, self.config.retry_policy, self.clock.now_ms(),
+                    self._keys,
+                )
+                await self._apply(item.field, item.raw, item.message, outcome)
 
     # ------------------------------------------------------------------ one message
 
-    def _now_ms(self) -> float:
-        return time.time() * 1000 + self._clock_offset_ms
+    @property
+    def _keys(self) -> Keys:
+        assert self._broker is not None
+        return self._broker.keys
 
-    def _ack(self, field: int) -> None:
-        self._acks.append(field)
-        self._have_acks.set()
+    def _plan(self, message: protocol.Message, handlers: tuple[Handler, ...]) -> _Plan:
+        """Handlers to run at once and batch handlers, cached per event name for first
+        attempts (the hot path); a retry runs only the handlers still pending."""
+        plan = self._plans.get(message.task)
+        first_attempt = protocol.H_PENDING not in message.headers
+        if first_attempt and plan is not None and plan[0] is handlers:
+            return plan
+        chosen = decide.handlers_to_run(message, handlers)
+        plan = (handlers, tuple(h for h in chosen if h.batch_size is None),
+                tuple(h for h in chosen if h.batch_size is not None))
+        if first_attempt:
+            self._plans[message.task] = plan
+        return plan
 
     async def _process(self, field: int, raw: bytes) -> None:
         try:
             message = protocol.decode(raw, self.config.max_message_bytes)
         except MessageDecodeError as exc:
-            await self._dead_letter(field, raw, FailureReason.UNDECODABLE, None, str(exc))
+            await self._apply(field, raw, None,
+                              decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         handlers = self.registry.handlers_for(message.task)
-        if not handlers:
-            await self._dead_letter(
-                field, raw, FailureReason.NO_HANDLER, message,
-                f"no handler registered for {message.task!r}",
-            )
+        early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys)
+        if early is not None:
+            await self._apply(field, raw, message, early)
             return
-        now_ms = self._now_ms()
-        if message.expires is not None and message.expires.timestamp() * 1000 <= now_ms:
-            await self._dead_letter(
-                field, raw, FailureReason.EXPIRED, message,
-                f"expired at {message.expires.isoformat()} before it could run",
-            )
-            return
-        if message.eta is not None:
-            due_ms = message.eta.timestamp() * 1000
-            if due_ms > now_ms + _ETA_SLACK_MS:
-                # A Celery message with a future eta waits in Redis, never in our memory.
-                index = self.bus.broker.keys.ready_index(message.priority)
-                await self.bus.broker.defer(self.consumer_id, field, raw, index, due_ms)
-                self._held.discard(field)
-                return
-        pending = message.headers.get(protocol.H_PENDING)
-        plan = self._plans.get(message.task)
-        if pending is None and plan is not None and plan[0] is handlers:
-            _, now, batched = plan
-        else:
-            if isinstance(pending, list):
-                still = tuple(h for h in handlers if h.name in pending)
-                handlers = still or handlers  # a renamed handler must not make the event vanish
-            now = tuple(h for h in handlers if h.batch_size is None)
-            batched = tuple(h for h in handlers if h.batch_size is not None)
-            if pending is None:
-                self._plans[message.task] = (handlers, now, batched)
+        _, now, batched = self._plan(message, handlers)
         try:
             event = message.to_event()
         except EarnORMError as exc:
-            await self._dead_letter(field, raw, FailureReason.UNDECODABLE, message, str(exc))
+            await self._apply(field, raw, message,
+                              decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
-        failures: Failures = []
+        failures: decide.Failures = []
         if now:
             started = time.perf_counter()
             failures = await run_handlers(now, event)
@@ -516,67 +390,63 @@ class Consumer:
                 full = self._batches.add(handler, item)
                 if full is not None:
                     await self._run_batch(handler, full)
-        elif failures:
-            await self._retry_or_dead_letter(field, raw, message, failures)
+        elif not failures:  # the hot path: no outcome object, no extra await
+            self.processed += 1
+            assert self._acks is not None
+            self._acks.ack(field)
         else:
-            self.processed += 1
-            self._ack(field)
-
-    async def _settle(
-        self, field: int, raw: bytes, message: protocol.Message, failures: Failures
-    ) -> None:
-        if not failures:
-            self.processed += 1
-            self._ack(field)
-            return
-        await self._retry_or_dead_letter(field, raw, message, failures)
-
-    async def _retry_or_dead_letter(
-        self, field: int, raw: bytes, message: protocol.Message, failures: Failures
-    ) -> None:
-        """Each failed handler follows its own policy: the ones that may still retry go into
-        one retry message (waiting the longest of their delays); the ones that gave up go to
-        the failed store; both in the same transaction that acks the message."""
-        retry, gave_up, delay_s = plan_retries(message, failures, self.config.retry_policy)
-        retry_item = None
-        if retry:
-            due_ms = self._now_ms() + delay_s * 1000
-            fresh = protocol.encode_retry(
-                message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in retry]
+            outcome = decide.after_running(
+                message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys
             )
-            retry_item = (fresh, self.bus.broker.keys.ready_index(message.priority), due_ms)
-        if not gave_up:
-            await self.bus.broker.settle(self.consumer_id, field, retry=retry_item)
-            self._held.discard(field)
-            self.retried += 1
+            await self._apply(field, raw, message, outcome)
+
+    async def _apply(
+        self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
+    ) -> None:
+        """Do in Redis what ``outcome`` says, riding out Redis outages: the handlers already
+        ran, so only the settling is tried again."""
+        assert self._broker is not None and self._fetcher is not None and self._acks is not None
+        broker = self._broker
+        if isinstance(outcome, decide.Ack):
+            self.processed += 1
+            self._acks.ack(field)
             return
-        await self._dead_letter(
-            field, raw, FailureReason.HANDLER_ERROR, message, "", [f for _, f in gave_up],
-            retry=retry_item,
-        )
+        if isinstance(outcome, decide.Defer):
+            await until_done("settle", lambda: broker.defer(
+                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms))
+        elif isinstance(outcome, decide.Retry):
+            retry = (outcome.envelope, outcome.ready_index, outcome.due_ms)
+            await until_done("settle", lambda: broker.settle(
+                self.consumer_id, field, retry=retry))
+            self.retried += 1
+        else:
+            await self._dead_letter(field, raw, message, outcome)
+        self._fetcher.forget(field)
 
     async def _dead_letter(
-        self, field: int, raw: bytes, reason: FailureReason, message: protocol.Message | None,
-        detail: str, failures: list[HandlerFailure] | None = None,
-        retry: tuple[bytes, int, float] | None = None,
+        self, field: int, raw: bytes, message: protocol.Message | None,
+        outcome: decide.DeadLetter,
     ) -> None:
+        assert self._broker is not None
+        broker = self._broker
         job_id = message.id if message is not None else f"undecodable-{uuid.uuid4()}"
-        now_ms = self._now_ms()
+        now_ms = self.clock.now_ms()
         # Handlers of this event that gave up on an earlier attempt already have a record.
         previous = None
-        if message is not None and message.retries and reason is FailureReason.HANDLER_ERROR:
-            previous = await self.bus.broker.failed_get(job_id)
+        if (message is not None and message.retries
+                and outcome.reason is FailureReason.HANDLER_ERROR):
+            previous = await until_done("settle", lambda: broker.failed.get(job_id))
+        failures = list(outcome.failures)
         record = failure_record(
-            job_id=job_id, reason=reason, raw=raw, now_ms=now_ms, message=message,
-            detail=detail, failures=failures, previous=previous,
+            job_id=job_id, reason=outcome.reason, raw=raw, now_ms=now_ms, message=message,
+            detail=outcome.detail, failures=failures, previous=previous,
         )
-        why = detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures or ())
-        log.error("message %s moved to the failed store: %s: %s", job_id, reason, why)
-        await self.bus.broker.settle(
-            self.consumer_id, field, retry=retry, dead=(job_id, record, now_ms)
-        )
-        self._held.discard(field)
+        why = outcome.detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures)
+        log.error("message %s moved to the failed store: %s: %s", job_id, outcome.reason, why)
+        retry = outcome.retry
+        scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
+        await until_done("settle", lambda: broker.settle(
+            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms)))
         self.failed += 1
         if retry is not None:
             self.retried += 1
-

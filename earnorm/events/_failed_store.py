@@ -1,0 +1,102 @@
+"""The failed-job (dead-letter) store of one queue: ``Q:failed`` (hash job id -> JSON record)
+and ``Q:failed:index`` (zset by failure time, for paging). Writing a record happens in the
+broker's settle transaction; this module reads, removes and requeues them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from earnorm.events._keys import Keys, text
+
+# KEYS: failed, failed index, ready lists by index. ARGV: (job id, list index, envelope)...
+# A job is pushed back only if its record was still there: retrying a job twice at once, or
+# retrying one that was just removed, cannot put it on the queue twice.
+_REQUEUE_FAILED = """
+local pushed = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('LPUSH', KEYS[3 + tonumber(ARGV[i + 1])] or KEYS[3], ARGV[i + 2])
+    pushed = pushed + 1
+  end
+end
+return pushed
+"""
+
+
+class FailedStore:
+    """Reading and managing failed jobs. Stateless apart from the client."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._requeue = redis.register_script(_REQUEUE_FAILED)
+
+
+    async def page(
+        self, after: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float, bytes | None]]:
+        """Up to ``count`` failed jobs in failure order, after position ``after`` (failed ms,
+        job id; None = from the start): (job id, failed ms, record) each.
+
+        The position is a score and a member, not an offset, so removing or retrying jobs while
+        paging neither skips nor repeats any. Equal scores are ordered by id, as in the zset.
+        """
+        low: float | str = "-inf" if after is None else after[0]
+        skip = 0
+        while True:
+            ids: Any = await self.redis.zrangebyscore(
+                self.keys.failed_index, low, "+inf", start=skip, num=count, withscores=True
+            )
+            page = [(text(i), float(score)) for i, score in ids]
+            if after is not None:
+                page = [(i, sc) for i, sc in page if (sc, i) > (after[0], after[1])]
+            if page or len(ids) < count:
+                break
+            skip += len(ids)  # a whole page tied with ``after``: look further
+        if not page:
+            return []
+        records: Any = await self.redis.hmget(self.keys.failed, [i for i, _ in page])
+        return [(i, sc, r) for (i, sc), r in zip(page, records, strict=True)]
+
+    async def get(self, job_id: str) -> bytes | None:
+        result = await self.redis.hget(self.keys.failed, job_id)
+        return result if isinstance(result, bytes) or result is None else result.encode()
+
+    async def remove(self, job_id: str) -> bool:
+        return await self.remove_many([job_id]) == 1
+
+    async def remove_many(self, job_ids: Sequence[str]) -> int:
+        """Delete failed jobs' records; returns how many existed."""
+        if not job_ids:
+            return 0
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.failed, *job_ids)
+            pipe.zrem(self.keys.failed_index, *job_ids)
+            removed, _ = await pipe.execute()
+        return int(removed)
+
+    async def purge(self) -> int:
+        """Delete every failed job; returns how many there were."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(self.keys.failed)
+            pipe.delete(self.keys.failed, self.keys.failed_index)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
+        """Put a failed job's message back on the queue and drop its record, atomically."""
+        return await self.requeue_many([(job_id, raw, ready_index)]) == 1
+
+    async def requeue_many(self, jobs: Sequence[tuple[str, bytes, int]]) -> int:
+        """``failed_requeue`` for many (job id, envelope, ready index); returns how many."""
+        if not jobs:
+            return 0
+        args: list[str | bytes | int] = []
+        for job_id, raw, ready_index in jobs:
+            args += [job_id, ready_index, raw]
+        keys = [self.keys.failed, self.keys.failed_index, *self.keys.ready]
+        return int(await self._requeue(keys=keys, args=args))

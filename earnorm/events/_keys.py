@@ -1,0 +1,69 @@
+"""Redis key names of one queue, and how delayed-set members are laid out (docs/wire.md 1, 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earnorm._config import EventConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis key names for one queue."""
+
+    queue: str
+    ready: tuple[str, ...]
+    steps: tuple[int, ...]
+    delayed: str
+    consumers: str
+    failed: str
+    failed_index: str
+    stats: str
+    monitor: str
+
+    @classmethod
+    def for_queue(cls, config: EventConfig) -> Keys:
+        q = config.queue_name
+        ready = tuple(q if step == 0 else f"{q}{config.separator}{step}"
+                      for step in config.priority_steps)
+        return cls(
+            queue=q,
+            ready=ready,
+            steps=config.priority_steps,
+            delayed=f"{q}:delayed",
+            consumers=f"{q}:consumers",
+            failed=f"{q}:failed",
+            failed_index=f"{q}:failed:index",
+            stats=f"{q}:stats",
+            monitor=f"{q}:monitor",
+        )
+
+    def inflight(self, consumer_id: str) -> str:
+        return f"{self.queue}:inflight:{consumer_id}"
+
+    def landing(self, consumer_id: str) -> str:
+        return f"{self.queue}:landing:{consumer_id}"
+
+    def ready_index(self, priority: int) -> int:
+        """Celery's rule (wire.md 6): the largest step <= the priority clamped to 0..9."""
+        if priority == 0:  # the publishing hot path
+            return 0
+        priority = min(max(priority, 0), 9)
+        index = 0
+        for i, step in enumerate(self.steps):
+            if step <= priority:
+                index = i
+        return index
+
+
+def delayed_member(raw: bytes, ready_index: int) -> bytes:
+    return b"%d:%s" % (ready_index, raw)
+
+
+def split_delayed_member(member: bytes) -> tuple[int, bytes]:
+    index, _, raw = member.partition(b":")
+    return int(index), raw
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

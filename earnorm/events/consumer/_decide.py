@@ -1,0 +1,136 @@
+"""What happens to a message: pure decisions, no Redis, no clock of their own (like h11's state
+machine). The consumer does the I/O an ``Outcome`` asks for.
+
+- ``before_running``: dead-letter it (no handler, expired), defer it (a future Celery ``eta``),
+  or run it (``None``), and which handlers (a retry names the ones still pending);
+- ``after_running``: given the handlers' failures and their retry policies, ack it, retry it at
+  a time, or dead-letter it (and possibly retry the handlers that may still retry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from earnorm._config import RetryPolicy
+from earnorm.events import _protocol as protocol
+from earnorm.events._failures import FailureReason, HandlerFailure
+from earnorm.events._handlers import Handler
+from earnorm.events._keys import Keys
+
+Failures = list[tuple[Handler, HandlerFailure]]
+ETA_SLACK_MS = 5.0  # an eta this close is run now rather than bounced through the delayed set
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Handled: remove it from in-flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """Not due yet: move it to the delayed set, unchanged, until ``due_ms``."""
+
+    due_ms: float
+    ready_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Schedule ``envelope`` (the retry message) at ``due_ms`` and ack the original."""
+
+    envelope: bytes
+    ready_index: int
+    due_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move it to the failed store with ``reason``; with ``retry``, the handlers that may still
+    retry are scheduled in the same transaction."""
+
+    reason: FailureReason
+    detail: str = ""
+    failures: tuple[HandlerFailure, ...] = ()
+    retry: Retry | None = None
+
+
+Outcome = Ack | Defer | Retry | DeadLetter
+
+
+def handlers_to_run(
+    message: protocol.Message, handlers: tuple[Handler, ...]
+) -> tuple[Handler, ...]:
+    """On a retry, only the handlers that have not succeeded yet (``earnorm_pending``); a
+    renamed handler must not make the event vanish, so an unmatched list runs them all."""
+    pending = message.headers.get(protocol.H_PENDING)
+    if not isinstance(pending, list):
+        return handlers
+    return tuple(h for h in handlers if h.name in pending) or handlers
+
+
+def before_running(
+    message: protocol.Message, handlers: tuple[Handler, ...], now_ms: float, keys: Keys
+) -> Outcome | None:
+    """Whether the message runs now (``None``) or what to do instead."""
+    if not handlers:
+        return DeadLetter(FailureReason.NO_HANDLER, f"no handler registered for {message.task!r}")
+    if message.expires is not None and message.expires.timestamp() * 1000 <= now_ms:
+        return DeadLetter(
+            FailureReason.EXPIRED, f"expired at {message.expires.isoformat()} before it could run"
+        )
+    if message.eta is not None:
+        due_ms = message.eta.timestamp() * 1000
+        if due_ms > now_ms + ETA_SLACK_MS:
+            # A Celery message with a future eta waits in Redis, never in our memory.
+            return Defer(due_ms, keys.ready_index(message.priority))
+    return None
+
+
+def should_retry(handler: Handler, error: BaseException) -> bool:
+    if handler.no_retry_on and isinstance(error, handler.no_retry_on):
+        return False
+    if handler.retry_on:
+        return isinstance(error, handler.retry_on)
+    return True
+
+
+def plan_retries(
+    message: protocol.Message, failures: Failures, default: RetryPolicy
+) -> tuple[Failures, Failures, float]:
+    """Split failures by each handler's own policy into (retry, gave up), and the delay of the
+    retry: the longest of the retrying handlers' delays for this attempt."""
+    retry: Failures = []
+    gave_up: Failures = []
+    for handler, failure in failures:
+        policy = handler.retry_policy or default
+        may_retry = message.retries < policy.max_retries and should_retry(
+            handler, failure.error
+        )
+        (retry if may_retry else gave_up).append((handler, failure))
+    delay_s = max(
+        ((h.retry_policy or default).delay(message.retries) for h, _ in retry), default=0.0
+    )
+    return retry, gave_up, delay_s
+
+
+def after_running(
+    message: protocol.Message, failures: Failures, policy: RetryPolicy, now_ms: float, keys: Keys
+) -> Outcome:
+    """Each failed handler follows its own policy: the ones that may still retry go into one
+    retry message (waiting the longest of their delays), the ones that gave up to the failed
+    store; the consumer does both in the transaction that acks the message."""
+    if not failures:
+        return Ack()
+    retry, gave_up, delay_s = plan_retries(message, failures, policy)
+    scheduled = None
+    if retry:
+        due_ms = now_ms + delay_s * 1000
+        envelope = protocol.encode_retry(
+            message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in retry]
+        )
+        scheduled = Retry(envelope, keys.ready_index(message.priority), due_ms)
+    if not gave_up:
+        assert scheduled is not None
+        return scheduled
+    return DeadLetter(FailureReason.HANDLER_ERROR, "", tuple(f for _, f in gave_up), scheduled)

@@ -1,0 +1,56 @@
+"""Liveness: extend this consumer's deadline, hand back the work of consumers past theirs, and
+publish this consumer's summary for ``stats()``. Also keeps the clock in step with Redis's."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+
+from earnorm._config import EventConfig
+from earnorm.events._broker import Broker
+from earnorm.events._clock import ServerClock
+from earnorm.events.consumer._resilient import forever
+
+log = logging.getLogger("earnorm.consumer")
+
+
+class Heartbeat:
+    def __init__(
+        self, broker: Broker, consumer_id: str, config: EventConfig, clock: ServerClock,
+        summary: Callable[[float], bytes],
+    ) -> None:
+        self.broker = broker
+        self.consumer_id = consumer_id
+        self.config = config
+        self.clock = clock
+        self._summary = summary
+
+    async def once(self) -> None:
+        broker = self.broker
+        sent = time.time()
+        now_ms, dead = await broker.heartbeat(
+            self.consumer_id, int(self.config.heartbeat_timeout * 1000)
+        )
+        self.clock.observe(now_ms, sent, time.time())
+        await broker.publish_summary(self.consumer_id, self._summary(now_ms))
+        for other in dead:
+            if other == self.consumer_id:
+                log.warning("this consumer missed its heartbeat deadline; its in-flight "
+                            "messages may be delivered again")
+                continue
+            moved = await broker.recover(other)
+            if moved >= 0:
+                log.warning("recovered %d message(s) from dead consumer %s", moved, other)
+
+    async def run(self) -> None:
+        interval = self.config.heartbeat_interval
+
+        async def beat() -> float:
+            await self.once()
+            return interval
+
+        await anyio.sleep(interval)
+        await forever("heartbeat", beat)
