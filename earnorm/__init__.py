@@ -49,6 +49,7 @@ from earnorm.events._handlers import (
     model_event_name,
 )
 from earnorm.events._model_events import after_save, before_save, dispatch_model_event
+from earnorm.events._records import FailedJob, QueueStats
 from earnorm.events.consumer import Consumer
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ __all__ = [
     "Event",
     "EventBus",
     "EventValidationError",
+    "FailedJob",
     "FailureReason",
     "Handler",
     "HandlerRegistry",
@@ -74,6 +76,7 @@ __all__ = [
     "MessageDecodeError",
     "NotInitializedError",
     "PublishError",
+    "QueueStats",
     "SerializationError",
     "ValidationError",
     "__version__",

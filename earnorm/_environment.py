@@ -35,13 +35,11 @@ def register_model(cls: type) -> None:
 
 class Cache:
     """A small async key/value cache on Redis. Values are JSON data plus datetime, date, time,
-    Decimal, UUID and bytes (the event wire's types); keys are namespaced by ``prefix``.
+    Decimal, UUID and bytes (the event wire's types); keys are namespaced by ``prefix``::
 
-    >>> await env.cache.set("user:42", {"name": "Ann"}, ttl=300)
-    >>> await env.cache.get("user:42")
-    {'name': 'Ann'}
-    >>> await env.cache.delete("user:42")
-    1
+        await env.cache.set("user:42", {"name": "Ann"}, ttl=300)
+        await env.cache.get("user:42")     # {'name': 'Ann'}
+        await env.cache.delete("user:42")  # 1
     """
 
     def __init__(self, redis: Redis, prefix: str) -> None:
@@ -128,9 +126,10 @@ class Environment:
     def register_service(self, name: str, service: Any, *, replace: bool = False) -> None:
         """Make ``service`` reachable as ``env.<name>`` (``self._env.<name>`` in models).
 
-        >>> env.register_service("search", SearchClient())
-        >>> env.search is not None
-        True
+        >>> environment = Environment()
+        >>> environment.register_service("search", {"index": "users"})
+        >>> environment.search
+        {'index': 'users'}
         """
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise ConfigError(f"service name must be an identifier, got {name!r}")

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from earnorm._config import EventConfig
 from earnorm._environment import Environment, activate, connect_mongo, current_environment
@@ -29,6 +29,8 @@ class _BusProxy:
     def __getattr__(self, name: str) -> Any:
         target = self._target
         if target is None:
+            if name.startswith("__"):  # hasattr(), inspect, copy, pickle probe these
+                raise AttributeError(name)
             raise NotInitializedError(
                 f"earnorm.event_bus.{name}: the event bus is not set up; "
                 "call 'await earnorm.init(redis_uri=...)' first"
@@ -42,7 +44,9 @@ class _BusProxy:
         return repr(self._target) if self._target else "<event_bus: not initialized>"
 
 
-event_bus: Any = _BusProxy()
+# Typed as the bus it stands for, so users' type checkers see EventBus's methods.
+event_bus: EventBus = cast(EventBus, _BusProxy())
+_bus_proxy = cast(_BusProxy, event_bus)
 
 
 class _EnvProxy:
@@ -51,6 +55,8 @@ class _EnvProxy:
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # hasattr(), inspect, copy, pickle probe these
+            raise AttributeError(name)
         return getattr(current_environment(), name)
 
     def __bool__(self) -> bool:
@@ -64,7 +70,8 @@ class _EnvProxy:
         return repr(current_environment()) if self else "<env: not initialized>"
 
 
-env: Any = _EnvProxy()
+# Typed as the Environment it stands for (services registered at run time are ``Any``).
+env: Environment = cast(Environment, _EnvProxy())
 
 
 async def init(
@@ -99,15 +106,15 @@ async def init(
     except BaseException:
         await bus.close()
         raise
-    event_bus._bind(bus)
+    _bus_proxy._bind(bus)
     activate(Environment(event_bus=bus, client=client, database=db))
     return bus
 
 
 async def close() -> None:
     """Release connections made by ``init()``. Safe to call twice."""
-    bus: EventBus | None = event_bus._target
-    event_bus._bind(None)
+    bus: EventBus | None = _bus_proxy._target
+    _bus_proxy._bind(None)
     try:
         environment = current_environment()
     except NotInitializedError:

@@ -65,3 +65,25 @@ async def test_init_binds_the_imported_proxy(redis_url: str, queue_name: str) ->
         await event_bus.redis.delete(queue_name)
         await earnorm.close()
     assert not event_bus
+
+
+async def test_init_with_redis_unreachable_raises_a_connection_error_naming_the_url() -> None:
+    from earnorm.events._embedded import free_port
+
+    port = free_port()
+    with pytest.raises(earnorm.BrokerConnectionError, match=f"127.0.0.1:{port}") as raised:
+        await earnorm.init(redis_uri=f"redis://:secret@127.0.0.1:{port}/0")
+    assert not isinstance(raised.value, earnorm.PublishError)
+    assert "secret" not in str(raised.value)
+    assert not event_bus
+
+
+def test_the_proxies_answer_introspection_before_init() -> None:
+    """hasattr(), inspect and copy probe dunder names; they must not raise NotInitializedError."""
+    import inspect
+
+    assert not hasattr(event_bus, "__wrapped__")
+    assert inspect.unwrap(event_bus) is event_bus
+    assert not hasattr(earnorm.env, "__wrapped__")
+    with pytest.raises(NotInitializedError, match=r"earnorm\.init"):
+        event_bus.publish  # noqa: B018 - a real attribute still says what to do

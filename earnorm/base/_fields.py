@@ -3,11 +3,10 @@
 Pure: no I/O. A model's fields are its annotated public attributes; the class attribute of the
 same name, if any, is the default.
 
->>> from typing import Optional
 >>> class Ns:
 ...     name: str
 ...     status: str = "inactive"
-...     note: Optional[str] = None
+...     note: str | None = None
 >>> [(f.name, f.required) for f in collect_fields(Ns, "Ns").values()]
 [('name', True), ('status', False), ('note', False)]
 """

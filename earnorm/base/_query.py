@@ -82,11 +82,11 @@ def mongo_sort(sort: Sort | None) -> list[tuple[str, int]] | None:
 
 
 class Query(Generic[T]):
-    """Lazy: nothing runs until awaited or iterated.
+    """Lazy: nothing runs until awaited or iterated::
 
-    >>> users = await User.find({"status": "active"}, sort="-created_at", limit=10)
-    >>> async for user in User.find({}, batch_size=500):  # streams, one batch in memory
-    ...     print(user.email)
+        users = await User.find({"status": "active"}, sort="-created_at", limit=10)
+        async for user in User.find({}, batch_size=500):  # streams, one batch in memory
+            print(user.email)
     """
 
     def __init__(

@@ -321,10 +321,12 @@ class Broker:
             pipe.zrange(self.keys.consumers, 0, -1, withscores=True)
             pipe.hgetall(self.keys.stats)
             pipe.hgetall(self.keys.monitor)
+            pipe.exists(*self.keys.ready, self.keys.delayed, self.keys.consumers,
+                        self.keys.failed, self.keys.stats, self.keys.monitor)
             results = await pipe.execute()
         seconds, micros = results[0]
         ready, oldest = results[1:n + 1], results[n + 1:2 * n + 1]
-        delayed, next_delayed, failed, consumers, counters, monitor = results[2 * n + 1:]
+        delayed, next_delayed, failed, consumers, counters, monitor, seen = results[2 * n + 1:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -343,6 +345,7 @@ class Broker:
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
             "counters": {text(k): int(v) for k, v in counters.items()},
             "monitor": {text(k): v for k, v in monitor.items()},
+            "seen": bool(seen),
         }
 
 

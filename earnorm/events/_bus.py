@@ -20,6 +20,7 @@ from earnorm.events._broker import TRANSIENT_ERRORS, Broker
 from earnorm.events._clock import ServerClock
 from earnorm.events._event import Event
 from earnorm.events._monitoring import merge, percentiles
+from earnorm.events._records import ConsumerInfo, Counters, FailedJob, ProcessingSummary, QueueStats
 from earnorm.events._redis_url import mask_url, open_redis
 
 log = logging.getLogger("earnorm.events")
@@ -184,16 +185,17 @@ class EventBus:
 
     async def get_failed_jobs(
         self, limit: int = 50, cursor: str | None = None, event_name: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[FailedJob]:
         """Failed jobs in failure order, oldest first, at most ``limit``. Each job has a
         ``cursor``: pass the last one back to get the next page. Removing or retrying jobs
         between pages neither skips nor repeats any.
 
         >>> page = await event_bus.get_failed_jobs(limit=50)  # doctest: +SKIP
-        >>> more = await event_bus.get_failed_jobs(limit=50, cursor=page[-1]["cursor"])
+        >>> more = await event_bus.get_failed_jobs(  # doctest: +SKIP
+        ...     limit=50, cursor=page[-1]["cursor"])
         """
         after = _parse_cursor(cursor)
-        out: list[dict[str, Any]] = []
+        out: list[FailedJob] = []
         while len(out) < limit:
             page = await self.broker.failed.page(after, max(limit, 100))
             if not page:
@@ -213,12 +215,12 @@ class EventBus:
                     break
         return out
 
-    async def get_failed_job(self, job_id: str) -> dict[str, Any]:
+    async def get_failed_job(self, job_id: str) -> FailedJob:
         """One failed job's record; ``JobNotFound`` if there is none."""
         record = await self.broker.failed.get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
-        job: dict[str, Any] = orjson.loads(record)
+        job: FailedJob = orjson.loads(record)
         job["job_id"] = job_id
         return job
 
@@ -264,7 +266,7 @@ class EventBus:
             count += await self.broker.failed.remove_many([job["job_id"] for job in page])
         return count
 
-    def _requeue_message(self, job: dict[str, Any]) -> tuple[bytes, int]:
+    def _requeue_message(self, job: FailedJob) -> tuple[bytes, int]:
         job_id = job["job_id"]
         raw = job.get("envelope")
         if not isinstance(raw, str):
@@ -293,10 +295,10 @@ class EventBus:
 
     # ------------------------------------------------------------------ monitoring
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> QueueStats:
         """A snapshot of the queue, read from Redis (two round trips)::
 
-            {"queue": "app:events", "at": "2025-...",
+            {"queue": "app:events", "seen": True, "at": "2025-...",
              "ready": {0: 12, 3: 0, 6: 0, 9: 0}, "ready_total": 12,
              "delayed": 3, "inflight": 40, "failed": 1,
              "counters": {"processed": 1000, "failed": 1, "retried": 7},
@@ -308,11 +310,12 @@ class EventBus:
 
         ``counters`` are totals since the queue was created (dead-letterings for ``failed``,
         scheduled retries for ``retried``); ``processing_ms`` is over the consumers' recent
-        window; ``latency_s`` is how long the oldest waiting event has been ready to run.
+        window; ``latency_s`` is how long the oldest waiting event has been ready to run;
+        ``seen`` is False when no key of the queue exists (never used, or a mistyped name).
         """
         snap = await self.broker.snapshot()
         now_ms: float = snap["now_ms"]
-        consumers: list[dict[str, Any]] = []
+        consumers: list[ConsumerInfo] = []
         histograms: list[dict[str, int]] = []
         window = 0.0
         for cid, deadline in snap["consumers"].items():
@@ -334,10 +337,18 @@ class EventBus:
             if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
                 histograms.append(summary["histogram"])
                 window = max(window, float(summary.get("window_s") or 0))
-        counters = {"processed": 0, "failed": 0, "retried": 0, **snap["counters"]}
-        processing: dict[str, Any] = {**percentiles(merge(histograms)), "window_s": window}
+        totals = snap["counters"]
+        counters: Counters = {"processed": totals.get("processed", 0),
+                              "failed": totals.get("failed", 0),
+                              "retried": totals.get("retried", 0)}
+        p = percentiles(merge(histograms))
+        processing: ProcessingSummary = {
+            "count": int(p["count"] or 0), "p50": p["p50"], "p95": p["p95"], "p99": p["p99"],
+            "window_s": window,
+        }
         return {
             "queue": self.config.queue_name,
+            "seen": snap["seen"],
             "at": _iso(now_ms),
             "ready": snap["ready"],
             "ready_total": sum(snap["ready"].values()),

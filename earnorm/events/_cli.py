@@ -7,10 +7,12 @@
     python -m earnorm.events failed show JOB_ID
     python -m earnorm.events failed retry (JOB_ID | --all [--event NAME])
     python -m earnorm.events failed remove (JOB_ID | --all [--event NAME])
+    python -m earnorm.events local-redis [--port 6379]   # a private server for development
 
 Every command takes ``--redis-uri`` (``EARNORM_REDIS_URI`` / ``REDIS_URL``), ``--queue``
-(``EARNORM_QUEUE``) and ``--json``. Exit codes: 0 done, 1 no such job, 2 usage error, 3 Redis
-unreachable, 4 refused (a job whose message cannot be decoded cannot be retried).
+(``EARNORM_QUEUE``) and ``--json``. Exit codes: 0 done, 1 no such job (or, for ``stats``, a
+queue never seen), 2 usage error, 3 Redis unreachable, 4 refused (a job whose message cannot be
+decoded cannot be retried).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import orjson
 from earnorm._errors import BrokerConnectionError, EarnORMError, JobNotFound
 from earnorm.events._broker import TRANSIENT_ERRORS
 from earnorm.events._bus import EventBus
+from earnorm.events._embedded import start_local_redis
+from earnorm.events._records import FailedJob, QueueStats
 from earnorm.events._redis_url import mask_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
@@ -52,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m earnorm.events", parents=[common],
         description="Inspect an EarnORM queue: stats, and the failed-job (dead-letter) store.",
-        epilog="exit codes: 0 done, 1 no such job, 2 usage error, 3 Redis unreachable, "
+        epilog="exit codes: 0 done, 1 no such job or queue, 2 usage error, 3 Redis unreachable, "
                "4 refused (e.g. retrying a job whose message is undecodable)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     stats.add_argument("--count", type=int, default=None,
                        help="with --watch: stop after this many refreshes")
+
+    local = commands.add_parser(
+        "local-redis", help="run a private Redis-compatible server on 127.0.0.1 until Ctrl-C "
+                            "(the embedded extra's valkey-server, or one on PATH)")
+    local.add_argument("--port", type=int, default=6379)
 
     failed = commands.add_parser("failed", parents=[common], help="the failed-job store")
     actions = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -93,13 +102,14 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:g} ms"
 
 
-def render_stats(stats: dict[str, Any]) -> str:
+def render_stats(stats: QueueStats) -> str:
     ready = ", ".join(f"p{step} {n}" for step, n in stats["ready"].items())
     counters = stats["counters"]
     timing = stats["processing_ms"]
     latency = stats["latency_s"]
+    seen = "" if stats["seen"] else "  (never seen: none of its keys exist)"
     lines = [
-        f"queue {stats['queue']}  at {stats['at']}",
+        f"queue {stats['queue']}  at {stats['at']}{seen}",
         "",
         _table(["", ""], [
             ["ready", f"{stats['ready_total']}  ({ready})"],
@@ -129,7 +139,7 @@ def render_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _when(job: dict[str, Any]) -> str:
+def _when(job: FailedJob) -> str:
     ms = job.get("failed_at_ms")
     if not isinstance(ms, (int, float)):
         return str(job.get("last_failed_at") or "")
@@ -141,7 +151,7 @@ def _short(text: Any, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def render_jobs(jobs: list[dict[str, Any]], next_cursor: str | None) -> str:
+def render_jobs(jobs: list[FailedJob], next_cursor: str | None) -> str:
     if not jobs:
         return "no failed jobs"
     out = _table(
@@ -155,7 +165,7 @@ def render_jobs(jobs: list[dict[str, Any]], next_cursor: str | None) -> str:
     return out
 
 
-def render_job(job: dict[str, Any]) -> str:
+def render_job(job: FailedJob) -> str:
     fields = [
         ("job id", job["job_id"]), ("event", job.get("name")), ("reason", job.get("reason")),
         ("detail", job.get("detail")), ("attempts", job.get("attempts")),
@@ -184,6 +194,9 @@ def _emit(out: TextIO, args: argparse.Namespace, data: Any, human: str) -> None:
 async def _stats(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
     if not args.watch:
         stats = await bus.stats()
+        if not stats["seen"]:
+            print(f"error: {_never_seen(stats, args)}", file=sys.stderr)
+            return NOT_FOUND
         _emit(out, args, stats, render_stats(stats))
         return OK
     clear = out.isatty() and not args.json
@@ -199,6 +212,11 @@ async def _stats(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
         _emit(out, args, stats, render_stats(stats))
         shown += 1
     return OK
+
+
+def _never_seen(stats: QueueStats, args: argparse.Namespace) -> str:
+    return (f"queue {stats['queue']!r} has never been seen on {mask_url(args.redis_uri)}: "
+            "none of its keys exist (check --queue / EARNORM_QUEUE)")
 
 
 async def _failed(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
@@ -246,6 +264,22 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await bus.close()
 
 
+def _local_redis(port: int, out: TextIO) -> int:
+    try:
+        server = start_local_redis(port)
+    except EarnORMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    print(f"serving {server.url} (data is not kept; Ctrl-C stops it)", file=out, flush=True)
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return OK
+
+
 def _unreachable(why: str, started: float) -> int:
     print(f"error: {why} (after {time.monotonic() - started:.1f}s)", file=sys.stderr)
     return UNREACHABLE
@@ -261,6 +295,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     for key, value in defaults.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    if args.command == "local-redis":
+        return _local_redis(args.port, out)
     if not args.redis_uri:
         print("error: no Redis URL: give --redis-uri or set EARNORM_REDIS_URI (or REDIS_URL)",
               file=sys.stderr)

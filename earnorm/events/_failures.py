@@ -7,11 +7,11 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 import orjson
 
 from earnorm.events._protocol import Message
+from earnorm.events._records import FailedJob, HandlerError
 from earnorm.events._wiretypes import to_wire
 
 
@@ -29,7 +29,7 @@ class HandlerFailure:
     handler: str
     error: BaseException
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> HandlerError:
         return {
             "handler": self.handler,
             "error_type": type(self.error).__name__,
@@ -62,7 +62,7 @@ def failure_record(
     failures = failures or []
     first = (message.headers.get("earnorm_first_failure") if message else None) or _iso(now_ms)
     errors = [f.as_dict() for f in failures]
-    record: dict[str, Any] = {
+    record: FailedJob = {
         "job_id": job_id,
         "reason": str(reason),
         "detail": detail or (str(failures[0].error) if failures else ""),
@@ -93,7 +93,7 @@ def failure_record(
     return orjson.dumps(record)
 
 
-def _merge_previous(record: dict[str, Any], previous: bytes) -> None:
+def _merge_previous(record: FailedJob, previous: bytes) -> None:
     try:
         old = orjson.loads(previous)
     except orjson.JSONDecodeError:

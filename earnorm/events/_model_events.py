@@ -59,7 +59,9 @@ async def dispatch_model_event(
     """Publish ``<model>.<action>`` (``User``, ``"created"`` -> ``user.created``) with the id and
     the document's fields; with ``delay`` (seconds or timedelta) it runs later. Returns the job id.
 
-    >>> await dispatch_model_event(self._env.event_bus, User, "created", self.id, self)
+    Inside a model method::
+
+        await dispatch_model_event(self._env.event_bus, User, "created", self.id, self)
     """
     name = model if isinstance(model, str) else model.__name__
     data = model_data(obj)

@@ -67,13 +67,29 @@ async def test_stats_prints_a_table_and_json(cli: Cli, bus: EventBus) -> None:
     assert stats["delayed"] == 1 and stats["queue"] == bus.config.queue_name
 
 
+async def test_stats_of_a_queue_never_seen_says_so_instead_of_printing_zeros(
+    cli: Cli, bus: EventBus, redis_url: str
+) -> None:
+    code, out, err = await cli("stats", "--queue", "nosuch:queue")
+    assert code == 1
+    assert out == ""
+    assert err.strip() == (f"error: queue 'nosuch:queue' has never been seen on {redis_url}: "
+                           "none of its keys exist (check --queue / EARNORM_QUEUE)")
+    await bus.publish(Event(name="a.b"))
+    code, out, err = await cli("stats")
+    assert code == 0, err
+    assert "never seen" not in out
+    assert (await bus.stats())["seen"] is True
+
+
 async def test_stats_watch_refreshes(cli: Cli, bus: EventBus) -> None:
+    await bus.publish(Event(name="a.b"), delay=60)
     code, out, _ = await cli("stats", "--watch", "--count", "3", "--interval", "0.05")
     assert code == 0
     assert out.count(f"queue {bus.config.queue_name}") == 3
     assert "\x1b[" not in out  # not a terminal: no screen control codes
     code, out, _ = await cli("stats", "--watch", "--count", "2", "--interval", "0.05", "--json")
-    assert [orjson.loads(line)["ready_total"] for line in out.splitlines()] == [0, 0]
+    assert [orjson.loads(line)["delayed"] for line in out.splitlines()] == [1, 1]
 
 
 async def test_failed_list_pages_with_a_cursor(cli: Cli, bus: EventBus) -> None:
@@ -169,3 +185,30 @@ async def test_redis_url_from_env_flags_and_unreachable(cli: Cli, bus: EventBus)
     code, out, err = await cli("stats", "--redis-uri", "redis://:hunter2@127.0.0.1:1/0")
     assert (code, out) == (3, "")
     assert "cannot reach Redis" in err and "hunter2" not in err
+
+
+def test_local_redis_serves_until_interrupted() -> None:
+    import signal
+    import subprocess
+
+    import redis
+
+    from earnorm.events._embedded import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "earnorm.events", "local-redis", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(f"serving redis://127.0.0.1:{port}/0"), line
+        client = redis.Redis(port=port)
+        assert client.ping()
+        client.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+        process.wait()

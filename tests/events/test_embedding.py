@@ -86,3 +86,38 @@ async def test_prefetch_of_one_keeps_fetching(
         await wait_until(lambda: len(handled) == 20, 10, message="20 handled one at a time")
     assert handled == list(range(20))
     await bus.close()
+
+
+async def test_consumer_given_a_bus_and_another_queue_consumes_logs_and_reports_that_queue(
+    redis_url: str, queue_name: str, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One source of truth: ``queue_name`` wins over the bus's queue everywhere."""
+    billing = f"{queue_name}:billing"
+    handled: list[str] = []
+    registry = HandlerRegistry()
+
+    async def record(event: Event) -> None:
+        handled.append(event.data["queue"])
+
+    registry.register("invoice.sent", record)
+    orders_bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    billing_bus = await EventBus.connect(redis_url, queue_name=billing)
+    await orders_bus.publish(Event(name="invoice.sent", data={"queue": "orders"}))
+    await billing_bus.publish(Event(name="invoice.sent", data={"queue": "billing"}))
+    caplog.set_level("INFO", logger="earnorm.consumer")
+    try:
+        async with Consumer(bus=orders_bus, queue_name=billing, registry=registry) as consumer:
+            await wait_until(lambda: handled, 5, message="the billing event")
+            assert consumer.config.queue_name == billing
+            assert consumer.bus.config.queue_name == billing
+            stats = await consumer.bus.stats()
+            assert stats["queue"] == billing
+            assert [c["id"] for c in stats["consumers"]] == [consumer.consumer_id]
+        assert handled == ["billing"]
+        assert await redis.llen(queue_name) == 1, "the orders event is left for its consumers"
+        assert f"queue={billing} " in caplog.text
+        assert await redis.zcard(f"{queue_name}:consumers") == 0
+    finally:
+        await redis.delete(*[k async for k in redis.scan_iter(match=f"{billing}*")])
+        await orders_bus.close()
+        await billing_bus.close()

@@ -20,8 +20,15 @@ import pytest
 import trustme
 from redis.asyncio import Redis
 
-from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from earnorm import BrokerConnectionError, EarnORMError, PublishError
+from earnorm import (
+    BrokerConnectionError,
+    Consumer,
+    EarnORMError,
+    Event,
+    EventBus,
+    HandlerRegistry,
+    PublishError,
+)
 from earnorm.events._embedded import LocalRedis, TLSFiles, find_server_binary, start_local_redis
 from earnorm.events._redis_url import mask_url
 from tests.faults.workers import Worker, recorded

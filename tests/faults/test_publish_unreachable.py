@@ -31,6 +31,7 @@ async def test_publish_to_a_stopped_redis_retries_then_raises_publish_error_nami
         bus = await EventBus.connect(url, {"queue_name": queue_name, "retry_policy": POLICY})
         server.kill()
         caplog.set_level(logging.WARNING, logger="earnorm.events")
+        pushes = count_calls(bus.broker, "push")
         started = time.monotonic()
         with pytest.raises(PublishError) as raised:
             await bus.publish(Event(name="order.placed", data={"id": 1}))
@@ -48,12 +49,26 @@ async def test_publish_to_a_stopped_redis_retries_then_raises_publish_error_nami
         server.kill()
     error = str(raised.value)
     assert "failed after 4 attempt(s)" in error
+    assert pushes == [1, 1, 1, 1], "max_retries=3: four attempts in all, as the error says"
     assert "ConnectionError" in error and str(server.port) in error
     assert "pw-not-in-errors" not in error and ":***@" in error
     assert isinstance(raised.value.__cause__, RedisConnectionError)
     assert len(retries) == 3  # the policy's max_retries, then the error
     assert elapsed >= 0.1 + 0.2 + 0.3  # interval_start + n * interval_step, n = 0..2
     assert not any("pw-not-in-errors" in r.getMessage() for r in caplog.records)
+
+
+def count_calls(target: object, name: str) -> list[int]:
+    """Record each call of one of our own methods (the Redis underneath stays real)."""
+    calls: list[int] = []
+    original = getattr(target, name)
+
+    async def counted(*args: object) -> object:
+        calls.append(1)
+        return await original(*args)
+
+    setattr(target, name, counted)
+    return calls
 
 
 async def test_batch_cut_off_by_a_redis_crash_lands_whole_or_not_at_all(
@@ -123,8 +138,18 @@ async def test_publish_refused_by_a_full_redis_raises_publish_error_and_writes_n
         with pytest.raises(PublishError, match=refused) as raised:
             await bus.publish_batch([Event(name="order.placed") for _ in range(100)])
         assert isinstance(raised.value.__cause__, OutOfMemoryError)
+        before = await lpush_calls(bus.redis)
+        with pytest.raises(PublishError, match=refused):
+            await bus.publish(Event(name="order.placed"))
+        assert await lpush_calls(bus.redis) == before + 1, "a refused write is sent once"
         await bus.redis.delete(f"{queue_name}:ballast")
         assert await bus.redis.llen(queue_name) == 0
         await bus.close()
     finally:
         server.kill()
+
+
+async def lpush_calls(redis: Redis) -> int:
+    """LPUSHes the server received, refused ones included (INFO commandstats)."""
+    stats = (await redis.info("commandstats")).get("cmdstat_lpush", {})
+    return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))

@@ -3,6 +3,10 @@
 Every option has an environment variable. With no Redis URL at all, a private local server is
 started (the ``embedded`` extra), so ``python -m earnorm.events.consumer --app examples.app``
 works on a fresh machine.
+
+Exit codes: 0 stopped on SIGTERM/SIGINT, 2 usage or configuration error, 3 Redis unreachable at
+start, 4 the ``--app`` module could not be imported. Each failure is one line on stderr (the
+traceback too with ``--log-level DEBUG``).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import sys
 from collections.abc import Sequence
 
 from earnorm._config import EventConfig
+from earnorm._errors import BrokerConnectionError, ConfigError, EarnORMError
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._consumer import Consumer
 
 log = logging.getLogger("earnorm.consumer")
+
+OK, USAGE, UNREACHABLE, APP_FAILED = 0, 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m earnorm.events.consumer",
         description="Consume EarnORM/Celery events from Redis and run the registered handlers.",
+        epilog="exit codes: 0 stopped, 2 usage or configuration error, 3 Redis unreachable, "
+               "4 --app could not be imported",
     )
     parser.add_argument("--app", default=env("EARNORM_APP"),
                         help="module that registers handlers, e.g. myproject.handlers "
@@ -82,22 +91,39 @@ async def _serve(args: argparse.Namespace) -> int:
             local.stop()
     log.info("stopped: processed=%d failed=%d retried=%d",
              consumer.processed, consumer.failed, consumer.retried)
-    return 0
+    return OK
+
+
+def _fail(code: int, message: str, exc: BaseException) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    log.debug("details", exc_info=exc)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # exits with 2 on a usage error
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.app:
         sys.path.insert(0, os.getcwd())
-        importlib.import_module(args.app)
+        try:
+            importlib.import_module(args.app)
+        except Exception as exc:
+            return _fail(APP_FAILED, f"--app {args.app!r} could not be imported: "
+                                     f"{type(exc).__name__}: {exc}", exc)
     if not len(default_registry):
         log.warning("no handlers registered: every message will go to the failed store "
                     "(give --app with a module that uses @event_handler)")
-    return asyncio.run(_serve(args))
+    try:
+        return asyncio.run(_serve(args))
+    except BrokerConnectionError as exc:
+        return _fail(UNREACHABLE, str(exc), exc)
+    except ConfigError as exc:
+        return _fail(USAGE, str(exc), exc)
+    except EarnORMError as exc:  # e.g. no local server could be started
+        return _fail(USAGE, str(exc), exc)
 
 
 if __name__ == "__main__":

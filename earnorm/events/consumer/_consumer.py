@@ -37,7 +37,7 @@ from earnorm.events import _protocol as protocol
 from earnorm.events._broker import TRANSIENT_ERRORS, Broker
 from earnorm.events._bus import EventBus
 from earnorm.events._clock import ServerClock
-from earnorm.events._failures import FailureReason, failure_record
+from earnorm.events._failures import FailureReason
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events._keys import Keys
 from earnorm.events._monitoring import ProcessingTimes
@@ -49,7 +49,7 @@ from earnorm.events.consumer._calls import call_handler, run_handlers
 from earnorm.events.consumer._fetcher import Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._promoter import promote_due_forever
-from earnorm.events.consumer._resilient import until_done
+from earnorm.events.consumer._settle import Settler
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -111,15 +111,13 @@ class Consumer:
         self.poll_interval = poll_interval
         self.promote_interval = promote_interval
         self.consumer_id = consumer_id or f"c-{uuid.uuid4().hex[:12]}"
-        self.processed = 0
-        self.failed = 0
-        self.retried = 0
         self.clock = ServerClock()
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
         self._fetcher: Fetcher | None = None
         self._acks: AckBatcher | None = None
+        self._settler: Settler | None = None
         self._running = 0
         self._idle = asyncio.Event()
         self._started = asyncio.Event()
@@ -168,15 +166,19 @@ class Consumer:
             broker, self.consumer_id, self.prefetch, self.poll_interval,
             acks.take_unreported, acks.give_back_unreported,
         )
+        self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget)
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary)
         try:
-            try:
-                await heartbeat.once()
-            except TRANSIENT_ERRORS as exc:
-                raise BrokerConnectionError(
-                    f"cannot reach Redis at {mask_url(self.redis_url)}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            await heartbeat.once()
+        except TRANSIENT_ERRORS as exc:
+            await self._close_connection()
+            raise BrokerConnectionError(
+                f"cannot reach Redis at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except BaseException:
+            await self._close_connection()
+            raise
+        try:
             self._log_startup()
             if self._stop_requested:
                 fetcher.stop()
@@ -254,8 +256,11 @@ class Consumer:
             log.warning("could not return in-flight messages (%s); another consumer will "
                         "recover them after the heartbeat timeout", exc)
         finally:
-            if self._given_bus is None and self._redis is not None:
-                await self._redis.aclose()
+            await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        if self._given_bus is None and self._redis is not None:
+            await self._redis.aclose()
 
     def _log_startup(self) -> None:
         names = sorted({h.pattern for h in self.registry.all()})
@@ -337,7 +342,7 @@ class Consumer:
                     item.message, item.failures, self.config.retry_policy, self.clock.now_ms(),
                     self._keys,
                 )
-                await self._apply(item.field, item.raw, item.message, outcome)
+                await self._settle(item.field, item.raw, item.message, outcome)
 
     # ------------------------------------------------------------------ one message
 
@@ -364,19 +369,19 @@ class Consumer:
         try:
             message = protocol.decode(raw, self.config.max_message_bytes)
         except MessageDecodeError as exc:
-            await self._apply(field, raw, None,
+            await self._settle(field, raw, None,
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         handlers = self.registry.handlers_for(message.task)
         early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys)
         if early is not None:
-            await self._apply(field, raw, message, early)
+            await self._settle(field, raw, message, early)
             return
         _, now, batched = self._plan(message, handlers)
         try:
             event = message.to_event()
         except EarnORMError as exc:
-            await self._apply(field, raw, message,
+            await self._settle(field, raw, message,
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         failures: decide.Failures = []
@@ -391,62 +396,30 @@ class Consumer:
                 if full is not None:
                     await self._run_batch(handler, full)
         elif not failures:  # the hot path: no outcome object, no extra await
-            self.processed += 1
-            assert self._acks is not None
-            self._acks.ack(field)
+            assert self._settler is not None
+            self._settler.ack_handled(field)
         else:
             outcome = decide.after_running(
                 message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys
             )
-            await self._apply(field, raw, message, outcome)
+            await self._settle(field, raw, message, outcome)
 
-    async def _apply(
+    async def _settle(
         self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
     ) -> None:
-        """Do in Redis what ``outcome`` says, riding out Redis outages: the handlers already
-        ran, so only the settling is tried again."""
-        assert self._broker is not None and self._fetcher is not None and self._acks is not None
-        broker = self._broker
-        if isinstance(outcome, decide.Ack):
-            self.processed += 1
-            self._acks.ack(field)
-            return
-        if isinstance(outcome, decide.Defer):
-            await until_done("settle", lambda: broker.defer(
-                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms))
-        elif isinstance(outcome, decide.Retry):
-            retry = (outcome.envelope, outcome.ready_index, outcome.due_ms)
-            await until_done("settle", lambda: broker.settle(
-                self.consumer_id, field, retry=retry))
-            self.retried += 1
-        else:
-            await self._dead_letter(field, raw, message, outcome)
-        self._fetcher.forget(field)
+        assert self._settler is not None
+        await self._settler.apply(field, raw, message, outcome)
 
-    async def _dead_letter(
-        self, field: int, raw: bytes, message: protocol.Message | None,
-        outcome: decide.DeadLetter,
-    ) -> None:
-        assert self._broker is not None
-        broker = self._broker
-        job_id = message.id if message is not None else f"undecodable-{uuid.uuid4()}"
-        now_ms = self.clock.now_ms()
-        # Handlers of this event that gave up on an earlier attempt already have a record.
-        previous = None
-        if (message is not None and message.retries
-                and outcome.reason is FailureReason.HANDLER_ERROR):
-            previous = await until_done("settle", lambda: broker.failed.get(job_id))
-        failures = list(outcome.failures)
-        record = failure_record(
-            job_id=job_id, reason=outcome.reason, raw=raw, now_ms=now_ms, message=message,
-            detail=outcome.detail, failures=failures, previous=previous,
-        )
-        why = outcome.detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures)
-        log.error("message %s moved to the failed store: %s: %s", job_id, outcome.reason, why)
-        retry = outcome.retry
-        scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
-        await until_done("settle", lambda: broker.settle(
-            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms)))
-        self.failed += 1
-        if retry is not None:
-            self.retried += 1
+    # Counters of this consumer's run (the queue-wide ones are in ``stats()``).
+
+    @property
+    def processed(self) -> int:
+        return self._settler.processed if self._settler else 0
+
+    @property
+    def failed(self) -> int:
+        return self._settler.failed if self._settler else 0
+
+    @property
+    def retried(self) -> int:
+        return self._settler.retried if self._settler else 0

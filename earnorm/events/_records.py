@@ -1,0 +1,91 @@
+"""The shapes of what EarnORM stores and reports: a failed-job record and a queue snapshot.
+
+Written in one place (``_failures.failure_record``, ``EventBus.stats``), read by the bus, the CLI
+and users' code; these TypedDicts are the contract between them. They are plain dicts at run
+time (JSON in Redis), typed for readers and type checkers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+class HandlerError(TypedDict):
+    """One handler's last failure on a failed job."""
+
+    handler: str
+    error_type: str
+    error: str
+    traceback: str
+
+
+class FailedJob(TypedDict):
+    """A record of the failed store (``Q:failed``), as ``get_failed_jobs()`` returns it.
+
+    ``reason`` is a ``FailureReason`` value. ``envelope`` holds the exact message (or
+    ``envelope_base64`` when it was not UTF-8), so ``retry_job`` can put it back.
+    """
+
+    job_id: str
+    reason: str
+    detail: str
+    name: str | None
+    data: Any
+    metadata: dict[str, Any]
+    attempts: int
+    first_failed_at: str
+    last_failed_at: str
+    failed_at_ms: float
+    handlers: list[str]
+    errors: list[HandlerError]
+    error_type: str | None
+    error: str | None
+    traceback: str | None
+    envelope: NotRequired[str]
+    envelope_base64: NotRequired[str]
+    cursor: NotRequired[str]  # added by get_failed_jobs(): pass it back for the next page
+
+
+class Counters(TypedDict):
+    processed: int
+    failed: int
+    retried: int
+
+
+class ProcessingSummary(TypedDict):
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    window_s: float
+
+
+class ConsumerInfo(TypedDict):
+    id: str
+    host: str | None
+    pid: int | None
+    alive: bool
+    last_heartbeat: str | None
+    last_heartbeat_age_s: float | None
+    concurrency: int | None
+    running: int | None
+    processed: int | None
+    failed: int | None
+    retried: int | None
+
+
+class QueueStats(TypedDict):
+    """What ``EventBus.stats()`` returns (see its docstring for the meaning of each field)."""
+
+    queue: str
+    seen: bool  # False: no key of this queue exists in Redis (a typo in the name?)
+    at: str
+    ready: dict[int, int]
+    ready_total: int
+    delayed: int
+    inflight: int
+    failed: int
+    counters: Counters
+    processing_ms: ProcessingSummary
+    latency_s: float | None
+    consumers: list[ConsumerInfo]

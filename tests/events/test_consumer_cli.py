@@ -1,0 +1,51 @@
+"""``python -m earnorm.events.consumer`` fails with one clear line and a distinct exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+import pytest
+
+from earnorm.events._embedded import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+async def run_consumer(*args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "EARNORM_REDIS_URI")}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "earnorm.events.consumer", *args], check=False, env=env,
+    )
+    return result.returncode, result.stderr.decode()
+
+
+async def test_an_app_that_cannot_be_imported_is_one_line_and_exit_code_4() -> None:
+    code, err = await run_consumer("--app", "does_not_exist", "--redis-uri",
+                                   "redis://127.0.0.1:1/0")
+    assert code == 4
+    assert err.strip().splitlines() == [
+        "error: --app 'does_not_exist' could not be imported: ModuleNotFoundError: "
+        "No module named 'does_not_exist'"
+    ]
+
+
+async def test_an_unreachable_redis_is_one_line_and_exit_code_3() -> None:
+    port = free_port()
+    code, err = await run_consumer("--redis-uri", f"redis://:hunter2@127.0.0.1:{port}/0",
+                                   "--log-level", "ERROR")
+    lines = err.strip().splitlines()
+    assert code == 3
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: cannot reach Redis at redis://:***@127.0.0.1:{port}/0")
+    assert "hunter2" not in err
+
+
+async def test_a_bad_setting_is_one_line_and_exit_code_2(redis_url: str) -> None:
+    code, err = await run_consumer("--redis-uri", redis_url, "--heartbeat-interval", "5",
+                                   "--heartbeat-timeout", "1", "--log-level", "ERROR")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: event_config.heartbeat_timeout must be greater than heartbeat_interval"
+    ]
