@@ -1,5 +1,12 @@
 """EarnORM: an async MongoDB ORM with a Celery-compatible asyncio event system on Redis.
 
+Every public name is imported from here (``earnorm.base``, ``earnorm.events.decorators`` and
+``earnorm.events.utils`` are the spec's aliases); the module map is ``docs/architecture.md``:
+``_config`` / ``_runtime`` (init), ``base/`` (the ORM), ``events/_protocol`` (Celery's wire,
+pure), ``events/_broker`` (the only Redis keys and scripts), ``events/_bus`` (publishing,
+failed jobs, stats), ``events/consumer/`` (the consumer: pure decisions in ``_decide``, one
+owned task per loop).
+
 >>> import earnorm
 >>> await earnorm.init(mongo_uri="mongodb://localhost:27017", database="app",
 ...                    redis_uri="redis://localhost:6379/0",

@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The ORM tests' MongoDB-wire server (jongodb, a checksum-pinned npm package) installed up front
+# so the first ORM test does not pay for it; MONGODB_URI=mongodb://... uses a real mongod.
+if [ -z "${MONGODB_URI:-}" ]; then
+  .venv/bin/python -c "from tests.orm.jongodb import ensure_binary; ensure_binary()"
+fi
 .venv/bin/ruff check earnorm tests benchmarks examples scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

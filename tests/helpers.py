@@ -7,6 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import orjson
+
+
+def loads(raw: object) -> Any:
+    """JSON from a Redis reply (bytes), failing the test plainly when the key was missing."""
+    assert isinstance(raw, (bytes, str)), f"expected a JSON reply, got {raw!r}"
+    return orjson.loads(raw)
 
 
 async def wait_until(

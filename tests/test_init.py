@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 import earnorm
@@ -83,7 +85,7 @@ def test_the_proxies_answer_introspection_before_init() -> None:
     import inspect
 
     assert not hasattr(event_bus, "__wrapped__")
-    assert inspect.unwrap(event_bus) is event_bus
+    assert inspect.unwrap(cast(Any, event_bus)) is event_bus
     assert not hasattr(earnorm.env, "__wrapped__")
     with pytest.raises(NotInitializedError, match=r"earnorm\.init"):
         event_bus.publish  # noqa: B018 - a real attribute still says what to do

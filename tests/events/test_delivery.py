@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 async def _handled_counts(redis: Redis, queue: str) -> dict[bytes, int]:
     raw = await redis.hgetall(f"{queue}:handled")
-    return {k: int(v) for k, v in raw.items()}
+    return {k if isinstance(k, bytes) else k.encode(): int(v) for k, v in raw.items()}
 
 
 async def test_delay_runs_no_earlier_than_due_and_promptly(

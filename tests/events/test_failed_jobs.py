@@ -127,7 +127,7 @@ async def test_failed_record_has_everything_an_operator_needs(
                                                            {"source": "api"})
     assert protocol.decode(job["envelope"]).id == job_id
     assert (job["error_type"], job["error"]) == ("LookupError", "no such customer")
-    assert "LookupError: no such customer" in job["traceback"]
+    assert "LookupError: no such customer" in (job["traceback"] or "")
     assert job["handlers"] == ["billing.charge"]
     assert job["attempts"] == 1
     assert job["reason"] == "handler_error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm._errors import JobNotFound
-from tests.helpers import wait_until
+from tests.helpers import loads, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -21,11 +22,11 @@ FAST_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.1, "in
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> EventBus:
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
     bus = await EventBus.connect(
         redis_url, {"queue_name": queue_name, "retry_policy": FAST_RETRY}
     )
-    yield bus  # type: ignore[misc]
+    yield bus
     await bus.close()
 
 
@@ -132,5 +133,5 @@ async def test_failed_record_is_json_with_the_raw_envelope(
     async with Consumer(bus=bus, registry=HandlerRegistry()):
         job_id = await bus.publish(Event(name="nobody.listens", data={"k": "v"}))
         await wait_until(lambda: redis.hexists(f"{queue_name}:failed", job_id), 10)
-    record = orjson.loads(await redis.hget(f"{queue_name}:failed", job_id))
+    record = loads(await redis.hget(f"{queue_name}:failed", job_id))
     assert orjson.loads(record["envelope"])["headers"]["id"] == job_id

@@ -230,7 +230,7 @@ _tag = st.fixed_dictionaries({
                                  "base64", "nope"]) | st.text(max_size=6),
     "__value__": _json,
 })
-_when = st.sampled_from([
+_when: st.SearchStrategy[Any] = st.sampled_from([
     None, "2000-01-01T00:00:00+00:00", "2000-01-01T00:00:00", "2999-01-01T00:00:00Z",
     "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "tomorrow", "", 5, [],
 ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -42,7 +43,8 @@ def raw_sample(name: str) -> bytes:
 
 
 def decoded_sample(name: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / f"{name}.decoded.json").read_text())
+    sample: dict[str, Any] = json.loads((SAMPLES / f"{name}.decoded.json").read_text())
+    return sample
 
 
 def _when(value: str | None) -> datetime | None:
@@ -185,7 +187,7 @@ def test_encoded_envelope_has_every_field_celery_writes_in_celery_order() -> Non
     assert worker_problems(raw) == []
 
 
-RICH = {
+RICH: dict[str, Any] = {
     "text": "Zoë ✓ 日本語",
     "at": datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
     "naive": datetime(2026, 1, 2, 3, 4, 5),
@@ -350,8 +352,11 @@ def test_compressed_body_within_limit_decodes_and_truncated_stream_is_refused(ki
     from earnorm._errors import MessageDecodeError
     from earnorm.events import _protocol as protocol
 
-    compress = {"application/x-gzip": zlib.compress, "application/x-bz2": bz2.compress,
-                "application/x-lzma": lzma.compress}[kind]
+    compressors: dict[str, Callable[[bytes], bytes]] = {
+        "application/x-gzip": zlib.compress, "application/x-bz2": bz2.compress,
+        "application/x-lzma": lzma.compress,
+    }
+    compress = compressors[kind]
     body = b'[[{"k": "v"}], {}, {}]'
     envelope = {
         "body": base64.b64encode(compress(body)).decode(), "content-type": "application/json",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import cast
 
 import orjson
 import pytest
@@ -12,14 +14,15 @@ from redis.asyncio import Redis
 
 from earnorm import Event, EventBus
 from earnorm._errors import EventValidationError, SerializationError
+from tests.helpers import loads
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> EventBus:
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
     bus = await EventBus.connect(redis_url, queue_name=queue_name)
-    yield bus  # type: ignore[misc]
+    yield bus
     await bus.close()
 
 
@@ -46,7 +49,7 @@ async def test_publish_is_fifo_for_the_consuming_end(
     bus: EventBus, redis: Redis, queue_name: str
 ) -> None:
     ids = [await bus.publish(Event(name="a.b", data={"i": i})) for i in range(3)]
-    popped = [orjson.loads(await redis.rpop(queue_name))["headers"]["id"] for _ in ids]
+    popped = [loads(await redis.rpop(queue_name))["headers"]["id"] for _ in ids]
     assert popped == ids
 
 
@@ -56,7 +59,8 @@ async def test_delay_goes_to_the_delayed_set_with_an_eta(
     before = bus.now_ms()
     await bus.publish(Event(name="a.b"), delay=dt.timedelta(seconds=60))
     assert await redis.llen(queue_name) == 0
-    [(member, score)] = await redis.zrange(f"{queue_name}:delayed", 0, -1, withscores=True)
+    [(member, score)] = cast(list[tuple[bytes, float]],
+                             await redis.zrange(f"{queue_name}:delayed", 0, -1, withscores=True))
     assert before + 60_000 <= score <= bus.now_ms() + 60_000
     envelope = orjson.loads(member.partition(b":")[2])
     eta = dt.datetime.fromisoformat(envelope["headers"]["eta"])
@@ -116,6 +120,6 @@ async def test_message_over_size_limit_is_refused(redis_url: str, queue_name: st
 
 async def test_special_types_use_kombu_tags(bus: EventBus, redis: Redis, queue_name: str) -> None:
     await bus.publish(Event(name="a.b", data={"d": Decimal("1.10")}))
-    envelope = orjson.loads(await redis.rpop(queue_name))
+    envelope = loads(await redis.rpop(queue_name))
     body = orjson.loads(base64.b64decode(envelope["body"]))
     assert body[0][0] == {"d": {"__type__": "decimal", "__value__": "1.10"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -91,14 +92,16 @@ async def test_sizes_per_priority_delayed_and_queue_latency(bus: EventBus) -> No
     assert stats["consumers"] == []
     assert stats["counters"] == {"processed": 0, "failed": 0, "retried": 0}
     # The oldest waiting event (at the consuming end of the list) was published 30 s ago.
-    assert 30 <= stats["latency_s"] < 40
+    latency = stats["latency_s"]
+    assert latency is not None and 30 <= latency < 40
 
 
 async def test_an_overdue_delayed_event_counts_for_latency(bus: EventBus) -> None:
     await bus.broker.schedule(b'{"not": "promoted yet"}', 0, bus.now_ms() - 5000)
     stats = await bus.stats()
     assert stats["ready_total"] == 0
-    assert 4.9 <= stats["latency_s"] < 10  # both clocks are Redis's, give or take a sync
+    latency = stats["latency_s"]
+    assert latency is not None and 4.9 <= latency < 10  # both clocks are Redis's, give or take
 
 
 async def test_an_empty_queue_has_no_latency(bus: EventBus) -> None:
@@ -121,7 +124,8 @@ async def test_inflight_and_live_consumers_with_their_heartbeat(bus: EventBus) -
         [me] = stats["consumers"]
         assert me["id"] == consumer.consumer_id
         assert me["alive"] is True
-        assert 0 <= me["last_heartbeat_age_s"] < 1.5
+        age = me["last_heartbeat_age_s"]
+        assert age is not None and 0 <= age < 1.5
         await wait_until(lambda: _running_is(bus, 3), 10, message="the summary to show 3")
         release.set()
     await wait_until(lambda: _stat_is(bus, "inflight", 0), 10)
@@ -131,7 +135,8 @@ async def test_inflight_and_live_consumers_with_their_heartbeat(bus: EventBus) -
 
 
 async def _stat_is(bus: EventBus, key: str, value: int) -> bool:
-    return bool((await bus.stats())[key] == value)
+    stats: dict[str, Any] = dict(await bus.stats())
+    return bool(stats[key] == value)
 
 
 async def _running_is(bus: EventBus, n: int) -> bool:
@@ -160,7 +165,9 @@ async def test_stats_under_load_match_what_was_published(bus: EventBus) -> None:
     assert (stats["ready_total"], stats["delayed"], stats["inflight"]) == (0, 0, 0)
     assert stats["failed"] == bad
     timing = stats["processing_ms"]
-    assert 19 <= timing["p50"] <= timing["p95"] <= timing["p99"] < 2000
+    p50, p95, p99 = timing["p50"], timing["p95"], timing["p99"]
+    assert p50 is not None and p95 is not None and p99 is not None
+    assert 19 <= p50 <= p95 <= p99 < 2000
     assert timing["window_s"] == 60
 
 

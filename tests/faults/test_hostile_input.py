@@ -14,7 +14,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm import Consumer, Event, EventBus, FailedJob, HandlerRegistry
 from earnorm._errors import EventValidationError, MessageDecodeError
 from earnorm.events._protocol import decode, encode_event
 from tests.helpers import wait_until
@@ -40,7 +40,7 @@ def _envelope(queue: str, task: str, args: list[Any]) -> dict[str, Any]:
     return envelope
 
 
-async def _failed_jobs(bus: EventBus, count: int) -> list[dict[str, Any]]:
+async def _failed_jobs(bus: EventBus, count: int) -> list[FailedJob]:
     await wait_until(
         lambda: _has(bus, count), 10, message=f"{count} message(s) in the failed store"
     )

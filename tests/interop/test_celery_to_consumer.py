@@ -64,7 +64,7 @@ def publish(producer: Celery, method: str, name: str, **options: Any) -> str:
     return str(producer.tasks[name].apply_async(**options).id)
 
 
-SHAPES = {
+SHAPES: dict[str, tuple[dict[str, Any], Any]] = {
     "args_only": ({"args": [7, "bob@example.com"]}, {"args": [7, "bob@example.com"],
                                                       "kwargs": {}}),
     "one_dict_arg": ({"args": [{"user_id": 7}]}, {"user_id": 7}),

@@ -30,7 +30,7 @@ async def test_init_accepts_the_mongodb_uri_spelling(
                        event_config={"queue_name": queue_name})
     try:
         assert earnorm.env.database.name == database_name
-        assert earnorm.env.event_bus is earnorm.event_bus._target
+        assert earnorm.env.event_bus is earnorm._runtime._bus_proxy._target
         await Note(text="hi").create()
         assert await Note.count() == 1
     finally:

@@ -137,4 +137,4 @@ def test_redefining_an_internal_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="redefines _finish_write: reserved by BaseModel"):
 
         class Bad(BaseModel):
-            async def _finish_write(self) -> None: ...
+            async def _finish_write(self) -> None: ...  # type: ignore[override]
