@@ -132,6 +132,19 @@ class EventConfig:
     # "redis": delayed events wait in ``Q:delayed`` (durable; only EarnORM consumers promote it).
     # "eta": pushed at once with Celery's ``eta`` header, for queues stock Celery workers consume.
     delay_mode: DelayMode = "redis"
+    # A message whose consumer died holding it this many times is dead-lettered
+    # (``delivery_limit``) instead of being delivered again: a handler that kills its process
+    # cannot take consumers down forever.
+    max_deliveries: int = 5
+    # Longest delay accepted on publish; a consumed Celery ``eta`` further away is dead-lettered
+    # (``eta_out_of_range``) rather than kept forever.
+    max_delay: float = 365 * 24 * 3600.0
+    # Redis's maxmemory-policy must be noeviction (anything else may drop queued events without a
+    # word) unless this is True.
+    allow_eviction: bool = False
+    # Celery's ``unacked`` entries older than this are restored to the queue by our consumers, as
+    # kombu does (its default visibility_timeout).
+    celery_visibility_timeout: float = 3600.0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -144,7 +157,8 @@ class EventConfig:
         known = {
             "queue_name", "retry_policy", "serializer", "compression", "max_message_bytes",
             "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
-            "delay_mode",
+            "delay_mode", "max_deliveries", "max_delay", "allow_eviction",
+            "celery_visibility_timeout",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -185,6 +199,11 @@ class EventConfig:
             "event_config", "heartbeat_timeout",
             raw.get("heartbeat_timeout", cls.heartbeat_timeout), minimum=0.1,
         )
+        allow_eviction = raw.get("allow_eviction", cls.allow_eviction)
+        if not isinstance(allow_eviction, bool):
+            raise ConfigError(
+                f"event_config.allow_eviction must be True or False, got {allow_eviction!r}"
+            )
         if timeout <= interval:
             raise ConfigError(
                 "event_config.heartbeat_timeout must be greater than heartbeat_interval"
@@ -203,4 +222,16 @@ class EventConfig:
             heartbeat_interval=float(interval),
             heartbeat_timeout=float(timeout),
             delay_mode=delay_mode,
+            max_deliveries=_number(
+                "event_config", "max_deliveries", raw.get("max_deliveries", cls.max_deliveries),
+                minimum=1, integer=True,
+            ),
+            max_delay=float(_number(
+                "event_config", "max_delay", raw.get("max_delay", cls.max_delay), minimum=1,
+            )),
+            allow_eviction=allow_eviction,
+            celery_visibility_timeout=float(_number(
+                "event_config", "celery_visibility_timeout",
+                raw.get("celery_visibility_timeout", cls.celery_visibility_timeout), minimum=1,
+            )),
         )

@@ -1,92 +1,194 @@
-"""Everything that knows Redis key names and Lua scripts lives here, and only here.
-
-Keys for queue ``Q`` (all prefixed by ``Q``, so a hash-tagged name like ``{app}:events`` keeps
-every key in one Redis Cluster slot):
-
-- ``Q``, ``Q\\x06\\x163``, ``Q\\x06\\x166``, ``Q\\x06\\x169``: Celery's ready lists, served in that
-  order (lower number first). Publishers LPUSH; consumers take from the right (FIFO).
-- ``Q:delayed``: zset of ``b"<list index>:" + envelope`` scored by due time (unix ms).
-- ``Q:consumers``: zset of consumer id scored by heartbeat deadline (unix ms, Redis clock).
-- ``Q:inflight:<consumer>``: hash of field -> envelope, what that consumer holds.
-- ``Q:landing:<consumer>``: list that the blocking wait moves one message into.
-- ``Q:failed`` (hash job id -> JSON record) and ``Q:failed:index`` (zset by failure time):
-  written here in the settle transaction, read and managed by ``_failed_store.FailedStore``.
-- ``Q:stats``: hash of counters (processed, failed, retried). A retry or dead-letter counts in
-  its own transaction; handled events are counted by the consumer's next fetch script (no round
-  trip of their own, at most ``poll_interval`` late).
-- ``Q:monitor``: hash of consumer id -> JSON summary (last heartbeat, recent processing times),
-  rewritten by each consumer on its heartbeat.
+"""Everything that knows Redis key names and Lua scripts lives here (and in ``_keys``,
+``_failed_store``, ``_server``, ``_celery_unacked``, ``_waiter``), and only here.
 
 Ready -> in-flight is always a move inside Redis (a Lua script or BLMOVE), never a pop into
 client memory, so a consumer killed at any instant loses nothing: its in-flight hash and landing
-list are handed back by a live consumer once its heartbeat deadline passes.
+list are handed back by a live consumer once its heartbeat deadline passes. What a dead consumer
+held is counted as one more delivery, atomically with the hand-back, and comes back through
+``Q:recovered`` one message at a time (see ``_RECOVER`` and ``_FETCH``).
+
+Scripts whose writes do not grow memory (fetch, ack, heartbeat, recover, promote) carry Redis 7's
+``allow-oom`` flag, so a Redis at ``maxmemory`` keeps delivering and acking (which frees memory)
+while it refuses the writes that would grow it (publish, retry, dead-letter): those raise one of
+``REFUSED_ERRORS``, which callers treat as back-pressure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
+from earnorm.events._celery_unacked import CeleryUnacked
 from earnorm.events._failed_store import FailedStore
 from earnorm.events._keys import Keys, delayed_member, text
+from earnorm.events._server import ServerProbe
+from earnorm.events._waiter import BlockingWait
 
 # Errors that mean "Redis could not be reached or did not answer in time": the operation may
-# succeed if tried again later, and callers back off and retry. Any other RedisError is an
-# answer (the server refused the command) and is not retried blindly.
+# succeed if tried again later, and callers back off and retry.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError,
 )
+# Redis answered but refused a write it may accept later: out of memory (maxmemory with
+# noeviction), a replica during failover. A consumer backs off and retries; a publisher raises.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (OutOfMemoryError, ReadOnlyError, ExecAbortError)
+RETRYABLE_ERRORS = TRANSIENT_ERRORS + REFUSED_ERRORS
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a connection-level failure worth retrying (see ``TRANSIENT_ERRORS``).
 
-    >>> is_transient(RedisConnectionError("refused")), is_transient(ValueError())
+    >>> is_transient(RedisConnectionError("refused")), is_transient(OutOfMemoryError("OOM"))
     (True, False)
     """
     return isinstance(exc, TRANSIENT_ERRORS)
 
-# Redis 7 runs scripts with effects replication, so TIME may be read before writing; on 5/6
-# redis.replicate_commands() asks for it.
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether Redis refused a write it may accept later (``REFUSED_ERRORS``).
+
+    >>> is_refused(OutOfMemoryError("OOM command not allowed")), is_refused(ValueError())
+    (True, False)
+    """
+    return isinstance(exc, REFUSED_ERRORS)
+
+
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
 _NOW_MS = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: inflight, stats, landing, ready lists in serving order.
-# ARGV: max count, first field number, events handled since the last fetch (for the counter).
-# The landing list goes first: it holds what the blocking wait already moved to us.
-_FETCH = """
+# Diverting a message larger than ARGV[4] bytes into the failed store, inside Redis, so that it
+# never reaches a client: a small JSON record (size, preview, SHA-1), the message itself kept
+# aside in Q:failed:oversized. Expects KEYS[5..8] = failed, failed index, oversized, stats.
+_DIVERT = _NOW_MS + """
+local max_bytes = tonumber(ARGV[4])
+local diverted = 0
+local function ascii(s) return (string.gsub(s, '[^\\32-\\126]', '?')) end
+local function divert(v, deliveries, died)
+  local sha = redis.sha1hex(v)
+  local id, task = nil, nil
+  local h = string.find(v, '"headers"', 1, true)
+  if h then
+    local head = string.sub(v, h, h + 8192)
+    id = string.match(head, '"id"%s*:%s*"([^"\\\\]+)"')
+    task = string.match(head, '"task"%s*:%s*"([^"\\\\]+)"')
+  end
+  local job = id and ascii(id) or ('too-large-' .. sha)
+  local record = '{"job_id":' .. cjson.encode(job)
+    .. ',"reason":"too_large","detail":' .. cjson.encode('message of ' .. #v
+      .. ' bytes exceeds max_message_bytes (' .. max_bytes .. '); kept aside, not fetched')
+    .. ',"name":' .. (task and cjson.encode(ascii(task)) or 'null')
+    .. ',"data":null,"metadata":{},"attempts":0,"first_failed_at":null,"last_failed_at":null'
+    .. ',"failed_at_ms":' .. now .. ',"handlers":[],"errors":[],"error_type":null'
+    .. ',"error":' .. cjson.encode('too large: ' .. #v .. ' bytes') .. ',"traceback":null'
+    .. ',"size":' .. #v .. ',"sha1":"' .. sha .. '","preview":'
+    .. cjson.encode(ascii(string.sub(v, 1, 200)))
+    .. ',"deliveries":' .. deliveries .. ',"died_holding":' .. died .. '}'
+  redis.call('HSET', KEYS[5], job, record)
+  redis.call('ZADD', KEYS[6], now, job)
+  redis.call('HSET', KEYS[7], job, v)
+  redis.call('HINCRBY', KEYS[8], 'failed', 1)
+  diverted = diverted + 1
+end
+"""
+
+# KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
+#       ready lists in serving order.
+# ARGV: max count, first field number, may take a recovered message (0/1), max message bytes.
+# Returns {messages, deliveries of a recovered one or 0, ids that died holding it,
+#          recovered still waiting, diverted}.
+# The landing list goes first: it holds what the blocking wait already moved to us. While
+# recovered messages wait, no ready message is taken: the caller's buffer drains, and then
+# (ARGV[3] = 1) it takes one recovered message alone, so that one which kills its consumer takes
+# no unstarted message down with it.
+_FETCH = _ALLOW_OOM + _DIVERT + """
 local want = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
-if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'processed', ARGV[3]) end
-local out = {}
-local fields = {}
-for i = 3, #KEYS do
-  local got = redis.call('RPOP', KEYS[i], want - #out)
-  if got then
-    for _, v in ipairs(got) do
-      out[#out + 1] = v
-      fields[#fields + 1] = seq + #out
-      fields[#fields + 1] = v
+local out, fields = {}, {}
+local function keep(v)
+  if #v > max_bytes then divert(v, 1, '[]'); return end
+  out[#out + 1] = v
+  fields[#fields + 1] = seq + #out
+  fields[#fields + 1] = v
+end
+local landed = redis.call('RPOP', KEYS[2], want)
+if landed then for _, v in ipairs(landed) do keep(v) end end
+local waiting = redis.call('LLEN', KEYS[3])
+local deliveries, died = 0, ''
+if waiting > 0 then
+  if #out == 0 and ARGV[3] == '1' then
+    local m = redis.call('LPOP', KEYS[3])
+    waiting = waiting - 1
+    local a = string.find(m, ':', 1, true)
+    local b = string.find(m, ':', a + 1, true)
+    local v = string.sub(m, b + 1)
+    if #v > max_bytes then
+      local ids = {}
+      for id in string.gmatch(string.sub(m, a + 1, b - 1), '[^,]+') do ids[#ids + 1] = id end
+      divert(v, tonumber(string.sub(m, 1, a - 1)), #ids > 0 and cjson.encode(ids) or '[]')
+    else
+      deliveries, died = tonumber(string.sub(m, 1, a - 1)), string.sub(m, a + 1, b - 1)
+      keep(v)
+      redis.call('HSET', KEYS[4], seq + 1, deliveries .. ':' .. died)
     end
+  end
+else
+  for i = 9, #KEYS do
     if #out >= want then break end
+    local got = redis.call('RPOP', KEYS[i], want - #out)
+    if got then for _, v in ipairs(got) do keep(v) end end
   end
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-return out
+return {out, deliveries, died, waiting, diverted}
+"""
+
+# KEYS: inflight, stats, deliveries. ARGV: fields. Counts only what it removed, so an ack sent
+# twice (a lost reply) or for a message another consumer recovered meanwhile counts once.
+_ACK = _ALLOW_OOM + """
+local removed = redis.call('HDEL', KEYS[1], unpack(ARGV))
+if removed > 0 then redis.call('HINCRBY', KEYS[2], 'processed', removed) end
+redis.call('HDEL', KEYS[3], unpack(ARGV))
+return removed
+"""
+
+# KEYS: inflight, deliveries, delayed, failed, failed index, stats.
+# ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
+#       job id ('' = none), record, failed ms.
+# Only if the field is still ours: a consumer that another one declared dead and recovered must
+# not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
+# so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
+_SETTLE = """#!lua
+if ARGV[1] ~= '' then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[6], 'retried', 1) end
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
+  redis.call('HINCRBY', KEYS[6], 'failed', 1)
+end
+return 1
 """
 
 # KEYS: delayed, ready lists by index. ARGV: max count.
 # Returns {moved, next due ms or -1, now ms}. Due messages go to the consuming (right) end so a
 # backlog does not delay them further; pushed latest-first so the earliest is taken first.
-_PROMOTE = _NOW_MS + """
+_PROMOTE = _ALLOW_OOM + _NOW_MS + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #due > 0 then
   redis.call('ZREM', KEYS[1], unpack(due))
@@ -102,64 +204,149 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or '-1', now}
 """
 
-# KEYS: consumers. ARGV: consumer id, timeout ms. Returns {now ms, expired ids...}.
-_HEARTBEAT = _NOW_MS + """
+# KEYS: consumers, stats. ARGV: consumer id, timeout ms.
+# Returns {now ms, expired ids...}. Also dates the counters (since_ms) the first time.
+_HEARTBEAT = _ALLOW_OOM + _NOW_MS + """
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSETNX', KEYS[2], 'since_ms', now)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 16)
 local out = {now}
 for _, id in ipairs(dead) do out[#out + 1] = id end
 return out
 """
 
-# KEYS: consumers, inflight, landing, destination ready list, monitor.
+# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries.
 # ARGV: consumer id, force (0/1).
-# Hands every message the consumer holds back to the consuming end of the ready list, but only
-# if it is still dead (or force, for a consumer returning its own work): two live consumers
-# racing to recover the same one cannot both move its messages.
-_RECOVER = _NOW_MS + """
-if ARGV[2] ~= '1' then
+# Hands every message the consumer holds back, but only if it is still dead (or force, for a
+# consumer returning its own work): two live consumers racing to recover the same one cannot
+# both move its messages. What a dead consumer held counts as one more delivery and goes to
+# Q:recovered with the count and the consumers that died holding it; what a consumer returns
+# itself (graceful stop) and what it had not fetched (landing) go back unchanged.
+_RECOVER = _ALLOW_OOM + _NOW_MS + """
+local force = ARGV[2] == '1'
+if not force then
   local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if deadline and tonumber(deadline) >= now then return -1 end
 end
 local moved = 0
-local held = redis.call('HVALS', KEYS[2])
-for _, v in ipairs(held) do redis.call('RPUSH', KEYS[4], v); moved = moved + 1 end
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local info = redis.call('HGET', KEYS[7], held[i])
+  if force then
+    if info then redis.call('RPUSH', KEYS[6], info .. ':' .. held[i + 1])
+    else redis.call('RPUSH', KEYS[4], held[i + 1]) end
+  else
+    local n, ids = 1, ''
+    if info then
+      local a = string.find(info, ':', 1, true)
+      n, ids = tonumber(string.sub(info, 1, a - 1)), string.sub(info, a + 1)
+    end
+    if ids ~= '' then ids = ids .. ',' end
+    redis.call('RPUSH', KEYS[6], (n + 1) .. ':' .. ids .. ARGV[1] .. ':' .. held[i + 1])
+  end
+  moved = moved + 1
+end
 local landed = redis.call('LRANGE', KEYS[3], 0, -1)
 for i = #landed, 1, -1 do redis.call('RPUSH', KEYS[4], landed[i]); moved = moved + 1 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[7])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 return moved
 """
 
-# KEYS: inflight, destination ready list. ARGV: fields to hand back.
-_RECLAIM = """
+# KEYS: inflight, main ready list, recovered, deliveries. ARGV: fields to hand back.
+_RECLAIM = _ALLOW_OOM + """
 local moved = 0
 for _, f in ipairs(ARGV) do
   local v = redis.call('HGET', KEYS[1], f)
   if v then
-    redis.call('RPUSH', KEYS[2], v)
+    local info = redis.call('HGET', KEYS[4], f)
+    if info then redis.call('RPUSH', KEYS[3], info .. ':' .. v)
+    else redis.call('RPUSH', KEYS[2], v) end
     redis.call('HDEL', KEYS[1], f)
+    redis.call('HDEL', KEYS[4], f)
     moved = moved + 1
   end
 end
 return moved
 """
 
+# KEYS: ready lists. For the oldest message of each (its consuming end), the headers stats()
+# needs for latency, cut out inside Redis so a huge message is never sent: {eta, timestamp}.
+_OLDEST = """#!lua flags=no-writes
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('LINDEX', KEYS[i], -1)
+  local eta, stamp = '', ''
+  if v then
+    local h = string.find(v, '"headers"', 1, true)
+    if h then
+      local head = string.sub(v, h, h + 16384)
+      eta = string.match(head, '"eta"%s*:%s*"([^"]*)"') or ''
+      stamp = string.match(head, '"earnorm_timestamp"%s*:%s*"([^"]*)"') or ''
+    end
+    out[#out + 1] = {1, eta, stamp}
+  else
+    out[#out + 1] = {0, '', ''}
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One fetch: the messages moved into in-flight, and the recovered-message bookkeeping."""
+
+    messages: list[bytes]
+    # For a recovered message (alone in ``messages``): how many times it has been delivered
+    # with this one, and the consumers that died holding it.
+    deliveries: int
+    died_holding: tuple[str, ...]
+    recovered_waiting: int  # recovered messages still waiting to be fetched, one at a time
+    diverted: int  # messages over max_message_bytes moved to the failed store instead
+
+
+def _scripts(source: str, flags: bool) -> str:
+    """Redis < 7 knows no script flags: there the shebang line is dropped (and a Redis at
+    maxmemory refuses these scripts too)."""
+    if flags or not source.startswith("#!"):
+        return source
+    return source.split("\n", 1)[1]
+
 
 class Broker:
     """Thin async operations over one queue's keys. Stateless apart from the client."""
 
-    def __init__(self, redis: Redis, config: EventConfig) -> None:
+    def __init__(self, redis: Redis, config: EventConfig, *, script_flags: bool = True) -> None:
         self.redis = redis
         self.config = config
         self.keys = Keys.for_queue(config)
-        self._fetch = redis.register_script(_FETCH)
-        self._promote = redis.register_script(_PROMOTE)
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._recover = redis.register_script(_RECOVER)
-        self._reclaim = redis.register_script(_RECLAIM)
         self.failed = FailedStore(redis, self.keys)
+        self.server = ServerProbe(redis, self.keys)
+        self.celery = CeleryUnacked(redis, self.keys, config)
+        self._waiter = BlockingWait(redis)
+        self.use_script_flags(script_flags)
+
+    def use_script_flags(self, flags: bool) -> None:
+        """Register the scripts with (Redis >= 7) or without their flags."""
+        redis = self.redis
+        self._fetch = redis.register_script(_scripts(_FETCH, flags))
+        self._ack = redis.register_script(_scripts(_ACK, flags))
+        self._settle = redis.register_script(_scripts(_SETTLE, flags))
+        self._promote = redis.register_script(_scripts(_PROMOTE, flags))
+        self._heartbeat = redis.register_script(_scripts(_HEARTBEAT, flags))
+        self._recover = redis.register_script(_scripts(_RECOVER, flags))
+        self._reclaim = redis.register_script(_scripts(_RECLAIM, flags))
+        self._oldest = redis.register_script(_scripts(_OLDEST, flags))
+
+    async def prepare(self) -> None:
+        """Read what the server supports (script flags need Redis 7)."""
+        info = await self.server.info()
+        self.use_script_flags(info.supports_script_flags)
+
+    async def close(self) -> None:
+        await self._waiter.close()
 
     async def server_time_ms(self) -> float:
         """Redis's clock, in unix ms."""
@@ -193,76 +380,77 @@ class Broker:
     # ------------------------------------------------------------------ consuming
 
     async def fetch(
-        self, consumer_id: str, count: int, first_field: int, processed: int = 0
-    ) -> list[bytes]:
-        """Move up to ``count`` messages into the consumer's in-flight hash, atomically, and
-        add ``processed`` to the counter.
+        self, consumer_id: str, count: int, first_field: int, *, may_take_recovered: bool,
+        max_bytes: int,
+    ) -> Fetched:
+        """Move up to ``count`` messages into the consumer's in-flight hash, atomically.
 
-        The i-th message returned is stored under field ``first_field + i + 1``.
+        The i-th message returned is stored under field ``first_field + i + 1``. Messages over
+        ``max_bytes`` never leave Redis: they go to the failed store (``too_large``).
         """
+        k = self.keys
         keys = [
-            self.keys.inflight(consumer_id), self.keys.stats, self.keys.landing(consumer_id),
-            *self.keys.ready,
+            k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
+            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
         ]
-        result = await self._fetch(keys=keys, args=[count, first_field, processed])
-        return list(result)
+        messages, deliveries, died, waiting, diverted = await self._fetch(
+            keys=keys, args=[count, first_field, 1 if may_take_recovered else 0, max_bytes]
+        )
+        died_ids = tuple(i for i in text(died).split(",") if i) if deliveries else ()
+        return Fetched(list(messages), int(deliveries), died_ids, int(waiting), int(diverted))
 
     async def wait_for_message(self, consumer_id: str, timeout: float) -> bool:
-        """Block until a message is on the main ready list, then move it to our landing list.
-
-        BLMOVE is atomic, so the message is never only in this process's memory.
-        """
-        moved = await self.redis.blmove(
-            self.keys.ready[0], self.keys.landing(consumer_id),
-            timeout,  # type: ignore[arg-type]  # Redis >= 6 takes fractional seconds
-            "RIGHT", "LEFT",
+        """Block until a message is on the main ready list, then move it to our landing list
+        (atomic: the message is never only in this process's memory, and its bytes are not
+        kept: the next fetch takes it from the landing list)."""
+        return await self._waiter.move(
+            self.keys.ready[0], self.keys.landing(consumer_id), timeout
         )
-        return moved is not None
 
-    async def ack(self, consumer_id: str, fields: Sequence[int]) -> None:
-        await self.redis.hdel(self.keys.inflight(consumer_id), *map(str, fields))
-
-    async def count_processed(self, processed: int) -> None:
-        """Add to the counter what no fetch will carry (a consumer stopping)."""
-        if processed:
-            await self.redis.hincrby(self.keys.stats, "processed", processed)
+    async def ack(self, consumer_id: str, fields: Sequence[int]) -> int:
+        """Remove handled fields from in-flight and count them as processed, atomically.
+        Returns how many were still ours."""
+        k = self.keys
+        keys = [k.inflight(consumer_id), k.stats, k.deliveries(consumer_id)]
+        return int(await self._ack(keys=keys, args=list(fields)))
 
     async def settle(
         self, consumer_id: str | None, field: int | None, *,
         retry: tuple[bytes, int, float] | None = None,
         dead: tuple[str, bytes, float] | None = None,
-    ) -> None:
-        """Ack ``field`` and, in the same transaction, schedule ``retry`` (envelope, ready index,
-        due ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the
-        failed store; the counters follow in the same transaction."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if retry is not None:
-                raw, ready_index, due_ms = retry
-                pipe.zadd(self.keys.delayed, {delayed_member(raw, ready_index): due_ms})
-                pipe.hincrby(self.keys.stats, "retried", 1)
-            if dead is not None:
-                job_id, record, failed_ms = dead
-                pipe.hset(self.keys.failed, job_id, record)
-                pipe.zadd(self.keys.failed_index, {job_id: failed_ms})
-                pipe.hincrby(self.keys.stats, "failed", 1)
-            if consumer_id is not None and field is not None:
-                pipe.hdel(self.keys.inflight(consumer_id), str(field))
-            await pipe.execute()
+        count_retry: bool = True,
+    ) -> bool:
+        """Ack ``field`` and, in the same script, schedule ``retry`` (envelope, ready index, due
+        ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the failed
+        store; the counters follow. False if the field was no longer ours (another consumer
+        recovered it): then nothing is written."""
+        k = self.keys
+        cid = consumer_id or ""
+        member: bytes = b""
+        due = 0.0
+        if retry is not None:
+            raw, ready_index, due = retry
+            member = delayed_member(raw, ready_index)
+        job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
+        keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats]
+        args: list[Any] = [
+            "" if field is None or consumer_id is None else field, member, due,
+            1 if count_retry else 0, job_id, record, failed_ms,
+        ]
+        return bool(await self._settle(keys=keys, args=args))
 
     async def defer(
         self, consumer_id: str, field: int, raw: bytes, ready_index: int, due_ms: float
-    ) -> None:
-        """Ack ``field`` and schedule ``raw`` in the delayed set, in one transaction."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.delayed, {delayed_member(raw, ready_index): due_ms})
-            pipe.hdel(self.keys.inflight(consumer_id), str(field))
-            await pipe.execute()
+    ) -> bool:
+        """Ack ``field`` and schedule ``raw`` unchanged in the delayed set (a future eta)."""
+        return await self.settle(consumer_id, field, retry=(raw, ready_index, due_ms),
+                                 count_retry=False)
 
     async def dead_letter(
         self, consumer_id: str | None, field: int | None, job_id: str, record: bytes,
         failed_ms: float,
     ) -> None:
-        """Store the failed-job record and ack the message, in one transaction."""
+        """Store the failed-job record and ack the message, in one script."""
         await self.settle(consumer_id, field, dead=(job_id, record, failed_ms))
 
     async def promote_due(self, limit: int = 500) -> tuple[int, float | None, float]:
@@ -274,29 +462,29 @@ class Broker:
 
     async def heartbeat(self, consumer_id: str, timeout_ms: int) -> tuple[float, list[str]]:
         """Extend our deadline. Returns (Redis now ms, ids of consumers past their deadline)."""
-        result = await self._heartbeat(keys=[self.keys.consumers], args=[consumer_id, timeout_ms])
+        result = await self._heartbeat(
+            keys=[self.keys.consumers, self.keys.stats], args=[consumer_id, timeout_ms]
+        )
         return float(result[0]), [text(x) for x in result[1:]]
 
     async def recover(self, consumer_id: str, *, force: bool = False) -> int:
-        """Hand a dead consumer's messages back to the ready list; -1 if it is alive again."""
+        """Hand a dead consumer's messages back; -1 if it is alive again."""
+        k = self.keys
         keys = [
-            self.keys.consumers,
-            self.keys.inflight(consumer_id),
-            self.keys.landing(consumer_id),
-            self.keys.ready[0],
-            self.keys.monitor,
+            k.consumers, k.inflight(consumer_id), k.landing(consumer_id), k.ready[0],
+            k.monitor, k.recovered, k.deliveries(consumer_id),
         ]
         return int(await self._recover(keys=keys, args=[consumer_id, "1" if force else "0"]))
 
     async def reclaim(self, consumer_id: str, known: set[int]) -> int:
         """Hand back fields of our own in-flight hash that we do not know about."""
-        fields = [int(f) for f in await self.redis.hkeys(self.keys.inflight(consumer_id))]
+        k = self.keys
+        fields = [int(f) for f in await self.redis.hkeys(k.inflight(consumer_id))]
         orphans = [f for f in fields if f not in known]
         if not orphans:
             return 0
-        return int(await self._reclaim(
-            keys=[self.keys.inflight(consumer_id), self.keys.ready[0]], args=orphans
-        ))
+        keys = [k.inflight(consumer_id), k.ready[0], k.recovered, k.deliveries(consumer_id)]
+        return int(await self._reclaim(keys=keys, args=orphans))
 
     async def unregister(self, consumer_id: str) -> None:
         await self.redis.zrem(self.keys.consumers, consumer_id)
@@ -307,45 +495,49 @@ class Broker:
     # ------------------------------------------------------------------ counts
 
     async def snapshot(self) -> dict[str, Any]:
-        """Everything ``stats()`` needs, read in two pipelined round trips."""
-        n = len(self.keys.ready)
+        """Everything ``stats()`` needs, read in two pipelined round trips (no message body
+        travels: the oldest messages' headers are cut out in Redis)."""
+        k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            for key in self.keys.ready:
+            for key in k.ready:
                 pipe.llen(key)
-            for key in self.keys.ready:
-                pipe.lindex(key, -1)  # the oldest waiting message: consumers take from the right
-            pipe.zcard(self.keys.delayed)
-            pipe.zrange(self.keys.delayed, 0, 0, withscores=True)
-            pipe.hlen(self.keys.failed)
-            pipe.zrange(self.keys.consumers, 0, -1, withscores=True)
-            pipe.hgetall(self.keys.stats)
-            pipe.hgetall(self.keys.monitor)
-            pipe.exists(*self.keys.ready, self.keys.delayed, self.keys.consumers,
-                        self.keys.failed, self.keys.stats, self.keys.monitor)
+            pipe.zcard(k.delayed)
+            pipe.zrange(k.delayed, 0, 0, withscores=True)
+            pipe.hlen(k.failed)
+            pipe.zrange(k.consumers, 0, -1, withscores=True)
+            pipe.hgetall(k.stats)
+            pipe.hgetall(k.monitor)
+            pipe.hgetall(k.server)
+            pipe.llen(k.recovered)
+            pipe.exists(*k.ready, k.delayed, k.consumers, k.failed, k.stats, k.monitor)
             results = await pipe.execute()
+        oldest = await self._oldest(keys=list(k.ready))
+        n = len(k.ready)
         seconds, micros = results[0]
-        ready, oldest = results[1:n + 1], results[n + 1:2 * n + 1]
-        delayed, next_delayed, failed, consumers, counters, monitor, seen = results[2 * n + 1:]
+        ready = results[1:n + 1]
+        (delayed, next_delayed, failed, consumers, counters, monitor, server, recovered,
+         seen) = results[n + 1:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid, _ in consumers:
-                    pipe.hlen(self.keys.inflight(text(cid)))
-                    pipe.llen(self.keys.landing(text(cid)))
+                    pipe.hlen(k.inflight(text(cid)))
+                    pipe.llen(k.landing(text(cid)))
                 inflight = sum(await pipe.execute())
         return {
             "now_ms": seconds * 1000 + micros / 1000,
-            "ready": {step: int(c) for step, c in zip(self.keys.steps, ready, strict=True)},
-            "oldest_ready": [m for m in oldest if m is not None],
+            "ready": {step: int(c) for step, c in zip(k.steps, ready, strict=True)},
+            "oldest_ready": [(text(eta), text(stamp)) for present, eta, stamp in oldest
+                             if int(present)],
             "delayed": int(delayed),
             "next_delayed_ms": float(next_delayed[0][1]) if next_delayed else None,
             "failed": int(failed),
             "inflight": int(inflight),
+            "recovered": int(recovered),
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
-            "counters": {text(k): int(v) for k, v in counters.items()},
-            "monitor": {text(k): v for k, v in monitor.items()},
+            "counters": {text(key): int(float(v)) for key, v in counters.items()},
+            "monitor": {text(key): v for key, v in monitor.items()},
+            "server": {text(key): text(v) for key, v in server.items()},
             "seen": bool(seen),
         }
-
-

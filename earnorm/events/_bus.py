@@ -14,14 +14,28 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from earnorm._config import EventConfig
-from earnorm._errors import BrokerConnectionError, EventValidationError, JobNotFound, PublishError
+from earnorm._errors import (
+    BrokerConnectionError,
+    ConfigError,
+    EventValidationError,
+    JobNotFound,
+    PublishError,
+)
 from earnorm.events import _protocol as protocol
 from earnorm.events._broker import TRANSIENT_ERRORS, Broker
 from earnorm.events._clock import ServerClock
 from earnorm.events._event import Event
 from earnorm.events._monitoring import merge, percentiles
-from earnorm.events._records import ConsumerInfo, Counters, FailedJob, ProcessingSummary, QueueStats
+from earnorm.events._records import (
+    ConsumerInfo,
+    Counters,
+    FailedJob,
+    ProcessingSummary,
+    QueueStats,
+    ServerStats,
+)
 from earnorm.events._redis_url import mask_url, open_redis
+from earnorm.events._server import eviction_refusal
 
 log = logging.getLogger("earnorm.events")
 
@@ -69,6 +83,7 @@ class EventBus:
         bus._owns_redis = True
         try:
             await bus.sync_clock()
+            await bus.check_server()
         except BaseException:
             await bus.close()
             raise
@@ -86,6 +101,26 @@ class EventBus:
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
             ) from exc
 
+    async def check_server(self) -> None:
+        """``ConfigError`` if Redis may evict queued events (a maxmemory-policy other than
+        noeviction) and ``event_config["allow_eviction"]`` is not True."""
+        try:
+            info = await self.broker.server.info()
+        except TRANSIENT_ERRORS as exc:
+            raise BrokerConnectionError(
+                f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        refusal = eviction_refusal(info, self.config.allow_eviction)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if info.may_evict:
+            log.warning("Redis maxmemory-policy is %r and event_config['allow_eviction'] is "
+                        "True: queued events may be evicted without an error",
+                        info.maxmemory_policy)
+        elif info.config_error is not None:
+            log.warning("cannot read Redis's maxmemory-policy (CONFIG GET refused: %s): "
+                        "eviction is not checked", info.config_error)
+
     def now_ms(self) -> float:
         """Now, in unix ms by Redis's clock."""
         return self.clock.now_ms()
@@ -102,6 +137,11 @@ class EventBus:
         if not isinstance(event, Event):
             raise EventValidationError(f"expected an Event, got {type(event).__name__}")
         cfg = self.config
+        if delay_s is not None and delay_s > cfg.max_delay:
+            raise EventValidationError(
+                f"delay of {delay_s:g}s for event {event.name!r} exceeds event_config.max_delay "
+                f"({cfg.max_delay:g}s)"
+            )
         due_ms = None if delay_s is None else self.now_ms() + delay_s * 1000
         eta = None if due_ms is None else datetime.fromtimestamp(due_ms / 1000, UTC)
         raw = protocol.encode_event(
@@ -204,12 +244,10 @@ class EventBus:
                 after = (failed_ms, job_id)
                 if record is None:
                     continue
-                job = orjson.loads(record)
+                job = _job(job_id, record, failed_ms)
                 if event_name is not None and job.get("name") != event_name:
                     continue
                 job["cursor"] = f"{failed_ms!r}:{job_id}"
-                job["job_id"] = job_id
-                job.setdefault("failed_at_ms", failed_ms)
                 out.append(job)
                 if len(out) >= limit:
                     break
@@ -220,14 +258,16 @@ class EventBus:
         record = await self.broker.failed.get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
-        job: FailedJob = orjson.loads(record)
-        job["job_id"] = job_id
-        return job
+        return _job(job_id, record, None)
 
     async def retry_job(self, job_id: str) -> str:
         """Put a failed job back on its queue with retries reset; its record is removed.
         Only the handlers that gave up run again. ``JobNotFound`` for an unknown id."""
         job = await self.get_failed_job(job_id)
+        if job.get("reason") == "too_large":  # its message was kept aside, in Redis
+            if not await self.broker.failed.requeue_oversized(job_id):
+                raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
+            return job_id
         fresh, index = self._requeue_message(job)
         if not await self.broker.failed.requeue(job_id, fresh, index):
             raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
@@ -247,6 +287,9 @@ class EventBus:
             cursor = page[-1]["cursor"]
             batch = []
             for job in page:
+                if job.get("reason") == "too_large":
+                    count += await self.broker.failed.requeue_oversized(job["job_id"])
+                    continue
                 try:
                     fresh, index = self._requeue_message(job)
                 except (JobNotFound, EventValidationError):
@@ -314,6 +357,8 @@ class EventBus:
         ``seen`` is False when no key of the queue exists (never used, or a mistyped name).
         """
         snap = await self.broker.snapshot()
+        info = await self.broker.server.info()
+        celery_unacked = await self.broker.celery.count()
         now_ms: float = snap["now_ms"]
         consumers: list[ConsumerInfo] = []
         histograms: list[dict[str, int]] = []
@@ -338,6 +383,16 @@ class EventBus:
                 histograms.append(summary["histogram"])
                 window = max(window, float(summary.get("window_s") or 0))
         totals = snap["counters"]
+        recorded = snap["server"]
+        last_restart_ms = float(recorded.get("last_restart_ms") or 0)
+        server: ServerStats = {
+            "run_id": info.run_id, "version": info.version, "uptime_s": info.uptime_s,
+            "maxmemory_policy": info.maxmemory_policy, "may_evict": info.may_evict,
+            "eviction_allowed": self.config.allow_eviction, "persistence": info.persistence,
+            "restarts": int(recorded.get("restarts") or 0),
+            "last_restart": _iso(last_restart_ms) if last_restart_ms else None,
+            "last_restart_lost_data": recorded.get("last_restart_lost_data") == "1",
+        }
         counters: Counters = {"processed": totals.get("processed", 0),
                               "failed": totals.get("failed", 0),
                               "retried": totals.get("retried", 0)}
@@ -356,6 +411,11 @@ class EventBus:
             "inflight": snap["inflight"],
             "failed": snap["failed"],
             "counters": counters,
+            "counters_since": _iso(totals["since_ms"]) if totals.get("since_ms") else None,
+            "counters_reset_by_restart": "reset_by_restart_ms" in totals,
+            "recovered": snap["recovered"],
+            "celery_unacked": celery_unacked,
+            "server": server,
             "processing_ms": processing,
             "latency_s": _latency_s(snap, now_ms),
             "consumers": consumers,
@@ -364,6 +424,20 @@ class EventBus:
     def __repr__(self) -> str:
         return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"
 
+
+
+def _job(job_id: str, record: bytes, failed_ms: float | None) -> FailedJob:
+    """A stored record as users see it. Records written inside Redis (``too_large``) carry the
+    failure time in ms only: the ISO forms are filled in here."""
+    job: FailedJob = orjson.loads(record)
+    job["job_id"] = job_id
+    ms = job.get("failed_at_ms") or failed_ms or 0.0
+    job["failed_at_ms"] = ms
+    if not job.get("last_failed_at"):
+        job["last_failed_at"] = _iso(ms)
+    if not job.get("first_failed_at"):
+        job["first_failed_at"] = job["last_failed_at"]
+    return job
 
 
 def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
@@ -391,19 +465,28 @@ def _iso(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _parse_iso(value: str) -> float | None:
+    """Unix ms of an ISO-8601 header value (naive = UTC), None if it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+    if parsed is None:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000
+
+
 def _latency_s(snap: dict[str, Any], now_ms: float) -> float | None:
     """Age of the oldest event that is ready to run: the tail of each ready list (since its eta,
     or its publish time), and a due but not yet promoted delayed event."""
     since: list[float] = []
-    for raw in snap["oldest_ready"]:
-        try:
-            message = protocol.decode(raw)
-            if message.eta is None and protocol.H_TIMESTAMP not in message.headers:
-                continue  # e.g. from Celery's send_task: nothing tells when it was sent
-            stamp = message.eta or message.to_event().timestamp
-        except Exception:  # an odd message must not break stats; it has no age we can tell
-            continue
-        since.append(stamp.timestamp() * 1000)
+    for eta, timestamp in snap["oldest_ready"]:
+        # e.g. from Celery's send_task, neither: nothing tells when it was sent
+        for value in (eta, timestamp):
+            stamp = _parse_iso(value)
+            if stamp is not None:
+                since.append(stamp)
+                break
     due = snap["next_delayed_ms"]
     if due is not None and due <= now_ms:
         since.append(due)

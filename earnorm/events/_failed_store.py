@@ -27,6 +27,17 @@ return pushed
 """
 
 
+# KEYS: failed, failed index, oversized, main ready list. ARGV: job id.
+_REQUEUE_OVERSIZED = """
+local v = redis.call('HGET', KEYS[3], ARGV[1])
+if not v or redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('LPUSH', KEYS[4], v)
+return 1
+"""
+
+
 class FailedStore:
     """Reading and managing failed jobs. Stateless apart from the client."""
 
@@ -34,6 +45,7 @@ class FailedStore:
         self.redis = redis
         self.keys = keys
         self._requeue = redis.register_script(_REQUEUE_FAILED)
+        self._requeue_oversized = redis.register_script(_REQUEUE_OVERSIZED)
 
 
     async def page(
@@ -76,16 +88,24 @@ class FailedStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.failed, *job_ids)
             pipe.zrem(self.keys.failed_index, *job_ids)
-            removed, _ = await pipe.execute()
+            pipe.hdel(self.keys.oversized, *job_ids)
+            removed, _, _ = await pipe.execute()
         return int(removed)
 
     async def purge(self) -> int:
         """Delete every failed job; returns how many there were."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hlen(self.keys.failed)
-            pipe.delete(self.keys.failed, self.keys.failed_index)
+            pipe.delete(self.keys.failed, self.keys.failed_index, self.keys.oversized)
             count, _ = await pipe.execute()
         return int(count)
+
+    async def requeue_oversized(self, job_id: str) -> bool:
+        """Put a ``too_large`` job's message, kept aside in Redis, back on the main ready list
+        (it never travels through this process). It is diverted again unless the consumers'
+        max_message_bytes was raised meanwhile."""
+        keys = [self.keys.failed, self.keys.failed_index, self.keys.oversized, self.keys.ready[0]]
+        return bool(await self._requeue_oversized(keys=keys, args=[job_id]))
 
     async def requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
         """Put a failed job's message back on the queue and drop its record, atomically."""

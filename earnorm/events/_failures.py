@@ -22,6 +22,9 @@ class FailureReason(StrEnum):
     NO_HANDLER = "no_handler"  # nothing registered for the task name
     UNDECODABLE = "undecodable"  # not a valid Celery message, refused content type, too large
     EXPIRED = "expired"  # its ``expires`` time passed before it could run
+    DELIVERY_LIMIT = "delivery_limit"  # its consumers died holding it max_deliveries times
+    TOO_LARGE = "too_large"  # over max_message_bytes: kept aside in Redis, never fetched
+    ETA_OUT_OF_RANGE = "eta_out_of_range"  # a Celery eta further away than max_delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ def failure_record(
     detail: str = "",
     failures: list[HandlerFailure] | None = None,
     previous: bytes | None = None,
+    deliveries: int = 0,
+    died_holding: tuple[str, ...] = (),
 ) -> bytes:
     """The JSON record stored under ``job_id`` in ``Q:failed``.
 
@@ -79,6 +84,9 @@ def failure_record(
         "error": errors[0]["error"] if errors else (detail or None),
         "traceback": errors[0]["traceback"] if errors else None,
     }
+    if deliveries:
+        record["deliveries"] = deliveries
+        record["died_holding"] = list(died_holding)
     if previous is not None:
         _merge_previous(record, previous)
     try:

@@ -1,4 +1,21 @@
-"""Redis key names of one queue, and how delayed-set members are laid out (docs/wire.md 1, 6)."""
+"""Redis key names of one queue, and how delayed-set members are laid out (docs/wire.md 1, 6).
+
+Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one Cluster slot):
+
+- ``Q``, ``Q\\x06\\x163``, ``Q\\x06\\x166``, ``Q\\x06\\x169``: Celery's ready lists;
+- ``Q:delayed``: zset of ``b"<ready list index>:" + envelope`` by due time (unix ms);
+- ``Q:consumers``: zset of consumer id by heartbeat deadline (unix ms, Redis's clock);
+- ``Q:inflight:<consumer>``: hash field -> envelope, what that consumer holds;
+- ``Q:landing:<consumer>``: list the blocking wait moves one message into;
+- ``Q:recovered``: list of ``b"<deliveries>:<ids of consumers that died holding it>:" +
+  envelope``, messages taken back from dead consumers; served one at a time;
+- ``Q:deliveries:<consumer>``: hash field -> ``"<deliveries>:<ids>"`` for the recovered
+  messages that consumer holds;
+- ``Q:failed`` (job id -> JSON record), ``Q:failed:index`` (zset by failure time) and
+  ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
+- ``Q:stats``: counters; ``Q:monitor``: consumer id -> summary; ``Q:server``: what consumers saw
+  of the Redis server (restarts, persistence).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +37,9 @@ class Keys:
     failed_index: str
     stats: str
     monitor: str
+    recovered: str
+    oversized: str
+    server: str
 
     @classmethod
     def for_queue(cls, config: EventConfig) -> Keys:
@@ -36,6 +56,9 @@ class Keys:
             failed_index=f"{q}:failed:index",
             stats=f"{q}:stats",
             monitor=f"{q}:monitor",
+            recovered=f"{q}:recovered",
+            oversized=f"{q}:failed:oversized",
+            server=f"{q}:server",
         )
 
     def inflight(self, consumer_id: str) -> str:
@@ -43,6 +66,9 @@ class Keys:
 
     def landing(self, consumer_id: str) -> str:
         return f"{self.queue}:landing:{consumer_id}"
+
+    def deliveries(self, consumer_id: str) -> str:
+        return f"{self.queue}:deliveries:{consumer_id}"
 
     def ready_index(self, priority: int) -> int:
         """Celery's rule (wire.md 6): the largest step <= the priority clamped to 0..9."""

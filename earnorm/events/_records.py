@@ -41,6 +41,11 @@ class FailedJob(TypedDict):
     error_type: str | None
     error: str | None
     traceback: str | None
+    deliveries: NotRequired[int]  # delivery_limit: times delivered
+    died_holding: NotRequired[list[str]]  # delivery_limit: consumers that died holding it
+    size: NotRequired[int]  # too_large: the message's size in bytes
+    sha1: NotRequired[str]  # too_large: its digest
+    preview: NotRequired[str]  # too_large: its first bytes (non-ASCII shown as '?')
     envelope: NotRequired[str]
     envelope_base64: NotRequired[str]
     cursor: NotRequired[str]  # added by get_failed_jobs(): pass it back for the next page
@@ -74,6 +79,21 @@ class ConsumerInfo(TypedDict):
     retried: int | None
 
 
+class ServerStats(TypedDict):
+    """The Redis server as ``stats()`` saw it, and what consumers recorded of it."""
+
+    run_id: str
+    version: str
+    uptime_s: int
+    maxmemory_policy: str | None  # None: CONFIG GET refused (managed Redis)
+    may_evict: bool  # a policy other than noeviction: queued events can vanish
+    eviction_allowed: bool  # event_config["allow_eviction"]
+    persistence: str  # aof, rdb, aof+rdb, none, unknown
+    restarts: int  # restarts consumers saw (run_id changes)
+    last_restart: str | None
+    last_restart_lost_data: bool  # it restarted with persistence off
+
+
 class QueueStats(TypedDict):
     """What ``EventBus.stats()`` returns (see its docstring for the meaning of each field)."""
 
@@ -86,6 +106,11 @@ class QueueStats(TypedDict):
     inflight: int
     failed: int
     counters: Counters
+    counters_since: str | None  # when these counters started
+    counters_reset_by_restart: bool  # they started again because Redis lost its data
+    recovered: int  # taken back from dead consumers, waiting to run one at a time
+    celery_unacked: int  # entries in Celery's unacked store (every queue of this database)
+    server: ServerStats
     processing_ms: ProcessingSummary
     latency_s: float | None
     consumers: list[ConsumerInfo]

@@ -230,8 +230,10 @@ _tag = st.fixed_dictionaries({
                                  "base64", "nope"]) | st.text(max_size=6),
     "__value__": _json,
 })
+# A future eta within max_delay (a year) is held; one beyond it (2999) is dead-lettered.
+_SOON = (datetime.now(UTC) + timedelta(days=30)).isoformat()
 _when: st.SearchStrategy[Any] = st.sampled_from([
-    None, "2000-01-01T00:00:00+00:00", "2000-01-01T00:00:00", "2999-01-01T00:00:00Z",
+    None, "2000-01-01T00:00:00+00:00", "2000-01-01T00:00:00", "2999-01-01T00:00:00Z", _SOON,
     "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "tomorrow", "", 5, [],
 ])
 _payload = st.one_of(
@@ -384,7 +386,7 @@ def _example(**headers: Any) -> bytes:
 
 
 # Always run, whatever hypothesis draws: one message of each outcome.
-_HANDLED, _DELAYED = _example(), _example(eta="2999-01-01T00:00:00Z")
+_HANDLED, _DELAYED = _example(), _example(eta=_SOON)
 _FAILED = _example(eta="tomorrow")
 
 

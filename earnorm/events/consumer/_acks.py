@@ -1,36 +1,34 @@
-"""Coalesced acks: handled fields are removed from the in-flight hash in one HDEL per round
-trip, and counted (the next fetch script adds them to the queue's ``processed`` counter)."""
+"""Coalesced acks: handled fields are removed from the in-flight hash and counted as processed
+in one script per round trip. A flush starts as soon as an ack is waiting, so what a crash can
+re-run is what was running plus what finished during the last ack's round trip."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from earnorm.events._broker import TRANSIENT_ERRORS, Broker
-from earnorm.events.consumer._resilient import Backoff
+from earnorm.events._broker import RETRYABLE_ERRORS, Broker
+from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 
 class AckBatcher:
     def __init__(
-        self, broker: Broker, consumer_id: str, on_acked: Callable[[list[int]], None]
+        self, broker: Broker, consumer_id: str, on_acked: Callable[[list[int]], None],
+        health: RedisHealth,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
+        self.health = health
         self._on_acked = on_acked
         self._pending: list[int] = []
         self._have_acks = asyncio.Event()
-        self.unreported = 0  # acked, not yet added to the queue's processed counter
 
     def ack(self, field: int) -> None:
         self._pending.append(field)
         self._have_acks.set()
 
-    def take_unreported(self) -> int:
-        count, self.unreported = self.unreported, 0
-        return count
-
-    def give_back_unreported(self, count: int) -> None:
-        self.unreported += count
+    def __len__(self) -> int:
+        return len(self._pending)
 
     async def flush(self) -> None:
         """Send every pending ack now (they are kept for the next try if Redis fails)."""
@@ -43,16 +41,15 @@ class AckBatcher:
             self._pending[:0] = fields
             raise
         self._on_acked(fields)
-        self.unreported += len(fields)  # only handled events are acked here
 
     async def run(self) -> None:
-        backoff = Backoff("ack")
+        backoff = Backoff("ack", self.health)
         while True:
             await self._have_acks.wait()
             self._have_acks.clear()
             try:
                 await self.flush()
                 backoff.reset()
-            except TRANSIENT_ERRORS as exc:
+            except RETRYABLE_ERRORS as exc:
                 self._have_acks.set()
                 await backoff.wait(exc)

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from earnorm._config import EventConfig
 from earnorm._errors import BrokerConnectionError, EarnORMError, MessageDecodeError
 from earnorm.events import _protocol as protocol
-from earnorm.events._broker import TRANSIENT_ERRORS, Broker
+from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker
 from earnorm.events._bus import EventBus
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason
@@ -46,9 +46,10 @@ from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
-from earnorm.events.consumer._fetcher import Fetcher
+from earnorm.events.consumer._fetcher import Fetcher, Redelivery
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._promoter import promote_due_forever
+from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._settle import Settler
 
 log = logging.getLogger("earnorm.consumer")
@@ -111,6 +112,9 @@ class Consumer:
         self.poll_interval = poll_interval
         self.promote_interval = promote_interval
         self.consumer_id = consumer_id or f"c-{uuid.uuid4().hex[:12]}"
+        if not self.consumer_id or set(self.consumer_id) & {":", ",", " "}:
+            raise EarnORMError(f"consumer_id must have no ':', ',' or spaces: "
+                               f"{self.consumer_id!r}")
         self.clock = ServerClock()
         self._redis: Redis | None = None
         self._broker: Broker | None = None
@@ -120,6 +124,8 @@ class Consumer:
         self._settler: Settler | None = None
         self._running = 0
         self._idle = asyncio.Event()
+        self._running_changed = asyncio.Event()
+        self._health = RedisHealth()
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_requested = False
@@ -161,14 +167,18 @@ class Consumer:
         ``BrokerConnectionError`` if Redis cannot be reached when it starts; once running it
         rides out Redis outages (every loop backs off and retries)."""
         broker = await self._connect()
-        acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked)
+        health = self._health
+        acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked, health)
         fetcher = self._fetcher = Fetcher(
             broker, self.consumer_id, self.prefetch, self.poll_interval,
-            acks.take_unreported, acks.give_back_unreported,
+            self.config.max_message_bytes, health,
         )
-        self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget)
-        heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary)
+        self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget,
+                                health)
+        heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
+                              health)
         try:
+            await heartbeat.watch.start()  # ConfigError for a Redis that may evict our keys
             await heartbeat.once()
         except TRANSIENT_ERRORS as exc:
             await self._close_connection()
@@ -248,17 +258,18 @@ class Consumer:
     async def _finish(self, broker: Broker, acks: AckBatcher) -> None:
         try:
             await acks.flush()
-            await broker.count_processed(acks.take_unreported())
             returned = await broker.recover(self.consumer_id, force=True)
             if returned:
                 log.info("returned %d unfinished message(s) to the queue", returned)
-        except TRANSIENT_ERRORS as exc:
+        except RETRYABLE_ERRORS as exc:
             log.warning("could not return in-flight messages (%s); another consumer will "
                         "recover them after the heartbeat timeout", exc)
         finally:
             await self._close_connection()
 
     async def _close_connection(self) -> None:
+        if self._broker is not None:
+            await self._broker.close()
         if self._given_bus is None and self._redis is not None:
             await self._redis.aclose()
 
@@ -297,13 +308,34 @@ class Consumer:
         assert self._fetcher is not None
         fetcher = self._fetcher
         while (item := await fetcher.take()) is not None:
+            field, raw, redelivery = item
             self._running += 1
             try:
-                await self._process(*item)
+                if redelivery is None:
+                    await self._process(field, raw)
+                else:
+                    await self._run_alone(field, raw, redelivery)
             finally:
                 self._running -= 1
+                self._running_changed.set()
                 if not self._running:
                     self._idle.set()
+
+    async def _run_alone(self, field: int, raw: bytes, redelivery: Redelivery) -> None:
+        """A message whose consumer died holding it runs with nothing else in flight, its
+        predecessors' acks and its own flushed around it: if it kills this process too, only
+        its own delivery count goes up."""
+        assert self._fetcher is not None and self._acks is not None
+        acks = self._acks
+        try:
+            while self._running > 1:
+                self._running_changed.clear()
+                await self._running_changed.wait()
+            await until_done("ack", acks.flush, self._health)
+            await self._process(field, raw, redelivery)
+            await until_done("ack", acks.flush, self._health)
+        finally:
+            self._fetcher.redelivery_settled()
 
     async def _batch_loop(self) -> None:
         """Flushes batches whose ``batch_timeout`` passed; full ones are run by the worker
@@ -365,7 +397,15 @@ class Consumer:
             self._plans[message.task] = plan
         return plan
 
-    async def _process(self, field: int, raw: bytes) -> None:
+    async def _process(
+        self, field: int, raw: bytes, redelivery: Redelivery | None = None
+    ) -> None:
+        if redelivery is not None:
+            limit = decide.delivery_limit(redelivery.deliveries, redelivery.died_holding,
+                                          self.config)
+            if limit is not None:
+                await self._settle(field, raw, _decode_or_none(raw), limit)
+                return
         try:
             message = protocol.decode(raw, self.config.max_message_bytes)
         except MessageDecodeError as exc:
@@ -373,7 +413,8 @@ class Consumer:
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         handlers = self.registry.handlers_for(message.task)
-        early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys)
+        early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys,
+                                      self.config)
         if early is not None:
             await self._settle(field, raw, message, early)
             return
@@ -389,7 +430,11 @@ class Consumer:
             started = time.perf_counter()
             failures = await run_handlers(now, event)
             self._timings.record(time.perf_counter() - started)
-        if batched:
+        if batched and redelivery is not None:  # run alone: no waiting in an open batch
+            item = PendingEvent(field, raw, message, event, failures, len(batched))
+            for handler in batched:
+                await self._run_batch(handler, [item])
+        elif batched:
             item = PendingEvent(field, raw, message, event, failures, len(batched))
             for handler in batched:
                 full = self._batches.add(handler, item)
@@ -423,3 +468,10 @@ class Consumer:
     @property
     def retried(self) -> int:
         return self._settler.retried if self._settler else 0
+
+
+def _decode_or_none(raw: bytes) -> protocol.Message | None:
+    try:
+        return protocol.decode(raw)
+    except MessageDecodeError:
+        return None

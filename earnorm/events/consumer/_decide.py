@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from earnorm._config import RetryPolicy
+from earnorm._config import EventConfig, RetryPolicy
 from earnorm.events import _protocol as protocol
 from earnorm.events._failures import FailureReason, HandlerFailure
 from earnorm.events._handlers import Handler
@@ -53,6 +53,8 @@ class DeadLetter:
     detail: str = ""
     failures: tuple[HandlerFailure, ...] = ()
     retry: Retry | None = None
+    deliveries: int = 0  # for delivery_limit: how many times it was delivered
+    died_holding: tuple[str, ...] = ()  # and the consumers that died holding it
 
 
 Outcome = Ack | Defer | Retry | DeadLetter
@@ -69,8 +71,23 @@ def handlers_to_run(
     return tuple(h for h in handlers if h.name in pending) or handlers
 
 
+def delivery_limit(
+    deliveries: int, died_holding: tuple[str, ...], config: EventConfig
+) -> DeadLetter | None:
+    """A message whose consumers died holding it ``max_deliveries`` times is not run again."""
+    if deliveries <= config.max_deliveries:
+        return None
+    return DeadLetter(
+        FailureReason.DELIVERY_LIMIT,
+        f"delivered {deliveries} times (event_config.max_deliveries={config.max_deliveries}); "
+        f"the consumer(s) {', '.join(died_holding) or '?'} died holding it",
+        deliveries=deliveries, died_holding=died_holding,
+    )
+
+
 def before_running(
-    message: protocol.Message, handlers: tuple[Handler, ...], now_ms: float, keys: Keys
+    message: protocol.Message, handlers: tuple[Handler, ...], now_ms: float, keys: Keys,
+    config: EventConfig,
 ) -> Outcome | None:
     """Whether the message runs now (``None``) or what to do instead."""
     if not handlers:
@@ -81,6 +98,12 @@ def before_running(
         )
     if message.eta is not None:
         due_ms = message.eta.timestamp() * 1000
+        if due_ms > now_ms + config.max_delay * 1000:
+            return DeadLetter(
+                FailureReason.ETA_OUT_OF_RANGE,
+                f"eta {message.eta.isoformat()} is further away than event_config.max_delay "
+                f"({config.max_delay:g} s)",
+            )
         if due_ms > now_ms + ETA_SLACK_MS:
             # A Celery message with a future eta waits in Redis, never in our memory.
             return Defer(due_ms, keys.ready_index(message.priority))

@@ -4,6 +4,11 @@ consumer's in-flight hash (atomic, in Redis), then wait here for a worker.
 Field numbers of the in-flight hash are spent before each fetch: if a fetch's reply is lost, the
 next one must not reuse (and overwrite) fields the script may already have written. Fields that
 such a lost fetch wrote are found (``held`` says which ones we know) and handed back.
+
+Recovered messages (taken back from a consumer that died holding them) are fetched one at a
+time, only when the buffer is empty, and nothing else is fetched until that one is settled: the
+consumer runs it alone, so a message that kills its process takes no other message's delivery
+count up with it (see ``_broker._FETCH``).
 """
 
 from __future__ import annotations
@@ -11,16 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
-from earnorm.events._broker import TRANSIENT_ERRORS, Broker
-from earnorm.events.consumer._resilient import Backoff
+from earnorm.events._broker import RETRYABLE_ERRORS, Broker
+from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.consumer")
 
 MAX_FETCH = 1000  # keeps Lua's unpack() well inside its stack limit
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """A message taken back from consumers that died holding it."""
+
+    deliveries: int  # this delivery included
+    died_holding: tuple[str, ...]
+
+
+Item = tuple[int, bytes, Redelivery | None]
 
 
 class Fetcher:
@@ -28,23 +44,26 @@ class Fetcher:
 
     def __init__(
         self, broker: Broker, consumer_id: str, prefetch: int, poll_interval: float,
-        take_handled: Callable[[], int], give_back_handled: Callable[[int], None],
+        max_bytes: int, health: RedisHealth,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
         self.prefetch = prefetch
         self.poll_interval = poll_interval
-        self.buffer: deque[tuple[int, bytes]] = deque()
+        self.max_bytes = max_bytes
+        self.health = health
+        self.buffer: deque[Item] = deque()
         self.held: set[int] = set()  # fields of our in-flight hash that we know about
-        # The fetch script also adds what we handled since the last fetch to the counter.
-        self._take_handled = take_handled
-        self._give_back_handled = give_back_handled
         self._low_water = max(prefetch // 2, 1)
         self._seq = 0
         self._orphans_possible = False
         self._stopping = False
         self._have_work = asyncio.Event()
         self._have_room = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._redelivery_done = asyncio.Event()
+        self._redelivery_done.set()
         self._scope: anyio.CancelScope | None = None
 
     def __len__(self) -> int:
@@ -55,14 +74,16 @@ class Fetcher:
         self._stopping = True
         self._have_work.set()
         self._have_room.set()
+        self._empty.set()
+        self._redelivery_done.set()
         if self._scope is not None:
             self._scope.cancel()
 
     def wake_workers(self) -> None:
         self._have_work.set()
 
-    async def take(self) -> tuple[int, bytes] | None:
-        """The next fetched (field, envelope), or ``None`` once stopping."""
+    async def take(self) -> Item | None:
+        """The next fetched (field, envelope, redelivery), or ``None`` once stopping."""
         buffer = self.buffer
         while not buffer or self._stopping:
             if self._stopping:
@@ -72,21 +93,33 @@ class Fetcher:
         item = buffer.popleft()
         if len(buffer) < self._low_water:
             self._have_room.set()
+            if not buffer:
+                self._empty.set()
         return item
-
-    def put_back(self, field: int, raw: bytes) -> None:
-        self.buffer.appendleft((field, raw))
-        self._have_work.set()
 
     def forget(self, field: int) -> None:
         """``field`` was settled (acked, retried, dead-lettered, deferred)."""
         self.held.discard(field)
 
+    def redelivery_settled(self) -> None:
+        """The recovered message being run alone is settled: fetching may go on."""
+        self._redelivery_done.set()
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if not self._stopping:
+                await event.wait()
+        self._scope = None
+
     async def run(self) -> None:
         """Fetch until ``stop()``."""
         broker = self.broker
-        backoff = Backoff("fetch")
+        backoff = Backoff("fetch", self.health)
         while not self._stopping:
+            if not self._redelivery_done.is_set():
+                await self._wait(self._redelivery_done)
+                continue
             room = self.prefetch - len(self.buffer)
             if room < self._low_water:
                 self._have_room.clear()
@@ -95,42 +128,62 @@ class Fetcher:
             want = min(room, MAX_FETCH)
             first = self._seq + 1
             self._seq += want
-            batch: list[bytes] = []
-            handled = 0
+            fetched = None
             try:
                 with anyio.CancelScope() as scope:
                     self._scope = scope
                     if self._stopping:
                         break
-                    handled = self._take_handled()
-                    batch = await broker.fetch(self.consumer_id, want, first - 1, handled)
-                    handled = 0
-                    if not batch:
+                    fetched = await broker.fetch(
+                        self.consumer_id, want, first - 1,
+                        may_take_recovered=not self.buffer, max_bytes=self.max_bytes,
+                    )
+                    if not fetched.messages and not fetched.recovered_waiting:
                         await broker.wait_for_message(self.consumer_id, self.poll_interval)
                 if scope.cancelled_caught:
                     break
                 backoff.reset()
-            except TRANSIENT_ERRORS as exc:
+            except RETRYABLE_ERRORS as exc:
                 self._orphans_possible = True
                 await backoff.wait(exc)
                 continue
             finally:
                 self._scope = None
-                if handled:
-                    self._give_back_handled(handled)
             if self._orphans_possible:
                 await self._reclaim_orphans()
-            if batch:
-                fields = range(first, first + len(batch))
-                self.held.update(fields)
-                self.buffer.extend(zip(fields, batch, strict=True))
-                self._have_work.set()
+            if fetched is None:
+                continue
+            if fetched.diverted:
+                log.error("%d message(s) over max_message_bytes (%d) moved to the failed store "
+                          "(reason too_large) without being fetched", fetched.diverted,
+                          self.max_bytes)
+            self._add(first, fetched.messages, fetched.deliveries, fetched.died_holding)
+            if not fetched.messages and fetched.recovered_waiting and self.buffer:
+                # Recovered messages wait for an empty buffer: let the workers drain it.
+                self._empty.clear()
+                await self._wait(self._empty)
+
+    def _add(self, first: int, batch: list[bytes], deliveries: int,
+             died_holding: tuple[str, ...]) -> None:
+        if not batch:
+            return
+        fields = range(first, first + len(batch))
+        self.held.update(fields)
+        if deliveries:
+            (raw,) = batch
+            self.buffer.append((first, raw, Redelivery(deliveries, died_holding)))
+            self._redelivery_done.clear()
+        else:
+            self.buffer.extend((field, raw, None) for field, raw in zip(fields, batch,
+                                                                          strict=True))
+        self._empty.clear()
+        self._have_work.set()
 
     async def _reclaim_orphans(self) -> None:
         """After a fetch whose reply was lost, hand back what it moved but we never saw."""
         try:
             returned = await self.broker.reclaim(self.consumer_id, self.held)
-        except TRANSIENT_ERRORS:
+        except RETRYABLE_ERRORS:
             return
         self._orphans_possible = False
         if returned:

@@ -1,8 +1,10 @@
 """Liveness: extend this consumer's deadline, hand back the work of consumers past theirs, and
-publish this consumer's summary for ``stats()``. Also keeps the clock in step with Redis's."""
+publish this consumer's summary for ``stats()``. Also keeps the clock in step with Redis's,
+watches the server (``_watch``), and restores Celery's expired ``unacked`` entries."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -10,9 +12,10 @@ from collections.abc import Callable
 import anyio
 
 from earnorm._config import EventConfig
-from earnorm.events._broker import Broker
+from earnorm.events._broker import REFUSED_ERRORS, Broker
 from earnorm.events._clock import ServerClock
-from earnorm.events.consumer._resilient import forever
+from earnorm.events.consumer._resilient import RedisHealth, forever
+from earnorm.events.consumer._watch import ServerWatch
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -20,12 +23,14 @@ log = logging.getLogger("earnorm.consumer")
 class Heartbeat:
     def __init__(
         self, broker: Broker, consumer_id: str, config: EventConfig, clock: ServerClock,
-        summary: Callable[[float], bytes],
+        summary: Callable[[float], bytes], health: RedisHealth,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
         self.config = config
         self.clock = clock
+        self.health = health
+        self.watch = ServerWatch(broker, config, clock)
         self._summary = summary
 
     async def once(self) -> None:
@@ -35,7 +40,9 @@ class Heartbeat:
             self.consumer_id, int(self.config.heartbeat_timeout * 1000)
         )
         self.clock.observe(now_ms, sent, time.time())
-        await broker.publish_summary(self.consumer_id, self._summary(now_ms))
+        # A full Redis refuses the summary (for stats() only); the deadline above is what counts.
+        with contextlib.suppress(*REFUSED_ERRORS):
+            await broker.publish_summary(self.consumer_id, self._summary(now_ms))
         for other in dead:
             if other == self.consumer_id:
                 log.warning("this consumer missed its heartbeat deadline; its in-flight "
@@ -44,13 +51,19 @@ class Heartbeat:
             moved = await broker.recover(other)
             if moved >= 0:
                 log.warning("recovered %d message(s) from dead consumer %s", moved, other)
+        restored = await broker.celery.restore_expired(now_ms / 1000)
+        if restored:
+            log.warning("restored %d message(s) from Celery's unacked store, older than the "
+                        "visibility timeout (%gs): their Celery worker is gone", restored,
+                        self.config.celery_visibility_timeout)
 
     async def run(self) -> None:
         interval = self.config.heartbeat_interval
 
         async def beat() -> float:
             await self.once()
+            await self.watch.check()
             return interval
 
         await anyio.sleep(interval)
-        await forever("heartbeat", beat)
+        await forever("heartbeat", beat, self.health)

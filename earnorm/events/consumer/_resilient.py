@@ -1,8 +1,16 @@
-"""Loops that talk to Redis and must outlive its outages: one backoff rule for all of them.
+"""Loops that talk to Redis and must outlive its bad moments: one backoff rule for all of them,
+and one log line per change of Redis's state as this consumer sees it.
 
-A connection-level failure (``TRANSIENT_ERRORS``) is logged and retried after a wait that doubles
-with each consecutive failure (50 ms .. 5 s); the first success resets it. Anything else is a
-bug or a refusal and propagates to the loop's owner.
+Two kinds of bad moment are retried after a wait that doubles with each consecutive failure
+(50 ms .. 5 s), reset by the first success:
+
+- Redis unreachable (``TRANSIENT_ERRORS``): down, restarting, network;
+- Redis refusing writes it may accept later (``REFUSED_ERRORS``): at ``maxmemory`` with
+  ``noeviction``, or a replica during failover. This is back-pressure: the consumer keeps
+  fetching and acking (allowed at the limit, and acking frees memory) while retries and
+  dead-letters wait for room.
+
+Anything else is a bug or a permanent refusal and propagates to the loop's owner.
 """
 
 from __future__ import annotations
@@ -13,13 +21,55 @@ from typing import NoReturn, TypeVar
 
 import anyio
 
-from earnorm.events._broker import TRANSIENT_ERRORS
+from earnorm.events._broker import RETRYABLE_ERRORS, is_refused
 
 log = logging.getLogger("earnorm.consumer")
 T = TypeVar("T")
 
 _FIRST_WAIT = 0.05
 _MAX_WAIT = 5.0
+
+
+class RedisHealth:
+    """Redis's state as one consumer sees it: ``ok``, ``unreachable`` or ``refusing writes``.
+    Logs a line when the state changes, not at every failed try.
+
+    >>> health = RedisHealth()
+    >>> health.state, health.failed("fetch", ConnectionError("down")), health.state
+    ('ok', True, 'unreachable')
+    >>> health.failed("ack", ConnectionError("down")), health.succeeded("fetch"), health.state
+    (False, True, 'ok')
+    """
+
+    def __init__(self) -> None:
+        self.state = "ok"
+        self.since_failures = 0
+
+    def failed(self, what: str, exc: BaseException) -> bool:
+        """Record a failure; True if it changed the state (and was logged)."""
+        state = "refusing writes" if is_refused(exc) else "unreachable"
+        self.since_failures += 1
+        if state == self.state:
+            log.debug("%s: Redis still %s (%s: %s)", what, state, type(exc).__name__, exc)
+            return False
+        self.state = state
+        if state == "refusing writes":
+            log.warning("Redis is refusing writes (%s: %s); backing off: fetching and acking go "
+                        "on, retries and dead-letters wait for room", type(exc).__name__, exc)
+        else:
+            log.warning("Redis is unreachable (%s: %s); retrying with backoff",
+                        type(exc).__name__, exc)
+        return True
+
+    def succeeded(self, what: str) -> bool:
+        """Record a success; True if it ended a bad state (and was logged)."""
+        if self.state == "ok":
+            return False
+        log.warning("Redis is back (%s succeeded after %d failed tries)", what,
+                    self.since_failures)
+        self.state = "ok"
+        self.since_failures = 0
+        return True
 
 
 class Backoff:
@@ -32,43 +82,51 @@ class Backoff:
     0
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, health: RedisHealth | None = None) -> None:
         self.what = what
         self.failures = 0
+        self.health = health or RedisHealth()
 
     def next_wait(self) -> float:
         self.failures += 1
         return float(min(_FIRST_WAIT * 2 ** min(self.failures, 8), _MAX_WAIT))
 
     def reset(self) -> None:
+        if self.failures:
+            self.health.succeeded(self.what)
         self.failures = 0
 
     async def wait(self, exc: BaseException) -> None:
-        """Log the failure and sleep before the next try."""
-        wait = self.next_wait()
-        log.warning("%s: Redis unavailable (%s: %s); retrying in %.2fs",
-                    self.what, type(exc).__name__, exc, wait)
-        await anyio.sleep(wait)
+        """Record the failure and sleep before the next try."""
+        self.health.failed(self.what, exc)
+        await anyio.sleep(self.next_wait())
 
 
-async def until_done(what: str, operation: Callable[[], Awaitable[T]]) -> T:
-    """``await operation()`` until it gets through Redis's outages; returns its result."""
-    backoff = Backoff(what)
+async def until_done(
+    what: str, operation: Callable[[], Awaitable[T]], health: RedisHealth | None = None
+) -> T:
+    """``await operation()`` until Redis takes it; returns its result."""
+    backoff = Backoff(what, health)
     while True:
         try:
-            return await operation()
-        except TRANSIENT_ERRORS as exc:
+            result = await operation()
+        except RETRYABLE_ERRORS as exc:
             await backoff.wait(exc)
+            continue
+        backoff.reset()
+        return result
 
 
-async def forever(what: str, step: Callable[[], Awaitable[float]]) -> NoReturn:
-    """Run ``step()`` again and again, sleeping the seconds it returns between runs; Redis
-    outages back off (``Backoff``). Ends only by cancellation."""
-    backoff = Backoff(what)
+async def forever(
+    what: str, step: Callable[[], Awaitable[float]], health: RedisHealth | None = None
+) -> NoReturn:
+    """Run ``step()`` again and again, sleeping the seconds it returns between runs; Redis's
+    bad moments back off (``Backoff``). Ends only by cancellation."""
+    backoff = Backoff(what, health)
     while True:
         try:
             pause = await step()
-        except TRANSIENT_ERRORS as exc:
+        except RETRYABLE_ERRORS as exc:
             await backoff.wait(exc)
             continue
         backoff.reset()

@@ -13,7 +13,7 @@ from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason, failure_record
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
-from earnorm.events.consumer._resilient import until_done
+from earnorm.events.consumer._resilient import RedisHealth, until_done
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -23,9 +23,10 @@ class Settler:
 
     def __init__(
         self, broker: Broker, consumer_id: str, clock: ServerClock, acks: AckBatcher,
-        forget: Callable[[int], None],
+        forget: Callable[[int], None], health: RedisHealth,
     ) -> None:
         self._broker = broker
+        self._health = health
         self.consumer_id = consumer_id
         self._clock = clock
         self._acks = acks
@@ -49,21 +50,24 @@ class Settler:
             self.ack_handled(field)
             return
         if isinstance(outcome, decide.Defer):
-            await until_done("settle", lambda: broker.defer(
-                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms))
+            ours = await until_done("settle", lambda: broker.defer(
+                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms), self._health)
         elif isinstance(outcome, decide.Retry):
             retry = (outcome.envelope, outcome.ready_index, outcome.due_ms)
-            await until_done("settle", lambda: broker.settle(
-                self.consumer_id, field, retry=retry))
-            self.retried += 1
+            ours = await until_done("settle", lambda: broker.settle(
+                self.consumer_id, field, retry=retry), self._health)
+            self.retried += ours
         else:
-            await self._dead_letter(field, raw, message, outcome)
+            ours = await self._dead_letter(field, raw, message, outcome)
+        if not ours:
+            log.warning("message in field %d was recovered by another consumer while this one "
+                        "held it; its redelivered copy settles it", field)
         self._forget(field)
 
     async def _dead_letter(
         self, field: int, raw: bytes, message: protocol.Message | None,
         outcome: decide.DeadLetter,
-    ) -> None:
+    ) -> bool:
         broker = self._broker
         job_id = message.id if message is not None else f"undecodable-{uuid.uuid4()}"
         now_ms = self._clock.now_ms()
@@ -71,18 +75,22 @@ class Settler:
         previous = None
         if (message is not None and message.retries
                 and outcome.reason is FailureReason.HANDLER_ERROR):
-            previous = await until_done("settle", lambda: broker.failed.get(job_id))
+            previous = await until_done("settle", lambda: broker.failed.get(job_id),
+                                        self._health)
         failures = list(outcome.failures)
         record = failure_record(
             job_id=job_id, reason=outcome.reason, raw=raw, now_ms=now_ms, message=message,
             detail=outcome.detail, failures=failures, previous=previous,
+            deliveries=outcome.deliveries, died_holding=outcome.died_holding,
         )
         why = outcome.detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures)
         log.error("message %s moved to the failed store: %s: %s", job_id, outcome.reason, why)
         retry = outcome.retry
         scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
-        await until_done("settle", lambda: broker.settle(
-            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms)))
-        self.failed += 1
-        if retry is not None:
-            self.retried += 1
+        ours = await until_done("settle", lambda: broker.settle(
+            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms)),
+            self._health)
+        if ours:
+            self.failed += 1
+            self.retried += retry is not None
+        return ours

@@ -16,7 +16,8 @@ from earnorm.events._failures import HandlerFailure
 from earnorm.events._keys import Keys
 from earnorm.events.consumer import _decide as decide
 
-KEYS = Keys.for_queue(EventConfig(queue_name="q"))
+CONFIG = EventConfig(queue_name="q", max_deliveries=5, max_delay=3600)
+KEYS = Keys.for_queue(CONFIG)
 NOW_MS = 1_800_000_000_000.0
 POLICY = RetryPolicy(max_retries=2, interval_start=1, interval_step=2, interval_max=10)
 
@@ -47,25 +48,25 @@ def failed(*handlers: Handler) -> decide.Failures:
 
 
 def test_no_handler_dead_letters_naming_the_task() -> None:
-    outcome = decide.before_running(message(), (), NOW_MS, KEYS)
+    outcome = decide.before_running(message(), (), NOW_MS, KEYS, CONFIG)
     assert outcome == decide.DeadLetter(FailureReason.NO_HANDLER,
                                         "no handler registered for 'a.b'")
 
 
 def test_an_expired_message_dead_letters_and_one_not_yet_expired_runs() -> None:
     h = (handler("h"),)
-    expired = decide.before_running(message(expires=iso(NOW_MS - 1)), h, NOW_MS, KEYS)
+    expired = decide.before_running(message(expires=iso(NOW_MS - 1)), h, NOW_MS, KEYS, CONFIG)
     assert isinstance(expired, decide.DeadLetter) and expired.reason is FailureReason.EXPIRED
-    assert decide.before_running(message(expires=iso(NOW_MS + 1000)), h, NOW_MS, KEYS) is None
+    assert decide.before_running(message(expires=iso(NOW_MS + 1000)), h, NOW_MS, KEYS, CONFIG) is None
 
 
 def test_a_future_eta_is_deferred_to_its_priority_list_and_a_near_one_runs_now() -> None:
     h = (handler("h"),)
     later = decide.before_running(message(eta=iso(NOW_MS + 60_000), _priority=6), h, NOW_MS,
-                                  KEYS)
+                                  KEYS, CONFIG)
     assert later == decide.Defer(NOW_MS + 60_000, KEYS.ready_index(6))
     near = NOW_MS + decide.ETA_SLACK_MS / 2
-    assert decide.before_running(message(eta=iso(near)), h, NOW_MS, KEYS) is None
+    assert decide.before_running(message(eta=iso(near)), h, NOW_MS, KEYS, CONFIG) is None
 
 
 def test_a_retry_runs_only_the_handlers_still_pending() -> None:
@@ -118,3 +119,23 @@ def test_no_retry_on_gives_up_at_once() -> None:
     h = handler("h", no_retry_on=(ValueError,))
     outcome = decide.after_running(message(), failed(h), POLICY, NOW_MS, KEYS)
     assert isinstance(outcome, decide.DeadLetter) and outcome.retry is None
+
+
+def test_an_eta_further_than_max_delay_dead_letters_and_one_within_it_is_deferred() -> None:
+    h = (handler("h"),)
+    far = decide.before_running(message(eta="9999-12-31T23:59:59+00:00"), h, NOW_MS, KEYS,
+                                CONFIG)
+    assert isinstance(far, decide.DeadLetter)
+    assert far.reason is FailureReason.ETA_OUT_OF_RANGE
+    assert "9999-12-31" in far.detail and "max_delay (3600 s)" in far.detail
+    within = decide.before_running(message(eta=iso(NOW_MS + 3_599_000)), h, NOW_MS, KEYS,
+                                   CONFIG)
+    assert isinstance(within, decide.Defer)
+
+
+def test_the_delivery_limit_names_the_consumers_that_died_holding_it() -> None:
+    assert decide.delivery_limit(5, ("c-1", "c-2", "c-3", "c-4"), CONFIG) is None
+    limit = decide.delivery_limit(6, ("c-1", "c-2", "c-3", "c-4", "c-5"), CONFIG)
+    assert limit is not None and limit.reason is FailureReason.DELIVERY_LIMIT
+    assert limit.deliveries == 6 and limit.died_holding == ("c-1", "c-2", "c-3", "c-4", "c-5")
+    assert "max_deliveries=5" in limit.detail and "c-1, c-2" in limit.detail

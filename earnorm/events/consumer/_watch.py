@@ -1,0 +1,96 @@
+"""The consumer's eye on the Redis server: an eviction policy that may drop queued events, a
+server with persistence off, a restart (``run_id`` changed). One log line per change; what it
+sees is written to ``Q:server`` for ``stats()``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from earnorm._config import EventConfig
+from earnorm._errors import ConfigError
+from earnorm.events._broker import REFUSED_ERRORS, Broker
+from earnorm.events._clock import ServerClock
+from earnorm.events._server import ServerInfo, eviction_refusal
+
+log = logging.getLogger("earnorm.consumer")
+
+
+class ServerWatch:
+    def __init__(self, broker: Broker, config: EventConfig, clock: ServerClock) -> None:
+        self.broker = broker
+        self.config = config
+        self.clock = clock
+        self.info: ServerInfo | None = None
+
+    async def start(self) -> ServerInfo:
+        """The checks before consuming: ``ConfigError`` on an eviction policy (unless
+        ``allow_eviction``); warnings for what may lose data."""
+        info = await self.broker.server.info()
+        self.broker.use_script_flags(info.supports_script_flags)
+        if not info.supports_script_flags:
+            log.warning("Redis %s has no script flags (Redis >= 7): at maxmemory it will "
+                        "refuse this consumer's fetches and acks too", info.version)
+        refusal = eviction_refusal(info, self.config.allow_eviction)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if info.may_evict:
+            log.warning("Redis maxmemory-policy is %r and event_config['allow_eviction'] is "
+                        "True: queued events may be evicted without an error",
+                        info.maxmemory_policy)
+        if info.config_error is not None:
+            log.warning("cannot read Redis's maxmemory-policy and persistence settings (CONFIG "
+                        "GET refused: %s): eviction and persistence are not checked",
+                        info.config_error)
+        self._warn_persistence(info)
+        recorded = await self.broker.server.recorded_run_id()
+        restarted = recorded if recorded is not None and recorded != info.run_id else None
+        if restarted is not None:
+            log.warning("Redis restarted while no consumer watched it (run_id %s -> %s); "
+                        "persistence: %s", restarted[:8], info.run_id[:8], info.persistence)
+        await self._record(info, restarted_from=restarted, lost_data=False)
+        self.info = info
+        return info
+
+    async def check(self) -> None:
+        """On each heartbeat: has the server restarted, or its policy changed?"""
+        info = await self.broker.server.info()
+        previous, self.info = self.info, info
+        if previous is None:
+            await self._record(info, restarted_from=None, lost_data=False)
+            return
+        restarted = info.run_id != previous.run_id
+        if restarted:
+            lost = info.persistence == "none"
+            if lost:
+                log.error("Redis restarted (run_id %s -> %s) with persistence off: every queued, "
+                          "delayed, in-flight and failed event it held is lost, and the "
+                          "counters start again", previous.run_id[:8], info.run_id[:8])
+            else:
+                log.error("Redis restarted (run_id %s -> %s); it reloaded its data from %s: "
+                          "writes after its last save/fsync may be lost", previous.run_id[:8],
+                          info.run_id[:8], info.persistence)
+        if info.maxmemory_policy != previous.maxmemory_policy:
+            refusal = eviction_refusal(info, self.config.allow_eviction)
+            if refusal is not None:
+                log.error("%s (it changed while this consumer ran)", refusal)
+            else:
+                log.warning("Redis maxmemory-policy is now %r", info.maxmemory_policy)
+        if info.persistence != previous.persistence and not restarted:
+            self._warn_persistence(info)
+        if restarted:
+            await self._record(info, restarted_from=previous.run_id, lost_data=lost)
+        elif (info.maxmemory_policy, info.persistence) != (previous.maxmemory_policy,
+                                                             previous.persistence):
+            await self._record(info, restarted_from=None, lost_data=False)
+
+    def _warn_persistence(self, info: ServerInfo) -> None:
+        if info.persistence == "none":
+            log.warning("Redis persistence is off (no AOF, no RDB snapshots): a Redis restart "
+                        "loses every queued, delayed and failed event")
+
+    async def _record(self, info: ServerInfo, *, restarted_from: str | None,
+                      lost_data: bool) -> None:
+        with contextlib.suppress(*REFUSED_ERRORS):  # a full Redis: what we saw is logged
+            await self.broker.server.record(info, self.clock.now_ms(),
+                                            restarted_from=restarted_from, lost_data=lost_data)
