@@ -104,45 +104,55 @@ end
 
 # KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
 #       ready lists in serving order.
-# ARGV: max count, first field number, may take a recovered message (0/1), max message bytes.
-# Returns {messages, deliveries of a recovered one or 0, ids that died holding it,
-#          recovered still waiting, diverted}.
-# The landing list goes first: it holds what the blocking wait already moved to us. While
-# recovered messages wait, no ready message is taken: the caller's buffer drains, and then
-# (ARGV[3] = 1) it takes one recovered message alone, so that one which kills its consumer takes
-# no unstarted message down with it.
+# ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
+#       deliveries from which a recovered message runs alone.
+# Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
+#          run alone else 0, recovered still waiting, diverted}.
+# The landing list goes first: it holds what the blocking wait already moved to us. Recovered
+# messages come next, before any ready list. One held at fewer than ARGV[5] deaths is taken
+# like any other (a crash's in-flight messages come back fast, in parallel). One held at more
+# is taken alone, only into an empty buffer (ARGV[3] = 1), and nothing is taken while it waits
+# at the head: so a message that kills its consumer again takes no unstarted message's count
+# up with it, and an innocent message stays well below max_deliveries.
 _FETCH = _ALLOW_OOM + _DIVERT + """
 local want = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
-local out, fields = {}, {}
+local alone_at = tonumber(ARGV[5])
+local out, fields, infos = {}, {}, {}
 local function keep(v)
-  if #v > max_bytes then divert(v, 1, '[]'); return end
+  if #v > max_bytes then divert(v, 1, '[]'); return false end
   out[#out + 1] = v
   fields[#fields + 1] = seq + #out
   fields[#fields + 1] = v
+  return true
+end
+local function ids_json(ids)
+  local list = {}
+  for id in string.gmatch(ids, '[^,]+') do list[#list + 1] = id end
+  return #list > 0 and cjson.encode(list) or '[]'
 end
 local landed = redis.call('RPOP', KEYS[2], want)
 if landed then for _, v in ipairs(landed) do keep(v) end end
+local alone = 0
 local waiting = redis.call('LLEN', KEYS[3])
-local deliveries, died = 0, ''
-if waiting > 0 then
-  if #out == 0 and ARGV[3] == '1' then
-    local m = redis.call('LPOP', KEYS[3])
-    waiting = waiting - 1
-    local a = string.find(m, ':', 1, true)
-    local b = string.find(m, ':', a + 1, true)
-    local v = string.sub(m, b + 1)
-    if #v > max_bytes then
-      local ids = {}
-      for id in string.gmatch(string.sub(m, a + 1, b - 1), '[^,]+') do ids[#ids + 1] = id end
-      divert(v, tonumber(string.sub(m, 1, a - 1)), #ids > 0 and cjson.encode(ids) or '[]')
-    else
-      deliveries, died = tonumber(string.sub(m, 1, a - 1)), string.sub(m, a + 1, b - 1)
-      keep(v)
-      redis.call('HSET', KEYS[4], seq + 1, deliveries .. ':' .. died)
-    end
+while waiting > 0 and #out < want do
+  local m = redis.call('LINDEX', KEYS[3], 0)
+  local a = string.find(m, ':', 1, true)
+  local b = string.find(m, ':', a + 1, true)
+  local n, ids, v = tonumber(string.sub(m, 1, a - 1)), string.sub(m, a + 1, b - 1),
+    string.sub(m, b + 1)
+  if n >= alone_at and (#out > 0 or ARGV[3] ~= '1') then break end
+  redis.call('LPOP', KEYS[3])
+  waiting = waiting - 1
+  if #v > max_bytes then
+    divert(v, n, ids_json(ids))
+  elseif keep(v) then
+    redis.call('HSET', KEYS[4], seq + #out, n .. ':' .. ids)
+    infos[#infos + 1] = {#out, n, ids}
+    if n >= alone_at then alone = 1; break end
   end
-else
+end
+if waiting == 0 then
   for i = 9, #KEYS do
     if #out >= want then break end
     local got = redis.call('RPOP', KEYS[i], want - #out)
@@ -150,7 +160,7 @@ else
   end
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-return {out, deliveries, died, waiting, diverted}
+return {out, infos, alone, waiting, diverted}
 """
 
 # KEYS: inflight, stats, deliveries. ARGV: fields. Counts only what it removed, so an ack sent
@@ -295,15 +305,21 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
+class Redelivery:
+    """A message taken back from consumers that died holding it."""
+
+    deliveries: int  # this delivery included
+    died_holding: tuple[str, ...]
+    alone: bool = False  # held at enough deaths that it runs with nothing else in flight
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
     """One fetch: the messages moved into in-flight, and the recovered-message bookkeeping."""
 
     messages: list[bytes]
-    # For a recovered message (alone in ``messages``): how many times it has been delivered
-    # with this one, and the consumers that died holding it.
-    deliveries: int
-    died_holding: tuple[str, ...]
-    recovered_waiting: int  # recovered messages still waiting to be fetched, one at a time
+    redeliveries: dict[int, Redelivery]  # index in ``messages`` -> its redelivery
+    recovered_waiting: int  # recovered messages left waiting (one to run alone, at the head)
     diverted: int  # messages over max_message_bytes moved to the failed store instead
 
 
@@ -380,8 +396,8 @@ class Broker:
     # ------------------------------------------------------------------ consuming
 
     async def fetch(
-        self, consumer_id: str, count: int, first_field: int, *, may_take_recovered: bool,
-        max_bytes: int,
+        self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,
+        max_bytes: int, alone_at: int,
     ) -> Fetched:
         """Move up to ``count`` messages into the consumer's in-flight hash, atomically.
 
@@ -393,11 +409,16 @@ class Broker:
             k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
             k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
         ]
-        messages, deliveries, died, waiting, diverted = await self._fetch(
-            keys=keys, args=[count, first_field, 1 if may_take_recovered else 0, max_bytes]
+        messages, infos, alone, waiting, diverted = await self._fetch(
+            keys=keys,
+            args=[count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at],
         )
-        died_ids = tuple(i for i in text(died).split(",") if i) if deliveries else ()
-        return Fetched(list(messages), int(deliveries), died_ids, int(waiting), int(diverted))
+        redeliveries = {
+            int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
+                                       bool(alone))
+            for index, n, ids in infos
+        }
+        return Fetched(list(messages), redeliveries, int(waiting), int(diverted))
 
     async def wait_for_message(self, consumer_id: str, timeout: float) -> bool:
         """Block until a message is on the main ready list, then move it to our landing list

@@ -371,6 +371,7 @@ class EventBus:
                 "host": summary.get("host"),
                 "pid": summary.get("pid"),
                 "alive": deadline >= now_ms,
+                "status": _status(deadline, beat, summary.get("heartbeat_interval_s"), now_ms),
                 "last_heartbeat": _iso(beat) if beat else None,
                 "last_heartbeat_age_s": round((now_ms - beat) / 1000, 3) if beat else None,
                 "concurrency": summary.get("concurrency"),
@@ -463,6 +464,23 @@ def _loads(raw: bytes | None) -> Any:
 
 def _iso(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _status(deadline: float, beat: Any, interval: Any, now_ms: float) -> str:
+    """``alive``; ``late`` (two heartbeats missed: probably dead, its messages not yet handed
+    back); ``dead`` (past its deadline: a live consumer recovers its messages).
+
+    >>> _status(10_000, 9_000, 0.5, 9_500), _status(10_000, 8_000, 0.5, 9_500)
+    ('alive', 'late')
+    >>> _status(10_000, 8_000, 0.5, 10_001)
+    'dead'
+    """
+    if deadline < now_ms:
+        return "dead"
+    if isinstance(beat, (int, float)) and isinstance(interval, (int, float)) and (
+            now_ms - beat > 2 * interval * 1000):
+        return "late"
+    return "alive"
 
 
 def _parse_iso(value: str) -> float | None:

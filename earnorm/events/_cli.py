@@ -130,10 +130,11 @@ def render_stats(stats: QueueStats) -> str:
         lines.append("no live consumers")
     else:
         lines.append(_table(
-            ["CONSUMER", "HOST", "PID", "LAST HEARTBEAT", "RUNNING", "PROCESSED", "FAILED"],
-            [[c["id"], c["host"], c["pid"],
+            ["CONSUMER", "HOST", "PID", "STATUS", "LAST HEARTBEAT", "RUNNING", "PROCESSED",
+             "FAILED"],
+            [[c["id"], c["host"], c["pid"], c["status"],
               "-" if c["last_heartbeat_age_s"] is None
-              else f"{c['last_heartbeat_age_s']:.1f}s ago" + ("" if c["alive"] else " (dead)"),
+              else f"{c['last_heartbeat_age_s']:.1f}s ago",
               c["running"], c["processed"], c["failed"]] for c in consumers],
         ))
     return "\n".join(lines)

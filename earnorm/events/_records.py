@@ -69,7 +69,8 @@ class ConsumerInfo(TypedDict):
     id: str
     host: str | None
     pid: int | None
-    alive: bool
+    alive: bool  # before its heartbeat deadline
+    status: str  # alive, late (two heartbeats missed: probably dead), dead (past its deadline)
     last_heartbeat: str | None
     last_heartbeat_age_s: float | None
     concurrency: int | None

@@ -73,12 +73,16 @@ class Worker:
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
 
+    def peak_rss_bytes(self) -> int:
+        """The most resident memory the process ever had (``VmHWM``)."""
+        return rss_bytes(self.pid, "VmHWM")
 
-def rss_bytes(pid: int) -> int:
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def record_size(record: Path) -> int:

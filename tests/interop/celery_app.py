@@ -93,6 +93,13 @@ def retried(self: Task, data: dict[str, Any], forward_to: str | None = None) -> 
         raise self.retry(countdown=1, **options)
 
 
+@app.task(name="fleet.slow", bind=True)
+def slow(self: Task, *args: Any, **kwargs: Any) -> None:
+    """Holds its worker (and the messages it prefetched, in ``unacked``) for a minute."""
+    _record(self, args, kwargs)
+    time.sleep(60)
+
+
 @signals.worker_ready.connect
 def _mark_ready(**_: Any) -> None:
     _store.set(ready_key(QUEUE), os.getpid())

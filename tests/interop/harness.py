@@ -70,7 +70,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def celery_worker(
     redis_url: str, queue: str, *, pool: str = "solo", concurrency: int = 1,
-    timeout: float = 60.0,
+    timeout: float = 60.0, prefetch_multiplier: int = 1,
 ) -> Iterator[CeleryWorker]:
     """A ``celery worker`` on ``queue``; yields once its ``worker_ready`` signal has fired."""
     client = redis.Redis.from_url(redis_url)
@@ -89,7 +89,7 @@ def celery_worker(
          f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queue,
          "-n", f"interop-{uuid.uuid4().hex[:8]}@%h", "--loglevel=INFO",
          "--without-gossip", "--without-mingle", "--without-heartbeat",
-         "--prefetch-multiplier=1"],
+         f"--prefetch-multiplier={prefetch_multiplier}"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log_file.close()

@@ -62,23 +62,43 @@ def _parser() -> argparse.ArgumentParser:
                              "recovered by others [EARNORM_HEARTBEAT_TIMEOUT]")
     parser.add_argument("--serializer", default=env("EARNORM_SERIALIZER", "json"),
                         choices=["json", "msgpack"])
+    parser.add_argument("--max-deliveries", type=int,
+                        default=int(env("EARNORM_MAX_DELIVERIES", "5")),
+                        help="deliveries to consumers that died holding a message before it "
+                             "is dead-lettered [EARNORM_MAX_DELIVERIES] (default: 5)")
+    parser.add_argument("--max-message-bytes", type=int,
+                        default=int(env("EARNORM_MAX_MESSAGE_BYTES", str(16 * 1024 * 1024))),
+                        help="larger messages go to the failed store without being fetched "
+                             "[EARNORM_MAX_MESSAGE_BYTES] (default: 16 MiB)")
+    parser.add_argument("--celery-visibility-timeout", type=float,
+                        default=float(env("EARNORM_CELERY_VISIBILITY_TIMEOUT", "3600")),
+                        help="Celery unacked entries older than this are restored "
+                             "[EARNORM_CELERY_VISIBILITY_TIMEOUT] (default: 3600)")
+    parser.add_argument("--allow-eviction", action="store_true",
+                        default=env("EARNORM_ALLOW_EVICTION", "") in ("1", "true", "yes"),
+                        help="run even if Redis's maxmemory-policy may evict queued events "
+                             "[EARNORM_ALLOW_EVICTION=1]")
     parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
     return parser
 
 
 async def _serve(args: argparse.Namespace) -> int:
     local: LocalRedis | None = None
-    url = args.redis_uri
-    if not url:
-        local = start_local_redis()
-        url = local.url
-        log.info("no Redis URL configured: started a local server at %s", url)
     config = EventConfig.from_dict({
         "queue_name": args.queue,
         "serializer": args.serializer,
         "heartbeat_interval": args.heartbeat_interval,
         "heartbeat_timeout": args.heartbeat_timeout,
+        "max_deliveries": args.max_deliveries,
+        "max_message_bytes": args.max_message_bytes,
+        "celery_visibility_timeout": args.celery_visibility_timeout,
+        "allow_eviction": args.allow_eviction,
     })
+    url = args.redis_uri
+    if not url:
+        local = start_local_redis()
+        url = local.url
+        log.info("no Redis URL configured: started a local server at %s", url)
     consumer = Consumer(url, config=config, registry=default_registry,
                         concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
     loop = asyncio.get_running_loop()

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from earnorm._config import EventConfig
 from earnorm._errors import BrokerConnectionError, EarnORMError, MessageDecodeError
 from earnorm.events import _protocol as protocol
-from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker
+from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason
@@ -46,7 +46,7 @@ from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
-from earnorm.events.consumer._fetcher import Fetcher, Redelivery
+from earnorm.events.consumer._fetcher import Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
@@ -171,7 +171,7 @@ class Consumer:
         acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked, health)
         fetcher = self._fetcher = Fetcher(
             broker, self.consumer_id, self.prefetch, self.poll_interval,
-            self.config.max_message_bytes, health,
+            self.config.max_message_bytes, health, self.config.max_deliveries,
         )
         self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget,
                                 health)
@@ -289,6 +289,7 @@ class Consumer:
             "started_ms": self._started_ms,
             "heartbeat_ms": now_ms,
             "concurrency": self.concurrency,
+            "heartbeat_interval_s": self.config.heartbeat_interval,
             "running": self._running,
             "batched": len(self._batches),
             "processed": self.processed,
@@ -311,8 +312,8 @@ class Consumer:
             field, raw, redelivery = item
             self._running += 1
             try:
-                if redelivery is None:
-                    await self._process(field, raw)
+                if redelivery is None or not redelivery.alone:
+                    await self._process(field, raw, redelivery)
                 else:
                     await self._run_alone(field, raw, redelivery)
             finally:
@@ -430,7 +431,7 @@ class Consumer:
             started = time.perf_counter()
             failures = await run_handlers(now, event)
             self._timings.record(time.perf_counter() - started)
-        if batched and redelivery is not None:  # run alone: no waiting in an open batch
+        if batched and redelivery is not None and redelivery.alone:  # no wait in a batch
             item = PendingEvent(field, raw, message, event, failures, len(batched))
             for handler in batched:
                 await self._run_batch(handler, [item])

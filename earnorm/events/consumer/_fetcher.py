@@ -5,10 +5,10 @@ Field numbers of the in-flight hash are spent before each fetch: if a fetch's re
 next one must not reuse (and overwrite) fields the script may already have written. Fields that
 such a lost fetch wrote are found (``held`` says which ones we know) and handed back.
 
-Recovered messages (taken back from a consumer that died holding them) are fetched one at a
-time, only when the buffer is empty, and nothing else is fetched until that one is settled: the
-consumer runs it alone, so a message that kills its process takes no other message's delivery
-count up with it (see ``_broker._FETCH``).
+Recovered messages (taken back from a consumer that died holding them) come first. One held at
+``ALONE_AT`` or more deaths is fetched alone into an empty buffer, and nothing else is fetched
+until it is settled: the consumer runs it alone, so a message that kills its process again takes
+no other message's delivery count up with it (see ``_broker._FETCH``).
 """
 
 from __future__ import annotations
@@ -16,25 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 
 import anyio
 
-from earnorm.events._broker import RETRYABLE_ERRORS, Broker
+from earnorm.events._broker import RETRYABLE_ERRORS, Broker, Redelivery
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.consumer")
 
 MAX_FETCH = 1000  # keeps Lua's unpack() well inside its stack limit
-
-
-@dataclass(frozen=True, slots=True)
-class Redelivery:
-    """A message taken back from consumers that died holding it."""
-
-    deliveries: int  # this delivery included
-    died_holding: tuple[str, ...]
-
+# A message held at this many consumer deaths (deliveries) runs alone. One death may be bad luck
+# (a deploy, the OOM killer, a neighbour's poison message): those come back at full speed.
+ALONE_AT = 3
 
 Item = tuple[int, bytes, Redelivery | None]
 
@@ -44,7 +37,7 @@ class Fetcher:
 
     def __init__(
         self, broker: Broker, consumer_id: str, prefetch: int, poll_interval: float,
-        max_bytes: int, health: RedisHealth,
+        max_bytes: int, health: RedisHealth, max_deliveries: int = 5,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
@@ -52,6 +45,8 @@ class Fetcher:
         self.poll_interval = poll_interval
         self.max_bytes = max_bytes
         self.health = health
+        # With a strict limit the isolation starts sooner, so innocents stay under it.
+        self.alone_at = min(ALONE_AT, max(max_deliveries, 2))
         self.buffer: deque[Item] = deque()
         self.held: set[int] = set()  # fields of our in-flight hash that we know about
         self._low_water = max(prefetch // 2, 1)
@@ -135,8 +130,8 @@ class Fetcher:
                     if self._stopping:
                         break
                     fetched = await broker.fetch(
-                        self.consumer_id, want, first - 1,
-                        may_take_recovered=not self.buffer, max_bytes=self.max_bytes,
+                        self.consumer_id, want, first - 1, may_take_alone=not self.buffer,
+                        max_bytes=self.max_bytes, alone_at=self.alone_at,
                     )
                     if not fetched.messages and not fetched.recovered_waiting:
                         await broker.wait_for_message(self.consumer_id, self.poll_interval)
@@ -157,22 +152,24 @@ class Fetcher:
                 log.error("%d message(s) over max_message_bytes (%d) moved to the failed store "
                           "(reason too_large) without being fetched", fetched.diverted,
                           self.max_bytes)
-            self._add(first, fetched.messages, fetched.deliveries, fetched.died_holding)
+            self._add(first, fetched.messages, fetched.redeliveries)
             if not fetched.messages and fetched.recovered_waiting and self.buffer:
                 # Recovered messages wait for an empty buffer: let the workers drain it.
                 self._empty.clear()
                 await self._wait(self._empty)
 
-    def _add(self, first: int, batch: list[bytes], deliveries: int,
-             died_holding: tuple[str, ...]) -> None:
+    def _add(self, first: int, batch: list[bytes], redeliveries: dict[int, Redelivery]) -> None:
         if not batch:
             return
         fields = range(first, first + len(batch))
         self.held.update(fields)
-        if deliveries:
-            (raw,) = batch
-            self.buffer.append((first, raw, Redelivery(deliveries, died_holding)))
-            self._redelivery_done.clear()
+        if redeliveries:
+            self.buffer.extend(
+                (field, raw, redeliveries.get(i))
+                for i, (field, raw) in enumerate(zip(fields, batch, strict=True))
+            )
+            if any(r.alone for r in redeliveries.values()):
+                self._redelivery_done.clear()
         else:
             self.buffer.extend((field, raw, None) for field, raw in zip(fields, batch,
                                                                           strict=True))

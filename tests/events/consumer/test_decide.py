@@ -57,7 +57,8 @@ def test_an_expired_message_dead_letters_and_one_not_yet_expired_runs() -> None:
     h = (handler("h"),)
     expired = decide.before_running(message(expires=iso(NOW_MS - 1)), h, NOW_MS, KEYS, CONFIG)
     assert isinstance(expired, decide.DeadLetter) and expired.reason is FailureReason.EXPIRED
-    assert decide.before_running(message(expires=iso(NOW_MS + 1000)), h, NOW_MS, KEYS, CONFIG) is None
+    later = decide.before_running(message(expires=iso(NOW_MS + 1000)), h, NOW_MS, KEYS, CONFIG)
+    assert later is None
 
 
 def test_a_future_eta_is_deferred_to_its_priority_list_and_a_near_one_runs_now() -> None:

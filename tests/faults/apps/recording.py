@@ -48,3 +48,10 @@ async def record(event: Event) -> None:
 @event_handler("soak.tick")
 async def tick(event: Event) -> None:
     """Does nothing: the soak test measures the consumer, not the handler."""
+
+
+@event_handler("fault.poison")
+async def poison(event: Event) -> None:
+    """Kills its own process (as a segfault or the OOM killer would), after saying so."""
+    os.write(_FD, f"start {event.id} {_PID}\n".encode())
+    os._exit(70)
