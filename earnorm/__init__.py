@@ -30,6 +30,7 @@ from earnorm._errors import (
     NotInitializedError,
     PublishError,
     SerializationError,
+    UnsupportedProtocol,
     ValidationError,
 )
 from earnorm._runtime import close, env, event_bus, init
@@ -85,6 +86,7 @@ __all__ = [
     "PublishError",
     "QueueStats",
     "SerializationError",
+    "UnsupportedProtocol",
     "ValidationError",
     "__version__",
     "after_create",

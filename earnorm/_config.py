@@ -145,6 +145,10 @@ class EventConfig:
     # Celery's ``unacked`` entries older than this are restored to the queue by our consumers, as
     # kombu does (its default visibility_timeout).
     celery_visibility_timeout: float = 3600.0
+    # A Redis URL: handlers' return values (or errors) are stored there in Celery's Redis result
+    # backend format, for Celery clients' AsyncResult.get(). None: fire-and-forget.
+    result_backend: str | None = None
+    result_expires: float = 86400.0  # Celery's default: one day
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -158,7 +162,7 @@ class EventConfig:
             "queue_name", "retry_policy", "serializer", "compression", "max_message_bytes",
             "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
             "delay_mode", "max_deliveries", "max_delay", "allow_eviction",
-            "celery_visibility_timeout",
+            "celery_visibility_timeout", "result_backend", "result_expires",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -204,6 +208,14 @@ class EventConfig:
             raise ConfigError(
                 f"event_config.allow_eviction must be True or False, got {allow_eviction!r}"
             )
+        result_backend = raw.get("result_backend", cls.result_backend)
+        if result_backend is not None and (
+                not isinstance(result_backend, str)
+                or not result_backend.startswith(("redis://", "rediss://", "unix://"))):
+            raise ConfigError(
+                "event_config.result_backend must be a redis://, rediss:// or unix:// URL or "
+                f"None, got {result_backend!r}"
+            )
         if timeout <= interval:
             raise ConfigError(
                 "event_config.heartbeat_timeout must be greater than heartbeat_interval"
@@ -230,6 +242,11 @@ class EventConfig:
                 "event_config", "max_delay", raw.get("max_delay", cls.max_delay), minimum=1,
             )),
             allow_eviction=allow_eviction,
+            result_backend=result_backend,
+            result_expires=float(_number(
+                "event_config", "result_expires",
+                raw.get("result_expires", cls.result_expires), minimum=1,
+            )),
             celery_visibility_timeout=float(_number(
                 "event_config", "celery_visibility_timeout",
                 raw.get("celery_visibility_timeout", cls.celery_visibility_timeout), minimum=1,

@@ -32,6 +32,16 @@ class BrokerConnectionError(EarnORMError):
     redis-py's error. The message names the URL, without its secrets."""
 
 
+class UnsupportedProtocol(MessageDecodeError):
+    """A Celery message of a protocol EarnORM does not read (protocol 1); ``task_id`` and
+    ``task`` are what it could still tell."""
+
+    def __init__(self, message: str, task_id: str | None, task: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task = task
+
+
 class PublishError(EarnORMError, ConnectionError):
     """Publishing failed after the retry policy ran out; ``__cause__`` holds the last error."""
 

@@ -172,9 +172,10 @@ redis.call('HDEL', KEYS[3], unpack(ARGV))
 return removed
 """
 
-# KEYS: inflight, deliveries, delayed, failed, failed index, stats.
+# KEYS: inflight, deliveries, delayed, failed, failed index, stats, then lists to LPUSH to.
 # ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
-#       job id ('' = none), record, failed ms.
+#       job id ('' = none), record, failed ms, count as processed (0/1), then one envelope per
+#       list (a canvas's follow-ups: the next chain step, callbacks, errbacks).
 # Only if the field is still ours: a consumer that another one declared dead and recovered must
 # not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
 # so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
@@ -192,6 +193,8 @@ if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
 end
+if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[6], 'processed', 1) end
+for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 2]) end
 return 1
 """
 
@@ -440,11 +443,14 @@ class Broker:
         retry: tuple[bytes, int, float] | None = None,
         dead: tuple[str, bytes, float] | None = None,
         count_retry: bool = True,
+        pushes: Sequence[tuple[str, bytes]] = (),
+        count_processed: bool = False,
     ) -> bool:
         """Ack ``field`` and, in the same script, schedule ``retry`` (envelope, ready index, due
         ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the failed
-        store; the counters follow. False if the field was no longer ours (another consumer
-        recovered it): then nothing is written."""
+        store, and LPUSH each of ``pushes`` (list key, envelope); the counters follow. False if
+        the field was no longer ours (another consumer recovered it): then nothing is
+        written."""
         k = self.keys
         cid = consumer_id or ""
         member: bytes = b""
@@ -453,10 +459,12 @@ class Broker:
             raw, ready_index, due = retry
             member = delayed_member(raw, ready_index)
         job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
-        keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats]
+        keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats,
+                *(key for key, _ in pushes)]
         args: list[Any] = [
             "" if field is None or consumer_id is None else field, member, due,
-            1 if count_retry else 0, job_id, record, failed_ms,
+            1 if count_retry else 0, job_id, record, failed_ms, 1 if count_processed else 0,
+            *(raw for _, raw in pushes),
         ]
         return bool(await self._settle(keys=keys, args=args))
 

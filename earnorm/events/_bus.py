@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,6 @@ from redis.exceptions import RedisError
 from earnorm._config import EventConfig
 from earnorm._errors import (
     BrokerConnectionError,
-    ConfigError,
     EventValidationError,
     JobNotFound,
     PublishError,
@@ -35,7 +35,7 @@ from earnorm.events._records import (
     ServerStats,
 )
 from earnorm.events._redis_url import mask_url, open_redis
-from earnorm.events._server import eviction_refusal
+from earnorm.events._server import check_eviction
 
 log = logging.getLogger("earnorm.events")
 
@@ -110,16 +110,7 @@ class EventBus:
             raise BrokerConnectionError(
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
             ) from exc
-        refusal = eviction_refusal(info, self.config.allow_eviction)
-        if refusal is not None:
-            raise ConfigError(refusal)
-        if info.may_evict:
-            log.warning("Redis maxmemory-policy is %r and event_config['allow_eviction'] is "
-                        "True: queued events may be evicted without an error",
-                        info.maxmemory_policy)
-        elif info.config_error is not None:
-            log.warning("cannot read Redis's maxmemory-policy (CONFIG GET refused: %s): "
-                        "eviction is not checked", info.config_error)
+        check_eviction(info, self.config.allow_eviction, log)
 
     def now_ms(self) -> float:
         """Now, in unix ms by Redis's clock."""
@@ -162,10 +153,17 @@ class EventBus:
             )
         return raw, self.broker.keys.ready_index(priority), due_ms
 
-    async def publish(self, event: Event, delay: Delay = None, *, priority: int = 0) -> str:
+    async def publish(
+        self, event: Event, delay: Delay = None, *, priority: int = 0,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
         """Publish one event; with ``delay`` (seconds or timedelta) it is held in Redis's
         delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
-        header. Returns the job id (the event id)."""
+        header. ``headers`` are added to the message's top-level headers (``traceparent``, a
+        tenant, ...) and reach handlers as ``event.headers``. Returns the job id (the event
+        id)."""
+        if headers:
+            event = dataclasses.replace(event, headers={**event.headers, **headers})
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
         if due_ms is not None:
             await self._with_retries(self.broker.schedule, raw, index, due_ms)
@@ -179,11 +177,14 @@ class EventBus:
         return event.id
 
     async def publish_batch(
-        self, events: Iterable[Event], delay: Delay = None, *, priority: int = 0
+        self, events: Iterable[Event], delay: Delay = None, *, priority: int = 0,
+        headers: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Publish many events in one round trip (one transaction). Returns their ids."""
         delay_s = _seconds(delay)
         events = list(events)
+        if headers:
+            events = [dataclasses.replace(e, headers={**e.headers, **headers}) for e in events]
         items = [self._encode(event, delay_s, priority) for event in events]
         if items:
             await self._with_retries(self.broker.push_many, items)

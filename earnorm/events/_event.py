@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from earnorm._errors import EventValidationError
@@ -58,6 +60,9 @@ def new_uuid4() -> str:
 _new_id = new_uuid4
 
 
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -84,12 +89,16 @@ class Event:
     retries: int = field(default=0, compare=False)
     args: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
     kwargs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # The message's headers that EarnORM does not interpret (``traceparent``, a tenant, ...),
+    # read-only; ``publish(..., headers=...)`` writes them.
+    headers: Mapping[str, Any] = field(default_factory=lambda: _NO_HEADERS, compare=False,
+                                       repr=False)
 
     @classmethod
     def trusted(
         cls, *, name: str, data: dict[str, Any], id: str, timestamp: datetime, version: int,
         metadata: dict[str, Any], retries: int, args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
+        kwargs: dict[str, Any] | None, headers: Mapping[str, Any] = _NO_HEADERS,
     ) -> Event:
         """Build an event from already-checked parts, skipping validation (the consume path,
         where names follow Celery's rules and the decoder has checked the types)."""
@@ -104,6 +113,7 @@ class Event:
         setter(event, "retries", retries)
         setter(event, "args", args)
         setter(event, "kwargs", kwargs)
+        setter(event, "headers", headers)
         return event
 
     def __post_init__(self) -> None:
@@ -118,5 +128,10 @@ class Event:
             raise EventValidationError("event version must be an int")
         if not isinstance(self.metadata, dict):
             raise EventValidationError("event metadata must be a dict")
+        if self.headers is not _NO_HEADERS:
+            if not isinstance(self.headers, Mapping) or not all(
+                    isinstance(k, str) for k in self.headers):
+                raise EventValidationError("event headers must be a mapping with str keys")
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.timestamp.tzinfo is None:
             object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=UTC))

@@ -25,6 +25,7 @@ class FailureReason(StrEnum):
     DELIVERY_LIMIT = "delivery_limit"  # its consumers died holding it max_deliveries times
     TOO_LARGE = "too_large"  # over max_message_bytes: kept aside in Redis, never fetched
     ETA_OUT_OF_RANGE = "eta_out_of_range"  # a Celery eta further away than max_delay
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # Celery protocol 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ def failure_record(
     previous: bytes | None = None,
     deliveries: int = 0,
     died_holding: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> bytes:
     """The JSON record stored under ``job_id`` in ``Q:failed``.
 
@@ -71,7 +73,7 @@ def failure_record(
         "job_id": job_id,
         "reason": str(reason),
         "detail": detail or (str(failures[0].error) if failures else ""),
-        "name": message.task if message else None,
+        "name": message.task if message else name,
         "data": None,
         "metadata": (message.headers.get("earnorm_metadata") if message else None) or {},
         "attempts": (message.retries + 1) if message else 0,

@@ -14,16 +14,22 @@ import lzma
 import os
 import socket
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
 import orjson
 
-from earnorm._errors import EventValidationError, MessageDecodeError, SerializationError
-from earnorm.events._event import Event, new_uuid4
+from earnorm._errors import (
+    EventValidationError,
+    MessageDecodeError,
+    SerializationError,
+    UnsupportedProtocol,
+)
+from earnorm.events._event import _NO_HEADERS, Event, new_uuid4
 from earnorm.events._wiretypes import from_wire, to_wire
 
 JSON = "application/json"
@@ -37,6 +43,15 @@ H_VERSION = "earnorm_version"
 H_METADATA = "earnorm_metadata"
 H_PENDING = "earnorm_pending"  # handlers still to run on a retry (earlier ones succeeded)
 H_FIRST_FAILURE = "earnorm_first_failure"
+
+# The headers EarnORM interprets (Celery's protocol-2 headers, kombu's, ours): every other header
+# is the user's, kept on ``event.headers`` across retries, dead letters and ``retry_job``.
+INTERPRETED_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+    "replaced_task_nesting", "stamped_headers", "stamps", "compression", "redelivered",
+    H_TIMESTAMP, H_VERSION, H_METADATA, H_PENDING, H_FIRST_FAILURE,
+})
 
 _DECOMPRESSORS: dict[str, Callable[[], Any]] = {
     ZLIB: zlib.decompressobj,
@@ -123,6 +138,7 @@ class Message:
         extras = self.celery_extras()
         if extras and isinstance(metadata, dict) and "celery" not in metadata:
             metadata = {**metadata, "celery": extras}
+        custom = {k: v for k, v in headers.items() if k not in INTERPRETED_HEADERS}
         # Consumed names follow Celery's rules, not our publishing rules: no validation here.
         return Event.trusted(
             name=self.task,
@@ -134,6 +150,7 @@ class Message:
             retries=self.retries,
             args=tuple(args),
             kwargs=kwargs,
+            headers=MappingProxyType(custom) if custom else _NO_HEADERS,
         )
 
 
@@ -189,6 +206,7 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
         )
     task, task_id = headers.get("task"), headers.get("id")
     if not isinstance(task, str) or not task:
+        _refuse_protocol_1(envelope, headers, max_bytes)
         raise MessageDecodeError("headers.task is missing or not a string")
     if not isinstance(task_id, str) or not task_id:
         raise MessageDecodeError("headers.id is missing or not a string")
@@ -217,12 +235,40 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
     )
 
 
+def _refuse_protocol_1(
+    envelope: dict[str, Any], headers: dict[str, Any], max_bytes: int | None
+) -> None:
+    """Celery's protocol 1 (``task_protocol=1``) puts the task name, id and call in the body,
+    not the headers: say so, with the id, rather than "headers.task is missing"."""
+    properties = envelope.get("properties")
+    try:
+        body = decode_body_value(envelope, headers,
+                                 properties if isinstance(properties, dict) else {}, max_bytes)
+    except MessageDecodeError:
+        return
+    if isinstance(body, dict) and isinstance(body.get("task"), str) and "id" in body:
+        task_id = body.get("id")
+        raise UnsupportedProtocol(
+            f"Celery protocol 1 message (task {body['task']!r}): EarnORM reads protocol 2, "
+            "Celery's default since 4.0; set task_protocol=2 on the producer",
+            task_id if isinstance(task_id, str) else None, body["task"],
+        )
+
+
 def decode_body(
     envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
     max_bytes: int | None = None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
     """Body -> (args, kwargs, embed): body_encoding, then compression, then content-type
     (wire.md 12)."""
+    return _split_body(decode_body_value(envelope, headers, properties, max_bytes))
+
+
+def decode_body_value(
+    envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
+    max_bytes: int | None = None,
+) -> Any:
+    """The deserialized body, whatever its shape."""
     body = envelope.get("body")
     if not isinstance(body, str):
         raise MessageDecodeError("envelope has no 'body' string")
@@ -260,7 +306,7 @@ def decode_body(
         raise MessageDecodeError(f"body is not valid {content_type}: {reason}") from exc
     if b"__type__" in data:
         decoded = from_wire(decoded)
-    return _split_body(decoded)
+    return decoded
 
 
 def _split_body(decoded: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
@@ -293,7 +339,8 @@ def _short_repr(value: Any) -> str:
 
 
 def encode_body(
-    args: list[Any], kwargs: dict[str, Any], serializer: str, compression: str | None
+    args: list[Any], kwargs: dict[str, Any], serializer: str, compression: str | None,
+    embed: dict[str, Any] | None = None,
 ) -> tuple[str, str, str]:
     """Serialize ``[args, kwargs, embed]``; return (base64 body, content-type, encoding)."""
     binary = serializer == "msgpack"
@@ -302,7 +349,8 @@ def encode_body(
         to_wire(arg, "data" if len(args) == 1 else f"args[{i}]", binary=binary)
         for i, arg in enumerate(args)
     ]
-    body = [wired_args, to_wire(kwargs, "kwargs", binary=binary), EMBED]
+    body = [wired_args, to_wire(kwargs, "kwargs", binary=binary),
+            EMBED if embed is None else to_wire(embed, "embed", binary=binary)]
     try:
         if binary:
             payload = msgpack.packb(body, use_bin_type=True)
@@ -362,6 +410,8 @@ def encode_event(
     if event.metadata:
         # The envelope is read with kombu's tag hook but never untagged by us: JSON types only.
         headers[H_METADATA] = to_wire(event.metadata, "metadata", plain=True)
+    if event.headers:
+        headers.update(custom_headers(event.headers))
     if compression == "zlib":
         headers["compression"] = ZLIB
     envelope = {
@@ -383,6 +433,75 @@ def encode_event(
         return orjson.dumps(envelope)
     except TypeError as exc:  # a lone surrogate in the id or metadata
         raise SerializationError(f"event {event.name!r} cannot be encoded: {exc}") from exc
+
+
+def encode_call(
+    task: str,
+    task_id: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    queue: str,
+    *,
+    embed: dict[str, Any] | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    priority: int = 0,
+    eta: datetime | None = None,
+    serializer: str = "json",
+    compression: str | None = None,
+) -> bytes:
+    """Any Celery task call as a complete protocol-v2 envelope: what a worker publishes for the
+    next step of a chain, a ``link`` callback or a ``link_error`` errback."""
+    body, content_type, content_encoding = encode_body(args, kwargs, serializer, compression,
+                                                       embed)
+    all_headers: dict[str, Any] = {
+        "lang": "py", "task": task, "id": task_id, "shadow": None,
+        "eta": eta.astimezone(UTC).isoformat() if eta is not None else None,
+        "expires": None, "group": None, "group_index": None, "retries": 0,
+        "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
+        "argsrepr": _short_repr(args), "kwargsrepr": _short_repr(kwargs), "origin": _ORIGIN,
+        "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None,
+        "stamps": {},
+    }
+    if headers:
+        all_headers.update(custom_headers(headers))
+    if compression == "zlib":
+        all_headers["compression"] = ZLIB
+    return orjson.dumps({
+        "body": body, "content-encoding": content_encoding, "content-type": content_type,
+        "headers": all_headers,
+        "properties": {
+            "correlation_id": task_id, "reply_to": task_id, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": min(max(priority, 0), 9), "body_encoding": "base64",
+            "delivery_tag": new_uuid4(),
+        },
+    })
+
+
+def custom_headers(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers a publisher adds, checked: a name Celery or EarnORM interprets would change what
+    the message means, so it is refused; values must be JSON (they travel in the envelope).
+
+    >>> custom_headers({"tenant": "acme", "traceparent": "00-ab-cd-01"})
+    {'tenant': 'acme', 'traceparent': '00-ab-cd-01'}
+    >>> custom_headers({"eta": "2030-01-01"})
+    Traceback (most recent call last):
+    ...
+    earnorm._errors.EventValidationError: header 'eta' is Celery's or EarnORM's own: ...
+    """
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if not isinstance(name, str) or not name:
+            raise EventValidationError(f"header names must be non-empty strings: {name!r}")
+        if name in INTERPRETED_HEADERS:
+            raise EventValidationError(
+                f"header {name!r} is Celery's or EarnORM's own: it cannot be set as a custom "
+                "header (use publish()'s delay=/priority= or the event's fields)"
+            )
+        out[name] = to_wire(value, f"headers.{name}", plain=True)
+    return out
 
 
 def _reissue(message: Message, headers: dict[str, Any], **properties: Any) -> bytes:

@@ -4,6 +4,7 @@ data (eviction policy, persistence), and what EarnORM's consumers saw of it over
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from earnorm._errors import ConfigError
 from earnorm.events._keys import Keys, text
 
 SAFE_POLICY = "noeviction"
@@ -129,3 +131,17 @@ def eviction_refusal(info: ServerInfo, allow_eviction: bool) -> str | None:
     return (f"Redis maxmemory-policy is {info.maxmemory_policy!r}: at maxmemory it evicts keys, "
             "queued events among them, without an error; set it to 'noeviction' or pass "
             "event_config['allow_eviction']=True")
+
+
+def check_eviction(info: ServerInfo, allow_eviction: bool, log: logging.Logger) -> None:
+    """``ConfigError`` for a server that may evict queued events (unless allowed); a warning when
+    it is allowed anyway, or when the policy cannot be read at all."""
+    refusal = eviction_refusal(info, allow_eviction)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    if info.may_evict:
+        log.warning("Redis maxmemory-policy is %r and event_config['allow_eviction'] is True: "
+                    "queued events may be evicted without an error", info.maxmemory_policy)
+    if info.config_error is not None:
+        log.warning("cannot read Redis's maxmemory-policy and persistence settings (CONFIG GET "
+                    "refused: %s): eviction and persistence are not checked", info.config_error)

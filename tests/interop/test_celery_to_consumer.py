@@ -183,25 +183,28 @@ async def test_group_members_are_each_handled_with_their_group_in_metadata(
     assert members == [(0, 1, result.id), (1, 2, result.id), (2, 3, result.id)]
 
 
-async def test_link_callbacks_are_kept_in_metadata_and_not_run(
+async def test_a_link_callback_runs_with_the_result_and_the_errback_does_not(
     producer: Celery, consumer: Consumer, recorder: Recorder, redis: Redis, queue_name: str,
 ) -> None:
-    link = producer.signature("link.target", args=["linked"])
-    error = producer.signature("link.target", args=["failed"])
-    publish(producer, "apply_async", "user.created", args=[{"x": 1}], link=link,
-            link_error=error)
-    await wait_until(lambda: recorder.events, 10, message="the event")
-    event, _ = recorder.one()
-    celery = event.metadata["celery"]
-    assert [(c["task"], c["args"]) for c in celery["callbacks"]] == [("link.target", ["linked"])]
-    assert [(c["task"], c["args"]) for c in celery["errbacks"]] == [("link.target", ["failed"])]
+    """What a Celery worker does on success: publish each ``link`` with the task's return
+    value (here None) prepended; ``link_error`` only runs on a permanent failure."""
+    link = producer.signature("user.updated", args=["linked"])
+    error = producer.signature("order.placed", args=["failed"])
+    first = publish(producer, "apply_async", "user.created", args=[{"x": 1}], link=link,
+                    link_error=error)
+    await wait_until(lambda: len(recorder.events) == 2, 10, message="the event and its link")
+    (event, _), (linked, _) = recorder.events
+    assert event.id == first
+    celery = event.metadata["celery"]  # still visible to the handler
+    assert [(c["task"], c["args"]) for c in celery["callbacks"]] == [("user.updated", ["linked"])]
+    assert linked.name == "user.updated" and linked.args == (None, "linked")
 
     async def acked() -> bool:
         return await redis.hlen(f"{queue_name}:inflight:{consumer.consumer_id}") == 0
 
     await wait_until(acked, 5, message="ack")
-    assert await redis.llen(queue_name) == 0  # the callback was never published
-    assert consumer.failed == 0
+    assert await redis.llen(queue_name) == 0  # the errback was never published
+    assert consumer.failed == 0 and consumer.processed == 2
 
 
 async def test_message_as_celery_self_retry_publishes_it_runs_with_its_retry_count(

@@ -16,42 +16,50 @@ from earnorm.events.consumer._decide import Failures
 log = logging.getLogger("earnorm.consumer")
 
 
+async def _with_timeout(handler: Handler, argument: Any) -> Any:
+    """The handler's return value; one that overruns its timeout is cancelled and raises
+    ``HandlerTimeout``."""
+    try:
+        with anyio.fail_after(handler.timeout):
+            return await handler.func(argument)
+    except TimeoutError as exc:
+        if isinstance(exc, HandlerTimeout):
+            raise
+        timeout = HandlerTimeout(
+            f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
+        )
+        raise timeout from exc
+
+
 async def call_handler(handler: Handler, argument: Any) -> BaseException | None:
-    """Run one handler (an event, or a list of them for a batch handler), with its timeout:
-    one that overruns is cancelled and counts as failed with ``HandlerTimeout``.
+    """Run one handler (an event, or a list of them for a batch handler), with its timeout.
     Returns the error, or None."""
     try:
         if handler.timeout is None:
             await handler.func(argument)
         else:
-            with anyio.fail_after(handler.timeout):
-                await handler.func(argument)
-    except TimeoutError as exc:
-        if handler.timeout is None or isinstance(exc, HandlerTimeout):
-            return exc
-        timeout = HandlerTimeout(
-            f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
-        )
-        timeout.__cause__ = exc
-        return timeout
+            await _with_timeout(handler, argument)
     except Exception as exc:
         return exc
     return None
 
 
-async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> Failures:
-    """Run ``handlers`` on ``event`` one after another; return the ones that failed."""
+async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> tuple[Failures, Any]:
+    """Run ``handlers`` on ``event`` one after another. Returns the ones that failed, and the
+    result: the first successful handler's return value (a Celery task's result)."""
     failures: Failures = []
+    result: Any = None
+    have_result = False
     for handler in handlers:
-        if handler.timeout is None:  # the common case, without call_handler's extra await
-            try:
-                await handler.func(event)
-                continue
-            except Exception as exc:
-                error: BaseException | None = exc
-        else:
-            error = await call_handler(handler, event)
-        if error is not None:
-            log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, error)
-            failures.append((handler, HandlerFailure(handler.name, error)))
-    return failures
+        try:
+            if handler.timeout is None:  # the common case, without the extra await
+                value = await handler.func(event)
+            else:
+                value = await _with_timeout(handler, event)
+        except Exception as exc:
+            log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, exc)
+            failures.append((handler, HandlerFailure(handler.name, exc)))
+            continue
+        if not have_result:
+            result, have_result = value, True
+    return failures, result

@@ -32,7 +32,12 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
-from earnorm._errors import BrokerConnectionError, EarnORMError, MessageDecodeError
+from earnorm._errors import (
+    BrokerConnectionError,
+    EarnORMError,
+    MessageDecodeError,
+    UnsupportedProtocol,
+)
 from earnorm.events import _protocol as protocol
 from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
@@ -42,6 +47,7 @@ from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events._keys import Keys
 from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._redis_url import mask_url, open_redis
+from earnorm.events._results import ResultBackend
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
@@ -173,8 +179,12 @@ class Consumer:
             broker, self.consumer_id, self.prefetch, self.poll_interval,
             self.config.max_message_bytes, health, self.config.max_deliveries,
         )
+        results = None
+        if self.config.result_backend is not None:
+            results = ResultBackend(open_redis(self.config.result_backend),
+                                    self.config.result_expires)
         self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget,
-                                health)
+                                health, results)
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
                               health)
         try:
@@ -268,6 +278,8 @@ class Consumer:
             await self._close_connection()
 
     async def _close_connection(self) -> None:
+        if self._settler is not None:
+            await self._settler.close()
         if self._broker is not None:
             await self._broker.close()
         if self._given_bus is None and self._redis is not None:
@@ -409,6 +421,10 @@ class Consumer:
                 return
         try:
             message = protocol.decode(raw, self.config.max_message_bytes)
+        except UnsupportedProtocol as exc:
+            await self._settle(field, raw, None, decide.DeadLetter(
+                FailureReason.UNSUPPORTED_PROTOCOL, str(exc), job_id=exc.task_id, name=exc.task))
+            return
         except MessageDecodeError as exc:
             await self._settle(field, raw, None,
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
@@ -427,9 +443,10 @@ class Consumer:
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         failures: decide.Failures = []
+        result = None
         if now:
             started = time.perf_counter()
-            failures = await run_handlers(now, event)
+            failures, result = await run_handlers(now, event)
             self._timings.record(time.perf_counter() - started)
         if batched and redelivery is not None and redelivery.alone:  # no wait in a batch
             item = PendingEvent(field, raw, message, event, failures, len(batched))
@@ -441,9 +458,12 @@ class Consumer:
                 full = self._batches.add(handler, item)
                 if full is not None:
                     await self._run_batch(handler, full)
-        elif not failures:  # the hot path: no outcome object, no extra await
+        elif not failures:
             assert self._settler is not None
-            self._settler.ack_handled(field)
+            if self._settler.carries_on(message):  # a canvas, or results to store
+                await self._settle(field, raw, message, decide.Ack(result))
+            else:  # the hot path: no outcome object, no extra await
+                self._settler.ack_handled(field)
         else:
             outcome = decide.after_running(
                 message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from earnorm._config import EventConfig, RetryPolicy
 from earnorm.events import _protocol as protocol
@@ -24,7 +25,10 @@ ETA_SLACK_MS = 5.0  # an eta this close is run now rather than bounced through t
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Handled: remove it from in-flight."""
+    """Handled: remove it from in-flight (after publishing its canvas follow-ups and storing
+    ``result``, where those apply)."""
+
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ class DeadLetter:
     retry: Retry | None = None
     deliveries: int = 0  # for delivery_limit: how many times it was delivered
     died_holding: tuple[str, ...] = ()  # and the consumers that died holding it
+    job_id: str | None = None  # for a message that could not be decoded but told its id
+    name: str | None = None  # likewise, its task name
 
 
 Outcome = Ack | Defer | Retry | DeadLetter

@@ -1,21 +1,44 @@
 """Settling a message: the Redis side of an ``Outcome`` (ack, defer, retry, dead-letter), and
-the counters of what was settled how."""
+the counters of what was settled how.
+
+A Celery canvas is carried on here: a success publishes the message's ``link`` callbacks and
+the next step of its ``chain``, a permanent failure its ``link_error`` errbacks, in the same
+script that acks (or dead-letters) it, so a follow-up is published exactly when its message is
+settled. With a result backend, the handler's return value (or error) is stored first."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+from earnorm.events import _canvas as canvas
 from earnorm.events import _protocol as protocol
+from earnorm.events import _results as result_meta
 from earnorm.events._broker import Broker
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason, failure_record
+from earnorm.events._keys import Keys
+from earnorm.events._results import ResultBackend
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 
 log = logging.getLogger("earnorm.consumer")
+
+# Failures a Celery client waiting on the result hears of: the task raised, or no worker had it.
+_TASK_FAILURES = frozenset({FailureReason.HANDLER_ERROR, FailureReason.NO_HANDLER})
+
+
+class _NotRegistered(KeyError):
+    """What Celery stores for a task no worker registered (``celery.exceptions.NotRegistered``
+    is a KeyError too)."""
+
+
+_NotRegistered.__name__ = _NotRegistered.__qualname__ = "NotRegistered"
+_NotRegistered.__module__ = "celery.exceptions"
 
 
 class Settler:
@@ -24,8 +47,11 @@ class Settler:
     def __init__(
         self, broker: Broker, consumer_id: str, clock: ServerClock, acks: AckBatcher,
         forget: Callable[[int], None], health: RedisHealth,
+        results: ResultBackend | None = None,
     ) -> None:
         self._broker = broker
+        self._results = results
+        self._list_keys: dict[tuple[str, int], str] = {}
         self._health = health
         self.consumer_id = consumer_id
         self._clock = clock
@@ -34,6 +60,14 @@ class Settler:
         self.processed = 0
         self.failed = 0
         self.retried = 0
+
+    def carries_on(self, message: protocol.Message) -> bool:
+        """Whether a success needs more than an ack: a canvas to carry on, a result to store."""
+        return self._results is not None or canvas.has_follow_ups(message)
+
+    async def close(self) -> None:
+        if self._results is not None:
+            await self._results.close()
 
     def ack_handled(self, field: int) -> None:
         """The hot path: an event all of whose handlers succeeded."""
@@ -47,7 +81,10 @@ class Settler:
         ran, so only the settling is tried again."""
         broker = self._broker
         if isinstance(outcome, decide.Ack):
-            self.ack_handled(field)
+            if message is None or not self.carries_on(message):
+                self.ack_handled(field)
+            else:
+                await self._succeeded(field, message, outcome.result)
             return
         if isinstance(outcome, decide.Defer):
             ours = await until_done("settle", lambda: broker.defer(
@@ -64,12 +101,55 @@ class Settler:
                         "held it; its redelivered copy settles it", field)
         self._forget(field)
 
+    async def _succeeded(self, field: int, message: protocol.Message, result: Any) -> None:
+        await self._store_result(message, lambda: result_meta.success_meta(message.id, result))
+        pushes = self._follow_ups(message, lambda q: canvas.on_success(message, result, q))
+        if not pushes:
+            self.ack_handled(field)
+            return
+        ours = await until_done("settle", lambda: self._broker.settle(
+            self.consumer_id, field, pushes=pushes, count_processed=True), self._health)
+        self.processed += ours
+        self._forget(field)
+
+    def _follow_ups(
+        self, message: protocol.Message,
+        make: Callable[[str], list[canvas.FollowUp]],
+    ) -> list[tuple[str, bytes]]:
+        """(list key, envelope) of each follow-up; a signature EarnORM cannot carry on is
+        logged as an error (never dropped without a word) and the others go on."""
+        try:
+            follow_ups = make(self._broker.keys.queue)
+        except canvas.CanvasError as exc:
+            log.error("message %s: its canvas is not carried on: %s", message.id, exc)
+            return []
+        for follow_up in follow_ups:
+            log.info("message %s: published %s to %s", message.id, follow_up.task,
+                     follow_up.queue)
+        return [(self._list_key(f.queue, f.priority), f.envelope) for f in follow_ups]
+
+    def _list_key(self, queue: str, priority: int) -> str:
+        key = self._list_keys.get((queue, priority))
+        if key is None:
+            keys = self._broker.keys
+            if queue != keys.queue:
+                keys = Keys.for_queue(dataclasses.replace(self._broker.config, queue_name=queue))
+            key = self._list_keys[(queue, priority)] = keys.ready[keys.ready_index(priority)]
+        return key
+
+    async def _store_result(self, message: protocol.Message, meta: Callable[[], bytes]) -> None:
+        if self._results is None or message.headers.get("ignore_result") is True:
+            return
+        backend = self._results
+        await until_done("result", lambda: backend.store(message.id, meta()), self._health)
+
     async def _dead_letter(
         self, field: int, raw: bytes, message: protocol.Message | None,
         outcome: decide.DeadLetter,
     ) -> bool:
         broker = self._broker
-        job_id = message.id if message is not None else f"undecodable-{uuid.uuid4()}"
+        job_id = message.id if message is not None else (
+            outcome.job_id or f"undecodable-{uuid.uuid4()}")
         now_ms = self._clock.now_ms()
         # Handlers of this event that gave up on an earlier attempt already have a record.
         previous = None
@@ -82,14 +162,21 @@ class Settler:
             job_id=job_id, reason=outcome.reason, raw=raw, now_ms=now_ms, message=message,
             detail=outcome.detail, failures=failures, previous=previous,
             deliveries=outcome.deliveries, died_holding=outcome.died_holding,
+            name=outcome.name,
         )
         why = outcome.detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures)
         log.error("message %s moved to the failed store: %s: %s", job_id, outcome.reason, why)
         retry = outcome.retry
         scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
+        pushes: list[tuple[str, bytes]] = []
+        if message is not None and outcome.reason in _TASK_FAILURES:
+            error = failures[0].error if failures else _NotRegistered(outcome.detail)
+            await self._store_result(message, lambda: result_meta.failure_meta(message.id, error))
+            if outcome.reason is FailureReason.HANDLER_ERROR:
+                pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
         ours = await until_done("settle", lambda: broker.settle(
-            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms)),
-            self._health)
+            self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms),
+            pushes=pushes), self._health)
         if ours:
             self.failed += 1
             self.retried += retry is not None

@@ -8,10 +8,9 @@ import contextlib
 import logging
 
 from earnorm._config import EventConfig
-from earnorm._errors import ConfigError
 from earnorm.events._broker import REFUSED_ERRORS, Broker
 from earnorm.events._clock import ServerClock
-from earnorm.events._server import ServerInfo, eviction_refusal
+from earnorm.events._server import ServerInfo, check_eviction, eviction_refusal
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -31,17 +30,7 @@ class ServerWatch:
         if not info.supports_script_flags:
             log.warning("Redis %s has no script flags (Redis >= 7): at maxmemory it will "
                         "refuse this consumer's fetches and acks too", info.version)
-        refusal = eviction_refusal(info, self.config.allow_eviction)
-        if refusal is not None:
-            raise ConfigError(refusal)
-        if info.may_evict:
-            log.warning("Redis maxmemory-policy is %r and event_config['allow_eviction'] is "
-                        "True: queued events may be evicted without an error",
-                        info.maxmemory_policy)
-        if info.config_error is not None:
-            log.warning("cannot read Redis's maxmemory-policy and persistence settings (CONFIG "
-                        "GET refused: %s): eviction and persistence are not checked",
-                        info.config_error)
+        check_eviction(info, self.config.allow_eviction, log)
         self._warn_persistence(info)
         recorded = await self.broker.server.recorded_run_id()
         restarted = recorded if recorded is not None and recorded != info.run_id else None
