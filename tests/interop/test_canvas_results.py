@@ -1,0 +1,223 @@
+"""Celery features that must not fail silently, against a real Celery producer (and worker):
+custom headers reach handlers, chains and errbacks are carried on, results reach
+``AsyncResult.get()``, and protocol-1 messages are refused by name."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from celery import Celery, chain
+from redis.asyncio import Redis
+
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from tests.helpers import wait_until
+from tests.interop.celery_app import make_app
+from tests.interop.harness import CeleryWorker
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"max_retries": 1, "interval_start": 0.05, "interval_step": 0, "interval_max": 0.05}
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def producer_app(redis_url: str, queue: str, **conf: Any) -> Celery:
+    app = make_app(redis_url, queue)
+    app.conf.update(**conf)
+    for name in ("step.one", "step.two", "step.three", "user.created", "user.updated",
+                 "order.placed", "results.add", "results.fail", "failing.task", "errback.seen"):
+        app.task(name=name, shared=False)(_never_here)
+    return app
+
+
+def _never_here(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("producer-side task must not run")
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
+    bus = await EventBus.connect(redis_url, {"queue_name": queue_name, "retry_policy": FAST,
+                                             "result_backend": redis_url})
+    yield bus
+    await bus.close()
+
+
+async def test_custom_headers_reach_the_handler_on_every_attempt_and_after_retry_job(
+    redis_url: str, queue_name: str, bus: EventBus
+) -> None:
+    seen: list[tuple[int, dict[str, Any]]] = []
+    registry = HandlerRegistry()
+
+    async def failing(event: Event) -> None:
+        seen.append((event.retries, dict(event.headers)))
+        raise RuntimeError("fails every time: retried once, then dead-lettered")
+
+    registry.register("failing.task", failing)
+    app = producer_app(redis_url, queue_name)
+    task_id = app.send_task("failing.task", args=[{"n": 1}],
+                            headers={"traceparent": TRACE, "tenant": "acme"}).id
+    async with Consumer(bus=bus, registry=registry, concurrency=2):
+        await wait_until(lambda: bus.redis.hexists(f"{queue_name}:failed", task_id), 10,
+                         message="dead-lettered after its retry")
+        await bus.retry_job(task_id)
+        await wait_until(lambda: len(seen) == 3, 10, message="run again by retry_job")
+    app.close()
+    expected = {"traceparent": TRACE, "tenant": "acme"}
+    assert [(retries, headers) for retries, headers in seen] == [
+        (0, expected), (1, expected), (0, expected)]
+
+
+async def test_headers_published_by_earnorm_are_read_back(bus: EventBus) -> None:
+    got: list[dict[str, Any]] = []
+    registry = HandlerRegistry()
+
+    async def record(event: Event) -> None:
+        got.append(dict(event.headers))
+
+    registry.register("header.check", record)
+    async with Consumer(bus=bus, registry=registry):
+        await bus.publish(Event(name="header.check"), headers={"tenant": "acme"})
+        await wait_until(lambda: got, 5, message="the event")
+    assert got == [{"tenant": "acme"}]
+
+
+async def test_a_chain_of_three_earnorm_handlers_runs_in_order_with_results_passed_along(
+    redis_url: str, queue_name: str, bus: EventBus
+) -> None:
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    registry = HandlerRegistry()
+
+    def step(name: str, add: int) -> Any:
+        async def run(event: Event) -> int:
+            calls.append((name, event.args or ()))
+            return int((event.args or (0,))[0]) + add
+        return run
+
+    for name, add in (("step.one", 1), ("step.two", 10), ("step.three", 100)):
+        registry.register(name, step(name, add), name=f"chain:{name}")
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    flow = chain(app.signature("step.one", args=[1]), app.signature("step.two"),
+                 app.signature("step.three"))
+    result = flow.apply_async()
+    async with Consumer(bus=bus, registry=registry):
+        await wait_until(lambda: len(calls) == 3, 10, message="three steps")
+        # The last step's result is in the backend, under the chain's result id.
+        value = await anyio.to_thread.run_sync(lambda: result.get(timeout=5))
+    app.close()
+    assert calls == [("step.one", (1,)), ("step.two", (2,)), ("step.three", (12,))]
+    assert value == 112
+
+
+async def test_a_chain_mixing_an_earnorm_step_and_a_celery_worker_step_completes(
+    solo_worker: CeleryWorker, redis_url: str, worker_queue: str, queue_name: str,
+    bus: EventBus,
+) -> None:
+    """ours -> the Celery worker's 'user.updated' (on its queue) -> ours again."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    registry = HandlerRegistry()
+
+    async def first(event: Event) -> dict[str, Any]:
+        calls.append(("step.one", event.args or ()))
+        return {"from": "earnorm"}
+
+    async def last(event: Event) -> None:
+        calls.append(("step.three", event.args or ()))
+
+    registry.register("step.one", first)
+    registry.register("step.three", last)
+    app = producer_app(redis_url, queue_name)
+    flow = chain(app.signature("step.one", args=[7]),
+                 app.signature("user.updated").set(queue=worker_queue),
+                 app.signature("step.three").set(queue=queue_name))
+    flow.apply_async()
+    async with Consumer(bus=bus, registry=registry):
+        await wait_until(lambda: len(calls) == 2, 20, message="both of our steps")
+    app.close()
+    assert calls[0] == ("step.one", (7,))
+    [celery_step] = [r for r in solo_worker.records() if r["task"] == "user.updated"]
+    assert celery_step["args_repr"] == repr([{"from": "earnorm"}])
+    assert calls[1][0] == "step.three"  # the Celery task returned None: it is prepended
+
+
+async def test_link_error_runs_when_a_handler_exhausts_its_retries(
+    redis_url: str, queue_name: str, bus: EventBus
+) -> None:
+    errback_args: list[tuple[Any, ...]] = []
+    registry = HandlerRegistry()
+
+    async def failing(event: Event) -> None:
+        raise ValueError("card declined")
+
+    async def errback(event: Event) -> None:
+        errback_args.append(event.args or ())
+
+    registry.register("failing.task", failing)
+    registry.register("errback.seen", errback)
+    app = producer_app(redis_url, queue_name)
+    task_id = app.tasks["failing.task"].apply_async(
+        args=[{"n": 1}], link_error=app.signature("errback.seen", args=["tidy up"])).id
+    async with Consumer(bus=bus, registry=registry):
+        await wait_until(lambda: errback_args, 10, message="the errback")
+        job = await bus.get_failed_job(task_id)
+    app.close()
+    assert errback_args == [(task_id, "tidy up")]  # Celery's errback call: the task id first
+    assert job["attempts"] == 2 and job["reason"] == "handler_error"
+
+
+async def test_async_result_get_returns_the_value_raises_the_error_and_ignore_result_stores_none(
+    redis_url: str, queue_name: str, bus: EventBus, redis: Redis
+) -> None:
+    registry = HandlerRegistry()
+
+    async def add(event: Event) -> int:
+        return int(sum(event.args or ()))
+
+    async def fail(event: Event) -> None:
+        raise ValueError("no such account")
+
+    registry.register("results.add", add, retry_policy={"max_retries": 0})
+    registry.register("results.fail", fail, retry_policy={"max_retries": 0})
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    ok = app.send_task("results.add", args=[2, 3])
+    bad = app.send_task("results.fail", args=[1])
+    ignored = app.send_task("results.add", args=[1, 1], ignore_result=True)
+    async with Consumer(bus=bus, registry=registry):
+        value = await anyio.to_thread.run_sync(lambda: ok.get(timeout=10))
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - the type is rebuilt by Celery
+            await anyio.to_thread.run_sync(lambda: bad.get(timeout=10))
+        await wait_until(lambda: bus.redis.hexists(f"{queue_name}:failed", bad.id), 5)
+        await wait_until(_drained(redis, queue_name), 5, message="the ignored one handled")
+    assert value == 5
+    assert type(raised.value).__name__ == "ValueError"
+    assert "no such account" in str(raised.value)
+    assert not await redis.exists(f"celery-task-meta-{ignored.id}")
+    assert await redis.ttl(f"celery-task-meta-{ok.id}") > 3600
+    app.close()
+
+
+def _drained(redis: Redis, queue: str) -> Any:
+    async def check() -> bool:
+        return await redis.llen(queue) == 0
+    return check
+
+
+async def test_a_protocol_1_message_is_dead_lettered_naming_the_protocol_with_its_id(
+    redis_url: str, queue_name: str, bus: EventBus
+) -> None:
+    app = producer_app(redis_url, queue_name, task_protocol=1)
+    task_id = app.send_task("user.created", args=[{"n": 1}]).id
+    app.close()
+    registry = HandlerRegistry()
+    registry.register("user.created", _noop)
+    async with Consumer(bus=bus, registry=registry):
+        await wait_until(lambda: bus.redis.hexists(f"{bus.config.queue_name}:failed", task_id),
+                         5, message="dead-lettered under its own id")
+        job = await bus.get_failed_job(task_id)
+    assert job["reason"] == "unsupported_protocol"
+    assert "protocol 1" in job["detail"] and job["name"] == "user.created"
+
+
+async def _noop(event: Event) -> None:
+    return None
