@@ -185,7 +185,7 @@ async def test_async_result_get_returns_the_value_raises_the_error_and_ignore_re
     ignored = app.send_task("results.add", args=[1, 1], ignore_result=True)
     async with Consumer(bus=bus, registry=registry):
         value = await anyio.to_thread.run_sync(lambda: ok.get(timeout=10))
-        with pytest.raises(Exception) as raised:  # noqa: PT011 - the type is rebuilt by Celery
+        with pytest.raises(Exception) as raised:
             await anyio.to_thread.run_sync(lambda: bad.get(timeout=10))
         await wait_until(lambda: bus.redis.hexists(f"{queue_name}:failed", bad.id), 5)
         await wait_until(_drained(redis, queue_name), 5, message="the ignored one handled")
