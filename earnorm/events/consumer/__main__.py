@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                         default=env("EARNORM_ALLOW_EVICTION", "") in ("1", "true", "yes"),
                         help="run even if Redis's maxmemory-policy may evict queued events "
                              "[EARNORM_ALLOW_EVICTION=1]")
+    parser.add_argument("--celery-events", action="store_true",
+                        default=env("EARNORM_CELERY_EVENTS", "") in ("1", "true", "yes"),
+                        help="be seen as a Celery worker: send Celery's task and worker events "
+                             "and answer remote control (celery inspect, Flower) "
+                             "[EARNORM_CELERY_EVENTS=1]")
     parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
     return parser
 
@@ -100,7 +105,8 @@ async def _serve(args: argparse.Namespace) -> int:
         url = local.url
         log.info("no Redis URL configured: started a local server at %s", url)
     consumer = Consumer(url, config=config, registry=default_registry,
-                        concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
+                        concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout,
+                        celery_events=args.celery_events)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, consumer.stop)

@@ -41,6 +41,7 @@ from earnorm._errors import (
 from earnorm.events import _protocol as protocol
 from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
+from earnorm.events._celery_presence import CeleryPresence
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
@@ -95,6 +96,7 @@ class Consumer:
         poll_interval: float = 0.5,
         promote_interval: float = 0.1,
         consumer_id: str | None = None,
+        celery_events: bool = False,
     ) -> None:
         if bus is None and redis_url is None:
             raise EarnORMError("Consumer needs redis_url= or bus=")
@@ -122,6 +124,9 @@ class Consumer:
             raise EarnORMError(f"consumer_id must have no ':', ',' or spaces: "
                                f"{self.consumer_id!r}")
         self.clock = ServerClock()
+        # Celery task/worker events and remote control (``celery inspect``, Flower): optional.
+        self.celery_events = celery_events
+        self._presence: CeleryPresence | None = None
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -205,6 +210,15 @@ class Consumer:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 tg.start_soon(heartbeat.run)
+                if self.celery_events:
+                    self._presence = CeleryPresence(
+                        broker.redis, consumer_id=self.consumer_id,
+                        queue=self.config.queue_name, concurrency=self.concurrency,
+                        prefetch=self.prefetch,
+                        task_names=lambda: {h.pattern for h in self.registry.all()},
+                        on_shutdown=self.stop,
+                    )
+                    tg.start_soon(self._presence.run)
                 tg.start_soon(promote_due_forever, broker, self.promote_interval)
                 tg.start_soon(acks.run)
                 tg.start_soon(self._batch_loop)
@@ -444,6 +458,12 @@ class Consumer:
             return
         failures: decide.Failures = []
         result = None
+        presence = self._presence if not batched else None
+        if presence is not None:
+            presence.task_received(message.id, message.task, message.args, message.kwargs,
+                                   message.retries, message.headers.get("root_id"),
+                                   message.headers.get("parent_id"))
+            presence.task_started(message.id, message.task, message.args, message.kwargs)
         if now:
             started = time.perf_counter()
             failures, result = await run_handlers(now, event)
@@ -460,6 +480,8 @@ class Consumer:
                     await self._run_batch(handler, full)
         elif not failures:
             assert self._settler is not None
+            if presence is not None:
+                presence.task_finished(message.id, message.task, None, "succeeded", result)
             if self._settler.carries_on(message):  # a canvas, or results to store
                 await self._settle(field, raw, message, decide.Ack(result))
             else:  # the hot path: no outcome object, no extra await
@@ -468,6 +490,10 @@ class Consumer:
             outcome = decide.after_running(
                 message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys
             )
+            if presence is not None:
+                presence.task_finished(
+                    message.id, message.task, failures[0][1].error,
+                    "retried" if isinstance(outcome, decide.Retry) else "failed")
             await self._settle(field, raw, message, outcome)
 
     async def _settle(
