@@ -22,7 +22,7 @@ from earnorm.events._wiretypes import to_wire
 KEY_PREFIX = "celery-task-meta-"
 
 
-def success_meta(task_id: str, result: Any) -> bytes:
+def success_meta(task_id: str, result: Any, group_id: str | None = None) -> bytes:
     """
     >>> orjson.loads(success_meta("t-1", {"total": 3}))["status"]
     'SUCCESS'
@@ -30,11 +30,14 @@ def success_meta(task_id: str, result: Any) -> bytes:
     try:
         value = to_wire(result, "result", plain=False)
     except Exception as exc:  # what Celery's JSON result serializer would refuse too
-        return failure_meta(task_id, EncodeError(f"result is not JSON serializable: {exc}"))
-    return _meta(task_id, "SUCCESS", value, None)
+        return failure_meta(task_id, EncodeError(f"result is not JSON serializable: {exc}"),
+                            group_id=group_id)
+    return _meta(task_id, "SUCCESS", value, None, group_id)
 
 
-def failure_meta(task_id: str, error: BaseException, state: str = "FAILURE") -> bytes:
+def failure_meta(
+    task_id: str, error: BaseException, state: str = "FAILURE", group_id: str | None = None
+) -> bytes:
     """
     >>> meta = orjson.loads(failure_meta("t-1", ValueError("card declined")))
     >>> meta["status"], meta["result"]["exc_type"], meta["result"]["exc_message"]
@@ -46,7 +49,7 @@ def failure_meta(task_id: str, error: BaseException, state: str = "FAILURE") -> 
         "exc_module": type(error).__module__,
     }
     tb = "".join(traceback.format_exception(error)) if error.__traceback__ else None
-    return _meta(task_id, state, result, tb)
+    return _meta(task_id, state, result, tb, group_id)
 
 
 class EncodeError(Exception):
@@ -57,11 +60,16 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def _meta(task_id: str, status: str, result: Any, tb: str | None) -> bytes:
-    return orjson.dumps({
+def _meta(task_id: str, status: str, result: Any, tb: str | None,
+          group_id: str | None) -> bytes:
+    meta: dict[str, Any] = {
         "status": status, "result": result, "traceback": tb, "children": [],
-        "date_done": datetime.now(UTC).isoformat(), "task_id": task_id,
-    })
+        "date_done": datetime.now(UTC).isoformat(),
+    }
+    if group_id is not None:  # a group member: GroupResult.get() collects by it
+        meta["group_id"] = group_id
+    meta["task_id"] = task_id
+    return orjson.dumps(meta)
 
 
 class ResultBackend:

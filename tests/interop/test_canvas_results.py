@@ -221,3 +221,21 @@ async def test_a_protocol_1_message_is_dead_lettered_naming_the_protocol_with_it
 
 async def _noop(event: Event) -> None:
     return None
+
+
+def test_a_groups_results_are_collected_by_group_result_get(
+    redis_url: str, queue_name: str
+) -> None:
+    """Celery's native group join only works from the client's main thread (with a Celery
+    worker too), so the consumer runs in its own process here."""
+    from celery import group
+
+    from tests.processes import consumer_process
+
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    with consumer_process(redis_url, queue_name, app="tests.interop.result_app",
+                          args=("--result-backend", redis_url)):
+        result = group(app.signature("results.add", args=[i]) for i in range(5)).apply_async()
+        values = result.get(timeout=20)
+    app.close()
+    assert values == [0, 2, 4, 6, 8]

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                         default=env("EARNORM_ALLOW_EVICTION", "") in ("1", "true", "yes"),
                         help="run even if Redis's maxmemory-policy may evict queued events "
                              "[EARNORM_ALLOW_EVICTION=1]")
+    parser.add_argument("--result-backend", default=env("EARNORM_RESULT_BACKEND"),
+                        help="redis:// URL: store handlers' results for Celery clients' "
+                             "AsyncResult.get() [EARNORM_RESULT_BACKEND]")
     parser.add_argument("--celery-events", action="store_true",
                         default=env("EARNORM_CELERY_EVENTS", "") in ("1", "true", "yes"),
                         help="be seen as a Celery worker: send Celery's task and worker events "
@@ -98,6 +101,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "max_message_bytes": args.max_message_bytes,
         "celery_visibility_timeout": args.celery_visibility_timeout,
         "allow_eviction": args.allow_eviction,
+        "result_backend": args.result_backend or None,
     })
     url = args.redis_uri
     if not url:

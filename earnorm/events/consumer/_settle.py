@@ -102,7 +102,8 @@ class Settler:
         self._forget(field)
 
     async def _succeeded(self, field: int, message: protocol.Message, result: Any) -> None:
-        await self._store_result(message, lambda: result_meta.success_meta(message.id, result))
+        await self._store_result(message, lambda: result_meta.success_meta(
+            message.id, result, _group(message)))
         pushes = self._follow_ups(message, lambda q: canvas.on_success(message, result, q))
         if not pushes:
             self.ack_handled(field)
@@ -171,7 +172,8 @@ class Settler:
         pushes: list[tuple[str, bytes]] = []
         if message is not None and outcome.reason in _TASK_FAILURES:
             error = failures[0].error if failures else _NotRegistered(outcome.detail)
-            await self._store_result(message, lambda: result_meta.failure_meta(message.id, error))
+            await self._store_result(message, lambda: result_meta.failure_meta(
+                message.id, error, group_id=_group(message)))
             if outcome.reason is FailureReason.HANDLER_ERROR:
                 pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
         ours = await until_done("settle", lambda: broker.settle(
@@ -181,3 +183,8 @@ class Settler:
             self.failed += 1
             self.retried += retry is not None
         return ours
+
+
+def _group(message: protocol.Message) -> str | None:
+    group = message.headers.get("group")
+    return group if isinstance(group, str) else None
