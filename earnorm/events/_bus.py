@@ -410,6 +410,8 @@ class EventBus:
             "ready": snap["ready"],
             "ready_total": sum(snap["ready"].values()),
             "delayed": snap["delayed"],
+            "next_due_s": (None if snap["next_delayed_ms"] is None
+                           else round(max(snap["next_delayed_ms"] - now_ms, 0.0) / 1000, 3)),
             "inflight": snap["inflight"],
             "failed": snap["failed"],
             "counters": counters,

@@ -24,7 +24,6 @@ import logging
 import os
 import platform
 import resource
-import socket
 import time
 import uuid
 from collections import Counter
@@ -71,13 +70,13 @@ class CeleryPresence:
     """One consumer as one Celery worker node: its events, and answers to remote control."""
 
     def __init__(
-        self, redis: Redis, *, consumer_id: str, queue: str, concurrency: int, prefetch: int,
+        self, redis: Redis, *, node_name: str, queue: str, concurrency: int, prefetch: int,
         task_names: Callable[[], Iterable[str]], on_shutdown: Callable[[], None],
     ) -> None:
         self.redis = redis
         db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
         self._prefix = f"/{db}."
-        self.hostname = f"earnorm-{consumer_id}@{socket.gethostname()}"
+        self.hostname = node_name
         self.queue = queue
         self.concurrency = concurrency
         self.prefetch = prefetch

@@ -7,6 +7,7 @@
     python -m earnorm.events failed show JOB_ID
     python -m earnorm.events failed retry (JOB_ID | --all [--event NAME])
     python -m earnorm.events failed remove (JOB_ID | --all [--event NAME])
+    python -m earnorm.events health [--json]   # exit 0 ok, 1 degraded, 2 down
     python -m earnorm.events local-redis [--port 6379]   # a private server for development
 
 Every command takes ``--redis-uri`` (``EARNORM_REDIS_URI`` / ``REDIS_URL``), ``--queue``
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     stats.add_argument("--count", type=int, default=None,
                        help="with --watch: stop after this many refreshes")
+
+    commands.add_parser(
+        "health", parents=[common],
+        help="ok / degraded / down, as exit code 0 / 1 / 2 (with --json, the reasons)")
 
     local = commands.add_parser(
         "local-redis", help="run a private Redis-compatible server on 127.0.0.1 until Ctrl-C "
@@ -215,6 +220,39 @@ async def _stats(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
     return OK
 
 
+HEALTH_OK, HEALTH_DEGRADED, HEALTH_DOWN = 0, 1, 2
+
+
+def health_of(stats: QueueStats) -> tuple[int, list[str]]:
+    """(exit code, reasons): ok when a live consumer serves the queue; degraded when events
+    wait with no live consumer, a consumer is late or dead, or Redis may evict or lost data."""
+    reasons: list[str] = []
+    alive = [c for c in stats["consumers"] if c["status"] == "alive"]
+    waiting = stats["ready_total"] + stats["recovered"]
+    if waiting and not alive:
+        reasons.append(f"{waiting} event(s) waiting and no live consumer")
+    reasons += [f"consumer {c['id']} is {c['status']}" for c in stats["consumers"]
+                if c["status"] != "alive"]
+    if stats["server"]["may_evict"]:
+        reasons.append(f"Redis maxmemory-policy {stats['server']['maxmemory_policy']} may "
+                       "evict queued events")
+    if stats["counters_reset_by_restart"]:
+        reasons.append("Redis restarted and lost its data")
+    return (HEALTH_DEGRADED if reasons else HEALTH_OK), reasons
+
+
+async def _health(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
+    stats = await bus.stats()
+    code, reasons = health_of(stats)
+    state = "ok" if code == HEALTH_OK else "degraded"
+    alive = sum(c["status"] == "alive" for c in stats["consumers"])
+    human = f"{state}: queue {stats['queue']}, {alive} live consumer(s)" + "".join(
+        f"\n  - {r}" for r in reasons)
+    _emit(out, args, {"status": state, "reasons": reasons, "queue": stats["queue"],
+                      "live_consumers": alive}, human)
+    return code
+
+
 def _never_seen(stats: QueueStats, args: argparse.Namespace) -> str:
     return (f"queue {stats['queue']!r} has never been seen on {mask_url(args.redis_uri)}: "
             "none of its keys exist (check --queue / EARNORM_QUEUE)")
@@ -260,6 +298,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         if args.command == "stats":
             return await _stats(bus, args, out)
+        if args.command == "health":
+            return await _health(bus, args, out)
         return await _failed(bus, args, out)
     finally:
         await bus.close()
@@ -281,8 +321,11 @@ def _local_redis(port: int, out: TextIO) -> int:
     return OK
 
 
-def _unreachable(why: str, started: float) -> int:
+def _unreachable(why: str, started: float, args: argparse.Namespace, out: TextIO) -> int:
     print(f"error: {why} (after {time.monotonic() - started:.1f}s)", file=sys.stderr)
+    if args.command == "health":
+        _emit(out, args, {"status": "down", "reasons": [why]}, f"down: {why}")
+        return HEALTH_DOWN
     return UNREACHABLE
 
 
@@ -312,9 +355,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return NOT_FOUND
     except BrokerConnectionError as exc:
-        return _unreachable(str(exc), started)
+        return _unreachable(str(exc), started, args, out)
     except TRANSIENT_ERRORS as exc:
-        return _unreachable(f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}", started)
+        return _unreachable(f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}", started,
+                            args, out)
     except EarnORMError as exc:  # e.g. a job whose message is undecodable cannot be retried
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED

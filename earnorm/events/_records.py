@@ -104,6 +104,7 @@ class QueueStats(TypedDict):
     ready: dict[int, int]
     ready_total: int
     delayed: int
+    next_due_s: float | None  # seconds until the next delayed event is due (None: none)
     inflight: int
     failed: int
     counters: Counters

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="be seen as a Celery worker: send Celery's task and worker events "
                              "and answer remote control (celery inspect, Flower) "
                              "[EARNORM_CELERY_EVENTS=1]")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(env("EARNORM_METRICS_PORT", "0")) or None,
+                        help="serve /metrics (Prometheus, celery-exporter's names), /healthz "
+                             "and /readyz on this port [EARNORM_METRICS_PORT]")
+    parser.add_argument("--metrics-host", default=env("EARNORM_METRICS_HOST", "127.0.0.1"),
+                        help="address for --metrics-port (default: 127.0.0.1)")
     parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
     return parser
 
@@ -110,7 +116,8 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("no Redis URL configured: started a local server at %s", url)
     consumer = Consumer(url, config=config, registry=default_registry,
                         concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout,
-                        celery_events=args.celery_events)
+                        celery_events=args.celery_events, metrics_port=args.metrics_port,
+                        metrics_host=args.metrics_host)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, consumer.stop)

@@ -38,6 +38,7 @@ from earnorm._errors import (
     MessageDecodeError,
     UnsupportedProtocol,
 )
+from earnorm.events import _http as http
 from earnorm.events import _protocol as protocol
 from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
@@ -46,6 +47,7 @@ from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events._keys import Keys
+from earnorm.events._metrics import Metrics
 from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._redis_url import mask_url, open_redis
 from earnorm.events._results import ResultBackend
@@ -55,6 +57,7 @@ from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
 from earnorm.events.consumer._fetcher import Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
+from earnorm.events.consumer._observe import TaskEvents
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._settle import Settler
@@ -97,6 +100,9 @@ class Consumer:
         promote_interval: float = 0.1,
         consumer_id: str | None = None,
         celery_events: bool = False,
+        metrics: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if bus is None and redis_url is None:
             raise EarnORMError("Consumer needs redis_url= or bus=")
@@ -127,6 +133,12 @@ class Consumer:
         # Celery task/worker events and remote control (``celery inspect``, Flower): optional.
         self.celery_events = celery_events
         self._presence: CeleryPresence | None = None
+        # Prometheus metrics (celery-exporter's names), and /metrics, /healthz, /readyz.
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self._metrics = Metrics(self.config.queue_name, self.node_name) if (
+            metrics or metrics_port is not None) else None
+        self._events: TaskEvents | None = None
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -148,6 +160,11 @@ class Consumer:
         self._started_ms = time.time() * 1000
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def node_name(self) -> str:
+        """This consumer as a Celery node: ``earnorm-<consumer id>@<host>``."""
+        return f"earnorm-{self.consumer_id}@{socket.gethostname()}"
 
     @property
     def bus(self) -> EventBus:
@@ -212,13 +229,20 @@ class Consumer:
                 tg.start_soon(heartbeat.run)
                 if self.celery_events:
                     self._presence = CeleryPresence(
-                        broker.redis, consumer_id=self.consumer_id,
+                        broker.redis, node_name=self.node_name,
                         queue=self.config.queue_name, concurrency=self.concurrency,
                         prefetch=self.prefetch,
                         task_names=lambda: {h.pattern for h in self.registry.all()},
                         on_shutdown=self.stop,
                     )
                     tg.start_soon(self._presence.run)
+                if self._presence is not None or self._metrics is not None:
+                    self._events = TaskEvents(self._presence, self._metrics)
+                if self._metrics is not None:
+                    tg.start_soon(self._refresh_metrics)
+                if self.metrics_port is not None:
+                    tg.start_soon(http.serve, self.http_routes(), self.metrics_host,
+                                  self.metrics_port)
                 tg.start_soon(promote_due_forever, broker, self.promote_interval)
                 tg.start_soon(acks.run)
                 tg.start_soon(self._batch_loop)
@@ -458,12 +482,9 @@ class Consumer:
             return
         failures: decide.Failures = []
         result = None
-        presence = self._presence if not batched else None
-        if presence is not None:
-            presence.task_received(message.id, message.task, message.args, message.kwargs,
-                                   message.retries, message.headers.get("root_id"),
-                                   message.headers.get("parent_id"))
-            presence.task_started(message.id, message.task, message.args, message.kwargs)
+        events = self._events if not batched else None
+        if events is not None:
+            events.started(message)
         if now:
             started = time.perf_counter()
             failures, result = await run_handlers(now, event)
@@ -480,8 +501,8 @@ class Consumer:
                     await self._run_batch(handler, full)
         elif not failures:
             assert self._settler is not None
-            if presence is not None:
-                presence.task_finished(message.id, message.task, None, "succeeded", result)
+            if events is not None:
+                events.finished(message, "succeeded", result=result)
             if self._settler.carries_on(message):  # a canvas, or results to store
                 await self._settle(field, raw, message, decide.Ack(result))
             else:  # the hot path: no outcome object, no extra await
@@ -490,17 +511,88 @@ class Consumer:
             outcome = decide.after_running(
                 message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys
             )
-            if presence is not None:
-                presence.task_finished(
-                    message.id, message.task, failures[0][1].error,
-                    "retried" if isinstance(outcome, decide.Retry) else "failed")
+            if events is not None:
+                events.finished(message, "retried" if isinstance(outcome, decide.Retry)
+                                else "failed", failures[0][1].error)
             await self._settle(field, raw, message, outcome)
 
     async def _settle(
         self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
     ) -> None:
         assert self._settler is not None
+        if self._events is not None and isinstance(outcome, decide.DeadLetter):
+            if outcome.reason is not FailureReason.HANDLER_ERROR:
+                self._events.rejected(message.task if message else outcome.name)
+            if self._metrics is not None:
+                self._metrics.dead_lettered(str(outcome.reason))
         await self._settler.apply(field, raw, message, outcome)
+
+    # ------------------------------------------------------------------ metrics and health
+
+    def http_routes(self) -> dict[str, http.Route]:
+        """``/healthz`` (alive, Redis reachable), ``/readyz`` (consuming), and ``/metrics``
+        when metrics are on."""
+        routes: dict[str, http.Route] = {"/healthz": self._healthz, "/readyz": self._readyz}
+        if self._metrics is not None:
+            routes["/metrics"] = self._metrics_page
+        return routes
+
+    def asgi_app(self) -> Any:
+        """The same endpoints as an ASGI app, to mount in FastAPI/Starlette::
+
+            app.mount("/consumer", consumer.asgi_app())
+        """
+        return http.asgi_app(self.http_routes())
+
+    async def _healthz(self) -> http.Response:
+        try:
+            with anyio.fail_after(1):
+                assert self._broker is not None
+                await self._broker.redis.ping()
+        except Exception as exc:
+            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
+        return 200, "text/plain", b"ok\n"
+
+    async def _readyz(self) -> http.Response:
+        """Ready while the fetch loop makes progress, or there is nothing to fetch: a consumer
+        that stays connected but stopped consuming (celery#8030) is not ready."""
+        fetcher, broker = self._fetcher, self._broker
+        if not self._started.is_set() or fetcher is None or broker is None:
+            return 503, "text/plain", b"not started\n"
+        idle = time.monotonic() - fetcher.last_progress
+        if idle <= self.ready_window:
+            return 200, "text/plain", b"consuming\n"
+        try:
+            with anyio.fail_after(1):
+                waiting = sum([await broker.redis.llen(key) for key in broker.keys.ready])
+        except Exception as exc:
+            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
+        if waiting == 0:
+            return 200, "text/plain", b"idle: nothing to consume\n"
+        return 503, "text/plain", (f"not consuming: no fetch for {idle:.1f}s with {waiting} "
+                                   "message(s) waiting\n").encode()
+
+    @property
+    def ready_window(self) -> float:
+        return max(5.0, 4 * self.poll_interval)
+
+    async def _metrics_page(self) -> http.Response:
+        assert self._metrics is not None
+        body, content_type = self._metrics.generate()
+        return 200, content_type, body
+
+    async def _refresh_metrics(self) -> None:
+        """Queue-wide gauges from Redis, on the heartbeat's rhythm."""
+        assert self._metrics is not None
+        metrics = self._metrics
+        while True:
+            try:
+                stats = await self.bus.stats()
+                metrics.refresh(stats, {c["id"]: f"earnorm-{c['id']}@{c['host']}"
+                                        for c in stats["consumers"]})
+            except RETRYABLE_ERRORS:
+                pass
+            await anyio.sleep(self.config.heartbeat_interval)
 
     # Counters of this consumer's run (the queue-wide ones are in ``stats()``).
 

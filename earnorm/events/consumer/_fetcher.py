@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import anyio
@@ -60,6 +61,7 @@ class Fetcher:
         self._redelivery_done = asyncio.Event()
         self._redelivery_done.set()
         self._scope: anyio.CancelScope | None = None
+        self.last_progress = time.monotonic()  # the last fetch that got through (readyz)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -138,6 +140,7 @@ class Fetcher:
                 if scope.cancelled_caught:
                     break
                 backoff.reset()
+                self.last_progress = time.monotonic()
             except RETRYABLE_ERRORS as exc:
                 self._orphans_possible = True
                 await backoff.wait(exc)

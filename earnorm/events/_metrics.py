@@ -1,0 +1,110 @@
+"""Prometheus metrics for a consumer, named and labelled like celery-exporter's, so its Grafana
+dashboards and alerts work unchanged (``prometheus-client``, the ``metrics`` extra).
+
+Per-consumer counters come from this process: ``celery_task_{received,started,succeeded,failed,
+retried,rejected}_total`` and ``celery_task_sent_total`` (canvas follow-ups it published),
+labelled ``name``, ``hostname``, ``queue_name`` (and ``exception`` on failed), and the
+``celery_task_runtime`` histogram in seconds. Queue-wide gauges come from Redis, refreshed on
+every heartbeat, so every consumer reports the same truth: ``celery_queue_length``,
+``celery_worker_up`` and ``celery_worker_tasks_active`` per consumer, and EarnORM's own
+``earnorm_failed_jobs``, ``earnorm_delayed``, ``earnorm_next_due_seconds``,
+``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
+process's ``earnorm_dead_letters_total{reason}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from earnorm._errors import ConfigError
+from earnorm.events._records import QueueStats
+
+_TASK_LABELS = ("name", "hostname", "queue_name")
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigError(
+            "metrics need prometheus-client: pip install 'earnorm[metrics]'"
+        ) from None
+    return prometheus_client
+
+
+class Metrics:
+    """One consumer's metrics in their own registry (``generate()`` renders them)."""
+
+    def __init__(self, queue: str, hostname: str) -> None:
+        prom = _prometheus()
+        self.queue = queue
+        self.hostname = hostname
+        self.registry = registry = prom.CollectorRegistry()
+        counter, gauge = prom.Counter, prom.Gauge
+        self.counters = {
+            kind: counter(f"celery_task_{kind}", f"Tasks {kind} (celery-exporter's name).",
+                          _TASK_LABELS, registry=registry)
+            for kind in ("sent", "received", "started", "succeeded", "retried", "rejected")
+        }
+        self.failed = counter("celery_task_failed", "Tasks failed for good.",
+                              (*_TASK_LABELS, "exception"), registry=registry)
+        self.runtime = prom.Histogram("celery_task_runtime", "Task runtime in seconds.",
+                                      _TASK_LABELS, registry=registry)
+        self.dead_letters = counter("earnorm_dead_letters", "Messages this consumer moved to "
+                                    "the failed store, by reason.", ("queue_name", "reason"),
+                                    registry=registry)
+        self.queue_length = gauge("celery_queue_length", "Messages waiting in the queue's "
+                                  "ready lists.", ("queue_name",), registry=registry)
+        self.worker_up = gauge("celery_worker_up", "1 while a consumer heartbeats.",
+                               ("hostname",), registry=registry)
+        self.tasks_active = gauge("celery_worker_tasks_active", "Tasks a consumer is running.",
+                                  ("hostname",), registry=registry)
+        self.gauges = {
+            name: gauge(name, help_text, ("queue_name",), registry=registry)
+            for name, help_text in (
+                ("earnorm_failed_jobs", "Jobs in the failed (dead-letter) store."),
+                ("earnorm_delayed", "Delayed events and retries waiting."),
+                ("earnorm_next_due_seconds", "Seconds until the next delayed event is due."),
+                ("earnorm_inflight", "Messages held by consumers, not yet acked."),
+                ("earnorm_recovered_waiting", "Messages taken back from dead consumers, "
+                                              "waiting to run."),
+                ("earnorm_celery_unacked", "Entries in Celery's unacked store."),
+            )
+        }
+
+    def task(self, kind: str, name: str) -> None:
+        self.counters[kind].labels(name, self.hostname, self.queue).inc()
+
+    def task_failed(self, name: str, error: BaseException | None) -> None:
+        exception = type(error).__name__ if error is not None else ""
+        self.failed.labels(name, self.hostname, self.queue, exception).inc()
+
+    def observe_runtime(self, name: str, seconds: float) -> None:
+        self.runtime.labels(name, self.hostname, self.queue).observe(seconds)
+
+    def dead_lettered(self, reason: str) -> None:
+        self.dead_letters.labels(self.queue, reason).inc()
+
+    def refresh(self, stats: QueueStats, node_of: dict[str, str]) -> None:
+        """Set the queue-wide gauges from a ``stats()`` snapshot; ``node_of`` maps consumer
+        ids to their node names (hostname labels)."""
+        q = self.queue
+        self.queue_length.labels(q).set(stats["ready_total"])
+        for consumer in stats["consumers"]:
+            node = node_of.get(consumer["id"], consumer["id"])
+            self.worker_up.labels(node).set(1 if consumer["status"] == "alive" else 0)
+            self.tasks_active.labels(node).set(consumer["running"] or 0)
+        next_due = stats.get("next_due_s")
+        values = {
+            "earnorm_failed_jobs": stats["failed"], "earnorm_delayed": stats["delayed"],
+            "earnorm_inflight": stats["inflight"], "earnorm_recovered_waiting":
+            stats["recovered"], "earnorm_celery_unacked": stats["celery_unacked"],
+            "earnorm_next_due_seconds": next_due if isinstance(next_due, (int, float)) else 0,
+        }
+        for name, value in values.items():
+            self.gauges[name].labels(q).set(value)
+
+    def generate(self) -> tuple[bytes, str]:
+        """The text exposition and its content type."""
+        prom = _prometheus()
+        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
