@@ -22,6 +22,7 @@ from earnorm._errors import (
     PublishError,
 )
 from earnorm.events import _protocol as protocol
+from earnorm.events import _tracing as tracing
 from earnorm.events._broker import TRANSIENT_ERRORS, Broker
 from earnorm.events._clock import ServerClock
 from earnorm.events._event import Event
@@ -161,9 +162,19 @@ class EventBus:
         delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
         header. ``headers`` are added to the message's top-level headers (``traceparent``, a
         tenant, ...) and reach handlers as ``event.headers``. Returns the job id (the event
-        id)."""
+        id). With OpenTelemetry configured, a PRODUCER span ``apply_async/<name>`` wraps it
+        and its context travels in the headers (as opentelemetry-instrumentation-celery does)."""
         if headers:
             event = dataclasses.replace(event, headers={**event.headers, **headers})
+        active = tracing.tracer()
+        if active is not None:
+            with tracing.producer_span(active, event.name, event.id,
+                                       self.config.queue_name) as span:
+                traced = dataclasses.replace(event, headers=tracing.inject(event.headers, span))
+                return await self._publish(traced, delay, priority)
+        return await self._publish(event, delay, priority)
+
+    async def _publish(self, event: Event, delay: Delay, priority: int) -> str:
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
         if due_ms is not None:
             await self._with_retries(self.broker.schedule, raw, index, due_ms)
@@ -185,6 +196,19 @@ class EventBus:
         events = list(events)
         if headers:
             events = [dataclasses.replace(e, headers={**e.headers, **headers}) for e in events]
+        active = tracing.tracer()
+        if active is not None and events:
+            with tracing.producer_span(active, events[0].name, events[0].id,
+                                       self.config.queue_name) as span:
+                span.set_attribute("messaging.batch.message_count", len(events))
+                events = [dataclasses.replace(e, headers=tracing.inject(e.headers, span))
+                          for e in events]
+                return await self._publish_batch(events, delay_s, priority)
+        return await self._publish_batch(events, delay_s, priority)
+
+    async def _publish_batch(
+        self, events: list[Event], delay_s: float | None, priority: int
+    ) -> list[str]:
         items = [self._encode(event, delay_s, priority) for event in events]
         if items:
             await self._with_retries(self.broker.push_many, items)

@@ -46,6 +46,27 @@ def make_app(redis_url: str, queue: str) -> Celery:
     return app
 
 
+def _current_trace() -> dict[str, str] | None:
+    """With INTEROP_OTEL=1 the worker runs opentelemetry-instrumentation-celery: the trace and
+    parent span of the task's ``run/<name>`` span, as hex."""
+    if os.environ.get("INTEROP_OTEL") != "1":
+        return None
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    parent = getattr(span, "parent", None)
+    return {"trace_id": f"{span.get_span_context().trace_id:032x}",
+            "parent_span_id": f"{parent.span_id:016x}" if parent else ""}
+
+
+if os.environ.get("INTEROP_OTEL") == "1":
+    from opentelemetry import trace as _trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    _trace.set_tracer_provider(TracerProvider())
+    CeleryInstrumentor().instrument()
+
 REDIS_URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("INTEROP_QUEUE", "interop")
 app = make_app(REDIS_URL, QUEUE)
@@ -66,6 +87,7 @@ def _record(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         "eta": request.eta,
         "expires": request.expires,
         "priority": (request.delivery_info or {}).get("priority"),
+        "trace": _current_trace(),
         "hostname": request.hostname,
         "pid": os.getpid(),
         "ran_at": time.time(),

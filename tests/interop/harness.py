@@ -70,7 +70,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def celery_worker(
     redis_url: str, queue: str, *, pool: str = "solo", concurrency: int = 1,
-    timeout: float = 60.0, prefetch_multiplier: int = 1,
+    timeout: float = 60.0, prefetch_multiplier: int = 1, env: dict[str, str] | None = None,
 ) -> Iterator[CeleryWorker]:
     """A ``celery worker`` on ``queue``; yields once its ``worker_ready`` signal has fired."""
     client = redis.Redis.from_url(redis_url)
@@ -83,6 +83,7 @@ def celery_worker(
         "INTEROP_REDIS_URL": redis_url,
         "INTEROP_QUEUE": queue,
         "PYTHONPATH": str(ROOT),
+        **(env or {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.interop.celery_app", "worker",

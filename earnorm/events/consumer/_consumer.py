@@ -40,6 +40,7 @@ from earnorm._errors import (
 )
 from earnorm.events import _http as http
 from earnorm.events import _protocol as protocol
+from earnorm.events import _tracing as tracing
 from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
 from earnorm.events._celery_presence import CeleryPresence
@@ -139,6 +140,8 @@ class Consumer:
         self._metrics = Metrics(self.config.queue_name, self.node_name) if (
             metrics or metrics_port is not None) else None
         self._events: TaskEvents | None = None
+        # OpenTelemetry: on when installed and a tracer provider is configured at start.
+        self._tracing = False
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -220,6 +223,7 @@ class Consumer:
         except BaseException:
             await self._close_connection()
             raise
+        self._tracing = tracing.tracer() is not None
         try:
             self._log_startup()
             if self._stop_requested:
@@ -485,10 +489,25 @@ class Consumer:
         events = self._events if not batched else None
         if events is not None:
             events.started(message)
+        span = None
+        active = tracing.tracer() if self._tracing else None
+        if active is not None:
+            span = tracing.consumer_span(active, message.task, message.id, message.headers,
+                                         message.properties, self.config.queue_name,
+                                         message.retries)
         if now:
             started = time.perf_counter()
-            failures, result = await run_handlers(now, event)
+            if span is None:
+                failures, result = await run_handlers(now, event)
+            else:
+                with tracing.current(span):
+                    failures, result = await run_handlers(now, event)
             self._timings.record(time.perf_counter() - started)
+        if span is not None:
+            for _, failure in failures:
+                tracing.failed(span, failure.error, retrying=message.retries < (
+                    self.config.retry_policy.max_retries))
+            span.end()
         if batched and redelivery is not None and redelivery.alone:  # no wait in a batch
             item = PendingEvent(field, raw, message, event, failures, len(batched))
             for handler in batched:
