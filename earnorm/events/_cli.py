@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         "health", parents=[common],
         help="ok / degraded / down, as exit code 0 / 1 / 2 (with --json, the reasons)")
 
+    dashboard = commands.add_parser(
+        "dashboard", parents=[common],
+        help="the web dashboard (needs the dashboard extra); off loopback it requires "
+             "EARNORM_DASHBOARD_TOKEN")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--host", default="127.0.0.1")
+
     local = commands.add_parser(
         "local-redis", help="run a private Redis-compatible server on 127.0.0.1 until Ctrl-C "
                             "(the embedded extra's valkey-server, or one on PATH)")
@@ -305,6 +312,38 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await bus.close()
 
 
+def _dashboard(args: argparse.Namespace, out: TextIO) -> int:
+    from earnorm.events._dashboard import check_binding, dashboard_app
+
+    token = os.environ.get("EARNORM_DASHBOARD_TOKEN") or None
+    try:
+        check_binding(args.host, token)
+        import uvicorn
+    except (EarnORMError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+
+    async def serve() -> None:
+        bus = await EventBus.connect(args.redis_uri, queue_name=args.queue)
+        config = uvicorn.Config(dashboard_app(bus, token=token), host=args.host,
+                                port=args.port, log_level="warning")
+        print(f"dashboard for queue {args.queue} on http://{args.host}:{args.port}/",
+              file=out, flush=True)
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except BrokerConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    return OK
+
+
 def _local_redis(port: int, out: TextIO) -> int:
     try:
         server = start_local_redis(port)
@@ -341,6 +380,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             setattr(args, key, value)
     if args.command == "local-redis":
         return _local_redis(args.port, out)
+    if args.command == "dashboard" and args.redis_uri:
+        return _dashboard(args, out)
     if not args.redis_uri:
         print("error: no Redis URL: give --redis-uri or set EARNORM_REDIS_URI (or REDIS_URL)",
               file=sys.stderr)

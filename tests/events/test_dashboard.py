@@ -1,0 +1,162 @@
+"""The dashboard: its JSON API and its security (token, CSRF, escaping), and the page in a real
+browser (Debian's Chromium driven by Playwright, no browser download): it shows a failed job,
+retries it on a click, and the job disappears while the handler runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+
+from earnorm import ConfigError, Consumer, Event, EventBus, HandlerRegistry
+from earnorm.events._dashboard import check_binding, dashboard_app
+from earnorm.events._embedded import free_port
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+TOKEN = "s3cret-dashboard-token"
+XSS = "<script>window.pwned = true</script>"
+
+
+async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task[None]]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    await wait_until(lambda: server.started, 10, message="the dashboard serving")
+    return f"http://127.0.0.1:{port}", server, task
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue_name: str) -> AsyncIterator[EventBus]:
+    bus = await EventBus.connect(redis_url, {"queue_name": queue_name,
+                                             "retry_policy": {"max_retries": 0}})
+    yield bus
+    await bus.close()
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
+            ) -> tuple[int, Any]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            body = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read().decode(), exc.code
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def test_off_loopback_needs_a_token() -> None:
+    with pytest.raises(ConfigError, match="EARNORM_DASHBOARD_TOKEN"):
+        check_binding("0.0.0.0", None)
+    check_binding("0.0.0.0", TOKEN)
+    check_binding("127.0.0.1", None)
+
+
+async def test_the_api_requires_the_token_and_actions_require_csrf(bus: EventBus) -> None:
+    failing = HandlerRegistry()
+
+    async def fail(event: Event) -> None:
+        raise ValueError("declined")
+
+    failing.register("dash.fail", fail)
+    async with Consumer(bus=bus, registry=failing) as consumer:
+        job = await bus.publish(Event(name="dash.fail", data={"n": 1}))
+        await wait_until(lambda: consumer.failed == 1, 10)
+    base, server, task = await serve(dashboard_app(bus, token=TOKEN))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        def calls() -> list[tuple[int, Any]]:
+            return [
+                request(f"{base}/api/queues"),
+                request(f"{base}/api/queues", headers={"Authorization": "Bearer wrong"}),
+                request(f"{base}/api/failed", headers=bearer),
+                request(f"{base}/api/failed/{job}/retry", "POST",
+                        headers={"Cookie": f"earnorm_session={TOKEN}"}),  # no CSRF header
+                request(f"{base}/api/failed/{job}/retry", "GET", headers=bearer),
+                request(f"{base}/api/failed/{job}", "DELETE", headers=bearer),
+                request(f"{base}/api/failed/{job}", headers=bearer),
+            ]
+
+        results = await anyio.to_thread.run_sync(calls)
+    finally:
+        server.should_exit = True
+        await task
+    no_token, wrong, listed, no_csrf, get_action, deleted, gone = results
+    assert no_token[0] == 401 and wrong[0] == 401
+    assert listed[0] == 200 and [j["job_id"] for j in listed[1]] == [job]
+    assert no_csrf == (403, {"error": "missing or wrong X-CSRF-Token"})
+    assert get_action[0] == 405, "an action is never a GET"
+    assert deleted == (200, {"removed": job})
+    assert gone[0] == 404
+
+
+async def test_the_page_in_a_real_browser_retries_a_failed_job_and_escapes_its_data(
+    bus: EventBus, queue_name: str
+) -> None:
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
+        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    from playwright.async_api import async_playwright
+
+    healed = anyio.Event()
+    ran: list[str] = []
+    registry = HandlerRegistry()
+
+    async def flaky(event: Event) -> None:
+        if not healed.is_set():
+            raise RuntimeError("the payment service is down")
+        await anyio.sleep(0.5)  # the job is gone from the page while this runs
+        ran.append(event.id)
+
+    registry.register("dash.flaky", flaky)
+    base, server, task = await serve(dashboard_app(bus))
+    try:
+        async with Consumer(bus=bus, registry=registry) as consumer, async_playwright() as pw:
+            job = await bus.publish(Event(name="dash.flaky", data={"note": XSS}))
+            await wait_until(lambda: consumer.failed == 1, 10, message="the job failed")
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = await browser.new_page(viewport={"width": 1200, "height": 760})
+            await page.goto(base + "/")
+            await page.click("nav button[data-tab=failed]")
+            row = page.locator("#failed-rows tr", has_text=job)
+            await row.wait_for(timeout=10_000)
+            assert XSS in await row.inner_text(), "the data shows as text"
+            assert await page.evaluate("window.pwned === undefined"), "and never runs"
+            if os.environ.get("EARNORM_UPDATE_SCREENSHOTS") == "1":
+                await page.screenshot(path=str(DOCS / "dashboard-failed.png"), full_page=True)
+            healed.set()
+            await page.click(f"button[data-retry='{job}']")
+            await row.wait_for(state="detached", timeout=10_000)
+            assert ran == [], "gone from the page while the handler still runs"
+            await wait_until(lambda: ran == [job], 10, message="the retried job ran")
+            await page.click("nav button[data-tab=overview]")
+            await page.locator("#cards", has_text="Processed").wait_for(timeout=10_000)
+            if os.environ.get("EARNORM_UPDATE_SCREENSHOTS") == "1":
+                await page.screenshot(path=str(DOCS / "dashboard-queue.png"), full_page=True)
+            await browser.close()
+        assert await bus.redis.hlen(f"{queue_name}:failed") == 0
+    finally:
+        server.should_exit = True
+        await task
