@@ -9,7 +9,8 @@ every heartbeat, so every consumer reports the same truth: ``celery_queue_length
 ``celery_worker_up`` and ``celery_worker_tasks_active`` per consumer, and EarnORM's own
 ``earnorm_failed_jobs``, ``earnorm_delayed``, ``earnorm_next_due_seconds``,
 ``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
-process's ``earnorm_dead_letters_total{reason}``.
+process's ``earnorm_dead_letters_total{reason}`` (``delivery_limit``: deliveries past the
+limit) and ``earnorm_recoveries_total``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Metrics:
         self.dead_letters = counter("earnorm_dead_letters", "Messages this consumer moved to "
                                     "the failed store, by reason.", ("queue_name", "reason"),
                                     registry=registry)
+        self.recoveries = counter("earnorm_recoveries", "Messages this consumer took back from "
+                                  "consumers that died.", ("queue_name",), registry=registry)
+        self.recoveries.labels(queue)  # exported at 0 from the start: alerts see it
         self.queue_length = gauge("celery_queue_length", "Messages waiting in the queue's "
                                   "ready lists.", ("queue_name",), registry=registry)
         self.worker_up = gauge("celery_worker_up", "1 while a consumer heartbeats.",
@@ -81,6 +85,9 @@ class Metrics:
 
     def observe_runtime(self, name: str, seconds: float) -> None:
         self.runtime.labels(name, self.hostname, self.queue).observe(seconds)
+
+    def recovered(self, count: int) -> None:
+        self.recoveries.labels(self.queue).inc(count)
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(self.queue, reason).inc()

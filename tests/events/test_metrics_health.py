@@ -90,6 +90,7 @@ async def test_metrics_count_exactly_with_celery_exporter_names(
                                                    ("reason", "handler_error")))] == BAD
     assert samples[("earnorm_dead_letters_total", (("queue_name", queue_name),
                                                    ("reason", "no_handler")))] == 1
+    assert ("earnorm_recoveries_total", (("queue_name", queue_name),)) in samples
 
 
 async def test_healthz_and_readyz_answer_in_each_state(queue_name: str) -> None:

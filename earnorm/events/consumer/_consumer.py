@@ -211,7 +211,7 @@ class Consumer:
         self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget,
                                 health, results)
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
-                              health)
+                              health, self._metrics.recovered if self._metrics else None)
         try:
             await heartbeat.watch.start()  # ConfigError for a Redis that may evict our keys
             await heartbeat.once()

@@ -24,6 +24,7 @@ class Heartbeat:
     def __init__(
         self, broker: Broker, consumer_id: str, config: EventConfig, clock: ServerClock,
         summary: Callable[[float], bytes], health: RedisHealth,
+        on_recovered: Callable[[int], None] | None = None,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
@@ -32,6 +33,7 @@ class Heartbeat:
         self.health = health
         self.watch = ServerWatch(broker, config, clock)
         self._summary = summary
+        self._on_recovered = on_recovered
 
     async def once(self) -> None:
         broker = self.broker
@@ -51,6 +53,8 @@ class Heartbeat:
             moved = await broker.recover(other)
             if moved >= 0:
                 log.warning("recovered %d message(s) from dead consumer %s", moved, other)
+                if moved and self._on_recovered is not None:
+                    self._on_recovered(moved)
         restored = await broker.celery.restore_expired(now_ms / 1000)
         if restored:
             log.warning("restored %d message(s) from Celery's unacked store, older than the "
