@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis
 from earnorm.events._embedded import free_port
+from earnorm.events._protocol import encode_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -49,6 +50,7 @@ def registry() -> HandlerRegistry:
         raise ValueError("declined")
 
     registry.register("metric.ok", ok)
+    registry.register("metric.next", ok, name="next")
     registry.register("metric.bad", bad, retry_policy={"max_retries": 0})
     return registry
 
@@ -63,7 +65,12 @@ async def test_metrics_count_exactly_with_celery_exporter_names(
         await bus.publish_batch([Event(name="metric.ok") for _ in range(GOOD)])
         await bus.publish_batch([Event(name="metric.bad") for _ in range(BAD)])
         await bus.publish(Event(name="metric.unknown"))
-        await wait_until(lambda: consumer.processed == GOOD and consumer.failed == BAD + 1, 10)
+        await bus.redis.lpush(queue_name, encode_call(
+            "metric.ok", "with-a-link", [], {}, queue_name,
+            embed={"callbacks": [{"task": "metric.next", "args": [], "kwargs": {},
+                                  "options": {}, "subtask_type": None, "immutable": True}]}))
+        await wait_until(lambda: consumer.processed == GOOD + 2 and consumer.failed == BAD + 1,
+                         10)
 
         def gauges_refreshed() -> bool:
             return scrape(port).get(("earnorm_failed_jobs", (("queue_name", queue_name),))) \
@@ -78,11 +85,12 @@ async def test_metrics_count_exactly_with_celery_exporter_names(
         labels = {"name": name, "hostname": node, "queue_name": queue_name, **extra}
         return samples[(metric, tuple(sorted(labels.items())))]
 
-    assert task("metric.ok", "celery_task_received_total") == GOOD
-    assert task("metric.ok", "celery_task_started_total") == GOOD
-    assert task("metric.ok", "celery_task_succeeded_total") == GOOD
+    assert task("metric.ok", "celery_task_received_total") == GOOD + 1
+    assert task("metric.ok", "celery_task_started_total") == GOOD + 1
+    assert task("metric.ok", "celery_task_succeeded_total") == GOOD + 1
+    assert task("metric.next", "celery_task_sent_total") == 1  # the link it published
     assert task("metric.bad", "celery_task_failed_total", exception="ValueError") == BAD
-    assert task("metric.ok", "celery_task_runtime_count") == GOOD
+    assert task("metric.ok", "celery_task_runtime_count") == GOOD + 1
     assert task("metric.unknown", "celery_task_rejected_total") == 1
     assert samples[("celery_queue_length", (("queue_name", queue_name),))] == 0
     assert samples[("celery_worker_up", (("hostname", node),))] == 1

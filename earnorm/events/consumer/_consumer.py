@@ -208,8 +208,10 @@ class Consumer:
         if self.config.result_backend is not None:
             results = ResultBackend(open_redis(self.config.result_backend),
                                     self.config.result_expires)
+        metrics = self._metrics
         self._settler = Settler(broker, self.consumer_id, self.clock, acks, fetcher.forget,
-                                health, results)
+                                health, results,
+                                (lambda task: metrics.task("sent", task)) if metrics else None)
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
                               health, self._metrics.recovered if self._metrics else None)
         try:

@@ -48,8 +48,10 @@ class Settler:
         self, broker: Broker, consumer_id: str, clock: ServerClock, acks: AckBatcher,
         forget: Callable[[int], None], health: RedisHealth,
         results: ResultBackend | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> None:
         self._broker = broker
+        self._on_sent = on_sent
         self._results = results
         self._list_keys: dict[tuple[str, int], str] = {}
         self._health = health
@@ -127,6 +129,8 @@ class Settler:
         for follow_up in follow_ups:
             log.info("message %s: published %s to %s", message.id, follow_up.task,
                      follow_up.queue)
+            if self._on_sent is not None:
+                self._on_sent(follow_up.task)
         return [(self._list_key(f.queue, f.priority), f.envelope) for f in follow_ups]
 
     def _list_key(self, queue: str, priority: int) -> str:
