@@ -51,6 +51,20 @@ def on_failure(message: protocol.Message, queue: str) -> list[FollowUp]:
     return [_apply(sig, [message.id], message, queue) for sig in embed.get("errbacks") or ()]
 
 
+def chord_body(message: protocol.Message, results: list[Any], queue: str) -> FollowUp:
+    """The body of the chord ``message`` completed, called with the header's results."""
+    return _apply((message.embed or {}).get("chord"), [results], message, queue)
+
+
+def chord_of(message: protocol.Message) -> tuple[str, int] | None:
+    """(group id, index) when ``message`` is a part of a chord's header."""
+    group = message.headers.get("group")
+    if not (message.embed or {}).get("chord") or not isinstance(group, str):
+        return None
+    index = message.headers.get("group_index")
+    return group, index if isinstance(index, int) else 0
+
+
 def has_follow_ups(message: protocol.Message) -> bool:
     embed = message.embed or {}
     return any(embed.get(k) for k in ("callbacks", "chain", "errbacks"))

@@ -22,6 +22,21 @@ from earnorm.events._wiretypes import to_wire
 KEY_PREFIX = "celery-task-meta-"
 
 
+def wire_result(result: Any) -> Any:
+    """The result as JSON carries it (kombu's tags for datetime, Decimal, ...)."""
+    try:
+        return to_wire(result, "result", plain=False)
+    except Exception:
+        return repr(result)
+
+
+def exception_info(error: BaseException) -> dict[str, Any]:
+    """A failure as Celery stores it, from which it rebuilds the exception."""
+    return {"exc_type": type(error).__name__,
+            "exc_message": [_plain(a) for a in error.args],
+            "exc_module": type(error).__module__}
+
+
 def success_meta(task_id: str, result: Any, group_id: str | None = None) -> bytes:
     """
     >>> orjson.loads(success_meta("t-1", {"total": 3}))["status"]
@@ -43,11 +58,7 @@ def failure_meta(
     >>> meta["status"], meta["result"]["exc_type"], meta["result"]["exc_message"]
     ('FAILURE', 'ValueError', ['card declined'])
     """
-    result = {
-        "exc_type": type(error).__name__,
-        "exc_message": [_plain(a) for a in error.args],
-        "exc_module": type(error).__module__,
-    }
+    result = exception_info(error)
     tb = "".join(traceback.format_exception(error)) if error.__traceback__ else None
     return _meta(task_id, state, result, tb, group_id)
 

@@ -70,6 +70,9 @@ if os.environ.get("INTEROP_OTEL") == "1":
 REDIS_URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("INTEROP_QUEUE", "interop")
 app = make_app(REDIS_URL, QUEUE)
+if os.environ.get("INTEROP_RESULT_BACKEND"):  # results (and chord parts) in Redis
+    app.conf.update(result_backend=os.environ["INTEROP_RESULT_BACKEND"],
+                    task_ignore_result=False)
 _store = redis.Redis.from_url(REDIS_URL)
 
 
@@ -113,6 +116,13 @@ def retried(self: Task, data: dict[str, Any], forward_to: str | None = None) -> 
     if self.request.retries == 0:
         options = {"queue": forward_to} if forward_to else {}
         raise self.retry(countdown=1, **options)
+
+
+@app.task(name="results.add", bind=True)
+def add(self: Task, value: int) -> int:
+    """Doubles, as the EarnORM handler of the same name does: a chord's parts can be either's."""
+    _record(self, (value,), {})
+    return 2 * value
 
 
 @app.task(name="fleet.slow", bind=True)

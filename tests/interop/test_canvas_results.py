@@ -239,3 +239,55 @@ def test_a_groups_results_are_collected_by_group_result_get(
         values = result.get(timeout=20)
     app.close()
     assert values == [0, 2, 4, 6, 8]
+
+
+def test_a_chord_of_earnorm_parts_calls_its_body_with_the_results(
+    redis_url: str, queue_name: str
+) -> None:
+    """The Celery client writes the chord's size; our parts join it in the result backend, the
+    last one publishes the body; chord.get() returns the body's result. A failed part fails the
+    body with ChordError, as Celery does."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT, consumer_process
+
+    with consumer_process(redis_url, queue_name, app="tests.interop.result_app",
+                          args=("--result-backend", redis_url)):
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.interop.chord_client", redis_url, queue_name],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["value"] == 0 + 2 + 4 + 6
+    assert seen["raised"] == "ValueError: odd 1"
+    assert seen["body_status"] == "FAILURE"
+    assert seen["body_error"].startswith("ChordError: Dependency")
+    assert "odd 1" in seen["body_error"]
+
+
+def test_a_chord_split_between_a_celery_worker_and_our_consumer_completes(
+    redis_url: str, queue_name: str
+) -> None:
+    """Both join the same chord keys in the result backend; whoever finishes last calls the
+    body."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.interop.harness import celery_worker
+    from tests.processes import ROOT, consumer_process
+
+    celery_queue = f"{queue_name}:celery"
+    with celery_worker(redis_url, celery_queue,
+                       env={"INTEROP_RESULT_BACKEND": redis_url}) as worker, \
+            consumer_process(redis_url, queue_name, app="tests.interop.result_app",
+                             args=("--result-backend", redis_url)):
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.interop.chord_client", redis_url, queue_name,
+             celery_queue], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        celery_parts = sorted(r["args_repr"] for r in worker.records())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"value": 0 + 2 + 4 + 6}
+    assert celery_parts == ["[0]", "[1]"], "two parts ran on the Celery worker"

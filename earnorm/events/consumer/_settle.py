@@ -18,6 +18,7 @@ from earnorm.events import _canvas as canvas
 from earnorm.events import _protocol as protocol
 from earnorm.events import _results as result_meta
 from earnorm.events._broker import Broker
+from earnorm.events._chords import ChordJoin, Completed
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason, failure_record
 from earnorm.events._keys import Keys
@@ -30,6 +31,14 @@ log = logging.getLogger("earnorm.consumer")
 
 # Failures a Celery client waiting on the result hears of: the task raised, or no worker had it.
 _TASK_FAILURES = frozenset({FailureReason.HANDLER_ERROR, FailureReason.NO_HANDLER})
+
+
+class _ChordError(Exception):
+    """``celery.exceptions.ChordError``: a part of the chord's header failed."""
+
+
+_ChordError.__name__ = _ChordError.__qualname__ = "ChordError"
+_ChordError.__module__ = "celery.exceptions"
 
 
 class _NotRegistered(KeyError):
@@ -51,6 +60,7 @@ class Settler:
         on_sent: Callable[[str], None] | None = None,
     ) -> None:
         self._broker = broker
+        self._chords = ChordJoin(results.redis, results.expires) if results else None
         self._on_sent = on_sent
         self._results = results
         self._list_keys: dict[tuple[str, int], str] = {}
@@ -107,13 +117,53 @@ class Settler:
         await self._store_result(message, lambda: result_meta.success_meta(
             message.id, result, _group(message)))
         pushes = self._follow_ups(message, lambda q: canvas.on_success(message, result, q))
+        chord = await self._chord_part(message, "SUCCESS", result_meta.wire_result(result))
+        if chord is not None:
+            pushes += chord[1]
         if not pushes:
             self.ack_handled(field)
-            return
-        ours = await until_done("settle", lambda: self._broker.settle(
-            self.consumer_id, field, pushes=pushes, count_processed=True), self._health)
-        self.processed += ours
-        self._forget(field)
+        else:
+            ours = await until_done("settle", lambda: self._broker.settle(
+                self.consumer_id, field, pushes=pushes, count_processed=True), self._health)
+            self.processed += ours
+            self._forget(field)
+        await self._release_chord(chord)
+
+    async def _chord_part(
+        self, message: protocol.Message, state: str, value: Any
+    ) -> tuple[tuple[str, Completed], list[tuple[str, bytes]]] | None:
+        """Record this chord part; if it completed the chord, the body to publish (or the
+        body's failure stored). None when the message is no chord part or did not complete."""
+        joins, part = self._chords, canvas.chord_of(message)
+        if joins is None or part is None:
+            return None
+        group_id, index = part
+        done = await until_done("chord", lambda: joins.part_done(
+            group_id, message.id, index, state, value), self._health)
+        if done is None:
+            return None
+        if done.failed is None:
+            pushes = self._follow_ups(
+                message, lambda q: [canvas.chord_body(message, done.results, q)])
+            return (group_id, done), pushes
+        body = (message.embed or {}).get("chord") or {}
+        body_id = (body.get("options") or {}).get("task_id")
+        failed_id, error = done.failed
+        log.error("chord %s failed: part %s raised %s", group_id, failed_id, error)
+        if isinstance(body_id, str):
+            chord_error = _ChordError(f"Dependency {failed_id} raised {error!r}")
+            await self._store_result(message, lambda: result_meta.failure_meta(
+                body_id, chord_error), task_id=body_id)
+        return (group_id, done), []
+
+    async def _release_chord(
+        self, chord: tuple[tuple[str, Completed], list[tuple[str, bytes]]] | None
+    ) -> None:
+        if chord is not None and self._chords is not None:
+            (group_id, done), _ = chord
+            joins = self._chords
+            await until_done("chord", lambda: joins.release(group_id, done.token),
+                             self._health)
 
     def _follow_ups(
         self, message: protocol.Message,
@@ -142,11 +192,16 @@ class Settler:
             key = self._list_keys[(queue, priority)] = keys.ready[keys.ready_index(priority)]
         return key
 
-    async def _store_result(self, message: protocol.Message, meta: Callable[[], bytes]) -> None:
-        if self._results is None or message.headers.get("ignore_result") is True:
+    async def _store_result(
+        self, message: protocol.Message, meta: Callable[[], bytes], task_id: str | None = None
+    ) -> None:
+        """Store ``meta()`` under ``task_id`` (default: the message's own id)."""
+        if self._results is None or (
+                task_id is None and message.headers.get("ignore_result") is True):
             return
         backend = self._results
-        await until_done("result", lambda: backend.store(message.id, meta()), self._health)
+        key = task_id or message.id
+        await until_done("result", lambda: backend.store(key, meta()), self._health)
 
     async def _dead_letter(
         self, field: int, raw: bytes, message: protocol.Message | None,
@@ -174,18 +229,22 @@ class Settler:
         retry = outcome.retry
         scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
         pushes: list[tuple[str, bytes]] = []
+        chord = None
         if message is not None and outcome.reason in _TASK_FAILURES:
             error = failures[0].error if failures else _NotRegistered(outcome.detail)
             await self._store_result(message, lambda: result_meta.failure_meta(
                 message.id, error, group_id=_group(message)))
             if outcome.reason is FailureReason.HANDLER_ERROR:
                 pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
+                chord = await self._chord_part(message, "FAILURE",
+                                               result_meta.exception_info(error))
         ours = await until_done("settle", lambda: broker.settle(
             self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms),
             pushes=pushes), self._health)
         if ours:
             self.failed += 1
             self.retried += retry is not None
+        await self._release_chord(chord)
         return ours
 
 
