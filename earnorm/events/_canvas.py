@@ -66,8 +66,10 @@ def chord_of(message: protocol.Message) -> tuple[str, int] | None:
 
 
 def has_follow_ups(message: protocol.Message) -> bool:
-    embed = message.embed or {}
-    return any(embed.get(k) for k in ("callbacks", "chain", "errbacks"))
+    embed = message.embed  # on the hot path: plain lookups, no generator
+    if not embed:
+        return False
+    return bool(embed.get("callbacks") or embed.get("chain") or embed.get("errbacks"))
 
 
 def _apply(

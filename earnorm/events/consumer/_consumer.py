@@ -151,6 +151,7 @@ class Consumer:
         self._running = 0
         self._idle = asyncio.Event()
         self._running_changed = asyncio.Event()
+        self._alone_waiting = False  # a recovered message waits for the others to finish
         self._health = RedisHealth()
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -374,7 +375,8 @@ class Consumer:
                     await self._run_alone(field, raw, redelivery)
             finally:
                 self._running -= 1
-                self._running_changed.set()
+                if self._alone_waiting:
+                    self._running_changed.set()
                 if not self._running:
                     self._idle.set()
 
@@ -385,9 +387,11 @@ class Consumer:
         assert self._fetcher is not None and self._acks is not None
         acks = self._acks
         try:
+            self._alone_waiting = True
             while self._running > 1:
                 self._running_changed.clear()
                 await self._running_changed.wait()
+            self._alone_waiting = False
             await until_done("ack", acks.flush, self._health)
             await self._process(field, raw, redelivery)
             await until_done("ack", acks.flush, self._health)
