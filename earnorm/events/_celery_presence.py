@@ -188,9 +188,7 @@ class CeleryPresence:
             return None
         return {"error": f"No such control command: {method}"}
 
-    async def _mailbox(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.psubscribe(f"{self._prefix}{MAILBOX}")
+    async def _mailbox(self, pubsub: Any) -> None:
         try:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -201,7 +199,7 @@ class CeleryPresence:
                 except Exception as exc:  # a malformed command must not stop the mailbox
                     log.warning("remote-control command not answered: %r", exc)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _answer(self, raw: bytes) -> None:
         envelope = orjson.loads(raw)
@@ -228,15 +226,19 @@ class CeleryPresence:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce the worker, send its heartbeats and events, answer its mailbox: until
-        cancelled, when it says ``worker-offline``."""
+        cancelled, when it says ``worker-offline``. Started (``task_status``) once the mailbox
+        is subscribed: a command sent after that is answered."""
+        pubsub = self.redis.pubsub()
+        await pubsub.psubscribe(f"{self._prefix}{MAILBOX}")
         self._worker_event("worker-online")
+        task_status.started()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._send_events)
                 tg.start_soon(self._heartbeats)
-                tg.start_soon(self._mailbox)
+                tg.start_soon(self._mailbox, pubsub)
         finally:
             self._worker_event("worker-offline")
             pending, self._pending = self._pending, []

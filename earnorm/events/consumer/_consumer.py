@@ -242,7 +242,7 @@ class Consumer:
                         task_names=lambda: {h.pattern for h in self.registry.all()},
                         on_shutdown=self.stop,
                     )
-                    tg.start_soon(self._presence.run)
+                    await tg.start(self._presence.run)
                 if self._presence is not None or self._metrics is not None:
                     self._events = TaskEvents(self._presence, self._metrics)
                 if self._metrics is not None:
