@@ -56,6 +56,7 @@ from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
+from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._observe import TaskEvents
@@ -246,7 +247,7 @@ class Consumer:
                 if self._presence is not None or self._metrics is not None:
                     self._events = TaskEvents(self._presence, self._metrics)
                 if self._metrics is not None:
-                    tg.start_soon(self._refresh_metrics)
+                    tg.start_soon(Endpoints(self).refresh_metrics)
                 if self.metrics_port is not None:
                     tg.start_soon(http.serve, self.http_routes(), self.metrics_host,
                                   self.metrics_port)
@@ -556,11 +557,8 @@ class Consumer:
 
     def http_routes(self) -> dict[str, http.Route]:
         """``/healthz`` (alive, Redis reachable), ``/readyz`` (consuming), and ``/metrics``
-        when metrics are on."""
-        routes: dict[str, http.Route] = {"/healthz": self._healthz, "/readyz": self._readyz}
-        if self._metrics is not None:
-            routes["/metrics"] = self._metrics_page
-        return routes
+        when metrics are on (``_endpoints.py``)."""
+        return Endpoints(self).routes()
 
     def asgi_app(self) -> Any:
         """The same endpoints as an ASGI app, to mount in FastAPI/Starlette::
@@ -569,55 +567,11 @@ class Consumer:
         """
         return http.asgi_app(self.http_routes())
 
-    async def _healthz(self) -> http.Response:
-        try:
-            with anyio.fail_after(1):
-                assert self._broker is not None
-                await self._broker.redis.ping()
-        except Exception as exc:
-            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
-        return 200, "text/plain", b"ok\n"
-
-    async def _readyz(self) -> http.Response:
-        """Ready while the fetch loop makes progress, or there is nothing to fetch: a consumer
-        that stays connected but stopped consuming (celery#8030) is not ready."""
-        fetcher, broker = self._fetcher, self._broker
-        if not self._started.is_set() or fetcher is None or broker is None:
-            return 503, "text/plain", b"not started\n"
-        idle = time.monotonic() - fetcher.last_progress
-        if idle <= self.ready_window:
-            return 200, "text/plain", b"consuming\n"
-        try:
-            with anyio.fail_after(1):
-                waiting = sum([await broker.redis.llen(key) for key in broker.keys.ready])
-        except Exception as exc:
-            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
-        if waiting == 0:
-            return 200, "text/plain", b"idle: nothing to consume\n"
-        return 503, "text/plain", (f"not consuming: no fetch for {idle:.1f}s with {waiting} "
-                                   "message(s) waiting\n").encode()
-
     @property
     def ready_window(self) -> float:
+        """How long the fetch loop may make no progress, with messages waiting, before
+        ``/readyz`` says not ready."""
         return max(5.0, 4 * self.poll_interval)
-
-    async def _metrics_page(self) -> http.Response:
-        assert self._metrics is not None
-        body, content_type = self._metrics.generate()
-        return 200, content_type, body
-
-    async def _refresh_metrics(self) -> None:
-        """Queue-wide gauges from Redis, on the heartbeat's rhythm."""
-        assert self._metrics is not None
-        metrics = self._metrics
-        while True:
-            try:
-                stats = await self.bus.stats()
-                metrics.refresh(stats, {c["id"]: f"earnorm-{c['id']}@{c['host']}"
-                                        for c in stats["consumers"]})
-            except RETRYABLE_ERRORS:
-                pass
-            await anyio.sleep(self.config.heartbeat_interval)
 
     # Counters of this consumer's run (the queue-wide ones are in ``stats()``).
 
