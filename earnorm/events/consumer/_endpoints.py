@@ -33,8 +33,8 @@ class Endpoints:
                 assert broker is not None
                 await broker.redis.ping()
         except Exception as exc:
-            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\\n".encode()
-        return 200, "text/plain", b"ok\\n"
+            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
+        return 200, "text/plain", b"ok\n"
 
     async def readyz(self) -> http.Response:
         """Ready while the fetch loop makes progress, or there is nothing to fetch: a consumer
@@ -42,19 +42,19 @@ class Endpoints:
         consumer = self.consumer
         fetcher, broker = consumer._fetcher, consumer._broker
         if not consumer._started.is_set() or fetcher is None or broker is None:
-            return 503, "text/plain", b"not started\\n"
+            return 503, "text/plain", b"not started\n"
         idle = time.monotonic() - fetcher.last_progress
         if idle <= consumer.ready_window:
-            return 200, "text/plain", b"consuming\\n"
+            return 200, "text/plain", b"consuming\n"
         try:
             with anyio.fail_after(1):
                 waiting = sum([await broker.redis.llen(key) for key in broker.keys.ready])
         except Exception as exc:
-            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\\n".encode()
+            return 503, "text/plain", f"redis unreachable: {type(exc).__name__}\n".encode()
         if waiting == 0:
-            return 200, "text/plain", b"idle: nothing to consume\\n"
+            return 200, "text/plain", b"idle: nothing to consume\n"
         return 503, "text/plain", (f"not consuming: no fetch for {idle:.1f}s with {waiting} "
-                                   "message(s) waiting\\n").encode()
+                                   "message(s) waiting\n").encode()
 
     async def metrics_page(self) -> http.Response:
         metrics = self.consumer._metrics
