@@ -249,11 +249,13 @@ class EventBus:
     # ------------------------------------------------------------------ failed jobs
 
     async def get_failed_jobs(
-        self, limit: int = 50, cursor: str | None = None, event_name: str | None = None
+        self, limit: int = 50, cursor: str | None = None, event_name: str | None = None,
+        reason: str | None = None,
     ) -> list[FailedJob]:
-        """Failed jobs in failure order, oldest first, at most ``limit``. Each job has a
-        ``cursor``: pass the last one back to get the next page. Removing or retrying jobs
-        between pages neither skips nor repeats any.
+        """Failed jobs in failure order, oldest first, at most ``limit`` (of ``event_name``
+        and with ``reason`` only, if given). Each job has a ``cursor``: pass the last one back
+        to get the next page. Removing or retrying jobs between pages neither skips nor
+        repeats any.
 
         >>> page = await event_bus.get_failed_jobs(limit=50)  # doctest: +SKIP
         >>> more = await event_bus.get_failed_jobs(  # doctest: +SKIP
@@ -271,6 +273,8 @@ class EventBus:
                     continue
                 job = _job(job_id, record, failed_ms)
                 if event_name is not None and job.get("name") != event_name:
+                    continue
+                if reason is not None and job.get("reason") != reason:
                     continue
                 job["cursor"] = f"{failed_ms!r}:{job_id}"
                 out.append(job)
@@ -303,12 +307,15 @@ class EventBus:
         if not await self.broker.failed.remove(job_id):
             raise JobNotFound(self._not_found(job_id))
 
-    async def retry_failed(self, event_name: str | None = None) -> int:
-        """``retry_job`` every failed job (of ``event_name`` only, if given); jobs whose message
-        cannot be decoded stay in the store. Returns how many went back on the queue."""
+    async def retry_failed(
+        self, event_name: str | None = None, reason: str | None = None
+    ) -> int:
+        """``retry_job`` every failed job (of ``event_name`` and with ``reason`` only, if
+        given); jobs whose message cannot be decoded stay in the store. Returns how many went
+        back on the queue."""
         count = 0
         cursor = None
-        while page := await self.get_failed_jobs(500, cursor, event_name):
+        while page := await self.get_failed_jobs(500, cursor, event_name, reason):
             cursor = page[-1]["cursor"]
             batch = []
             for job in page:
@@ -323,13 +330,16 @@ class EventBus:
             count += await self.broker.failed.requeue_many(batch)
         return count
 
-    async def purge_failed(self, event_name: str | None = None) -> int:
-        """Delete every failed job (of ``event_name`` only, if given). Returns how many."""
-        if event_name is None:
+    async def purge_failed(
+        self, event_name: str | None = None, reason: str | None = None
+    ) -> int:
+        """Delete every failed job (of ``event_name`` and with ``reason`` only, if given).
+        Returns how many."""
+        if event_name is None and reason is None:
             return await self.broker.failed.purge()
         count = 0
         cursor = None
-        while page := await self.get_failed_jobs(500, cursor, event_name):
+        while page := await self.get_failed_jobs(500, cursor, event_name, reason):
             cursor = page[-1]["cursor"]
             count += await self.broker.failed.remove_many([job["job_id"] for job in page])
         return count

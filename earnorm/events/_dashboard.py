@@ -81,14 +81,6 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
         return request.query_params.get("event") or None, request.query_params.get("reason") \
             or None
 
-    async def matching_jobs(event: str | None, reason: str | None) -> list[Any]:
-        jobs: list[Any] = []
-        cursor = None
-        while page := await bus.get_failed_jobs(500, cursor, event):
-            cursor = page[-1]["cursor"]
-            jobs += [j for j in page if reason is None or j["reason"] == reason]
-        return jobs
-
     async def page(request: Any) -> Any:
         allowed, _ = authenticated(request)
         if not allowed:
@@ -131,8 +123,7 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
             return refused
         event, reason = filters(request)
         limit = min(int(request.query_params.get("limit", 100)), 1000)
-        jobs = [_brief(j) for j in await matching_jobs(event, reason)][:limit]
-        return JSON(jobs)
+        return JSON([_brief(j) for j in await bus.get_failed_jobs(limit, None, event, reason)])
 
     async def failed_job(request: Any) -> Any:
         if (refused := guard(request)) is not None:
@@ -165,21 +156,13 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
         if (refused := guard(request, action=True)) is not None:
             return refused
         event, reason = filters(request)
-        count = 0
-        for job in await matching_jobs(event, reason):
-            try:
-                await bus.retry_job(job["job_id"])
-                count += 1
-            except (JobNotFound, EventValidationError):
-                continue
-        return JSON({"retried": count})
+        return JSON({"retried": await bus.retry_failed(event, reason)})
 
     async def purge(request: Any) -> Any:
         if (refused := guard(request, action=True)) is not None:
             return refused
         event, reason = filters(request)
-        ids = [j["job_id"] for j in await matching_jobs(event, reason)]
-        return JSON({"removed": await bus.broker.failed.remove_many(ids)})
+        return JSON({"removed": await bus.purge_failed(event, reason)})
 
     async def event_detail(request: Any) -> Any:
         if (refused := guard(request)) is not None:

@@ -160,3 +160,36 @@ async def test_the_page_in_a_real_browser_retries_a_failed_job_and_escapes_its_d
     finally:
         server.should_exit = True
         await task
+
+
+async def test_bulk_actions_follow_the_filter(bus: EventBus) -> None:
+    registry = HandlerRegistry()
+
+    async def fail(event: Event) -> None:
+        raise ValueError("declined")
+
+    registry.register("dash.fail", fail)
+    async with Consumer(bus=bus, registry=registry) as consumer:
+        await bus.publish_batch([Event(name="dash.fail") for _ in range(3)])
+        await bus.publish(Event(name="dash.nobody"))
+        await wait_until(lambda: consumer.failed == 4, 10)
+    base, server, task = await serve(dashboard_app(bus, token=TOKEN))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        def calls() -> list[tuple[int, Any]]:
+            return [
+                request(f"{base}/api/failed?reason=no_handler", headers=bearer),
+                request(f"{base}/api/failed/purge?reason=no_handler", "POST", headers=bearer),
+                request(f"{base}/api/failed/retry-all?event=dash.fail&reason=handler_error",
+                        "POST", headers=bearer),
+                request(f"{base}/api/failed", headers=bearer),
+            ]
+
+        listed, purged, retried, left = await anyio.to_thread.run_sync(calls)
+    finally:
+        server.should_exit = True
+        await task
+    assert listed[0] == 200 and [j["name"] for j in listed[1]] == ["dash.nobody"]
+    assert purged == (200, {"removed": 1})
+    assert retried == (200, {"retried": 3})
+    assert left == (200, [])
