@@ -16,7 +16,6 @@ from redis.exceptions import RedisError
 
 from earnorm._config import EventConfig
 from earnorm._errors import (
-    BrokerConnectionError,
     EventValidationError,
     JobNotFound,
     PublishError,
@@ -35,7 +34,7 @@ from earnorm.events._records import (
     QueueStats,
     ServerStats,
 )
-from earnorm.events._redis_url import mask_url, open_redis
+from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._server import check_eviction
 
 log = logging.getLogger("earnorm.events")
@@ -98,9 +97,7 @@ class EventBus:
             server_ms = await self.broker.server_time_ms()
             self.clock.observe(server_ms, sent, time.time())
         except TRANSIENT_ERRORS as exc:
-            raise BrokerConnectionError(
-                f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise unreachable(self.url, exc) from exc
 
     async def check_server(self) -> None:
         """``ConfigError`` if Redis may evict queued events (a maxmemory-policy other than
@@ -108,9 +105,7 @@ class EventBus:
         try:
             info = await self.broker.server.info()
         except TRANSIENT_ERRORS as exc:
-            raise BrokerConnectionError(
-                f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise unreachable(self.url, exc) from exc
         check_eviction(info, self.config.allow_eviction, log)
 
     def now_ms(self) -> float:

@@ -34,7 +34,7 @@ from earnorm.events._broker import TRANSIENT_ERRORS
 from earnorm.events._bus import EventBus
 from earnorm.events._embedded import start_local_redis
 from earnorm.events._records import FailedJob, QueueStats
-from earnorm.events._redis_url import mask_url
+from earnorm.events._redis_url import mask_url, unreachable
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 _CLEAR = "\x1b[H\x1b[2J"
@@ -398,8 +398,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except BrokerConnectionError as exc:
         return _unreachable(str(exc), started, args, out)
     except TRANSIENT_ERRORS as exc:
-        return _unreachable(f"cannot reach Redis at {mask_url(args.redis_uri)}: {exc}", started,
-                            args, out)
+        return _unreachable(str(unreachable(args.redis_uri, exc)), started, args, out)
     except EarnORMError as exc:  # e.g. a job whose message is undecodable cannot be retried
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED

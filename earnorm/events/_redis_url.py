@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from earnorm._errors import ConfigError
+from earnorm._errors import BrokerConnectionError, ConfigError
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
 _SECRET_PARAMS = frozenset({"password", "ssl_password"})
@@ -70,3 +70,13 @@ def open_redis(url: str, **options: Any) -> Redis:
         return Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"invalid redis_uri {mask_url(url)}: {exc}") from None
+
+
+def unreachable(url: str, exc: BaseException) -> BrokerConnectionError:
+    """The error for a Redis at ``url`` that could not be reached (its secrets masked).
+
+    >>> str(unreachable("redis://:pw@127.0.0.1:1/0", ConnectionError("refused")))
+    'cannot reach Redis at redis://:***@127.0.0.1:1/0: ConnectionError: refused'
+    """
+    return BrokerConnectionError(
+        f"cannot reach Redis at {mask_url(url)}: {type(exc).__name__}: {exc}")

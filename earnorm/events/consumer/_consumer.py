@@ -33,7 +33,6 @@ from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
 from earnorm._errors import (
-    BrokerConnectionError,
     EarnORMError,
     MessageDecodeError,
     UnsupportedProtocol,
@@ -50,7 +49,7 @@ from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events._keys import Keys
 from earnorm.events._metrics import Metrics
 from earnorm.events._monitoring import ProcessingTimes
-from earnorm.events._redis_url import mask_url, open_redis
+from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
@@ -221,9 +220,7 @@ class Consumer:
             await heartbeat.once()
         except TRANSIENT_ERRORS as exc:
             await self._close_connection()
-            raise BrokerConnectionError(
-                f"cannot reach Redis at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise unreachable(self.redis_url, exc) from exc
         except BaseException:
             await self._close_connection()
             raise
