@@ -25,7 +25,7 @@ from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
-from earnorm.events._celery_unacked import CeleryUnacked
+from earnorm.events._celery_unacked import UNACKED_INDEX, CeleryUnacked
 from earnorm.events._failed_store import FailedStore
 from earnorm.events._keys import Keys, delayed_member, text
 from earnorm.events._server import ServerProbe
@@ -524,7 +524,8 @@ class Broker:
     # ------------------------------------------------------------------ counts
 
     async def snapshot(self) -> dict[str, Any]:
-        """Everything ``stats()`` needs, read in two pipelined round trips (no message body
+        """Everything ``stats()`` needs about the queue: one pipeline, the oldest messages'
+        headers, and the in-flight counts of the consumers it found (no message body
         travels: the oldest messages' headers are cut out in Redis)."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -539,6 +540,7 @@ class Broker:
             pipe.hgetall(k.monitor)
             pipe.hgetall(k.server)
             pipe.llen(k.recovered)
+            pipe.zcard(UNACKED_INDEX)
             pipe.exists(*k.ready, k.delayed, k.consumers, k.failed, k.stats, k.monitor)
             results = await pipe.execute()
         oldest = await self._oldest(keys=list(k.ready))
@@ -546,7 +548,7 @@ class Broker:
         seconds, micros = results[0]
         ready = results[1:n + 1]
         (delayed, next_delayed, failed, consumers, counters, monitor, server, recovered,
-         seen) = results[n + 1:]
+         celery_unacked, seen) = results[n + 1:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -564,6 +566,7 @@ class Broker:
             "failed": int(failed),
             "inflight": int(inflight),
             "recovered": int(recovered),
+            "celery_unacked": int(celery_unacked),
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
             "counters": {text(key): int(float(v)) for key, v in counters.items()},
             "monitor": {text(key): v for key, v in monitor.items()},

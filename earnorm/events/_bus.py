@@ -369,7 +369,8 @@ class EventBus:
     # ------------------------------------------------------------------ monitoring
 
     async def stats(self) -> QueueStats:
-        """A snapshot of the queue, read from Redis (two round trips)::
+        """A snapshot of the queue and its Redis server, read from Redis (four round trips,
+        pipelined)::
 
             {"queue": "app:events", "seen": True, "at": "2025-...",
              "ready": {0: 12, 3: 0, 6: 0, 9: 0}, "ready_total": 12,
@@ -388,7 +389,6 @@ class EventBus:
         """
         snap = await self.broker.snapshot()
         info = await self.broker.server.info()
-        celery_unacked = await self.broker.celery.count()
         now_ms: float = snap["now_ms"]
         consumers: list[ConsumerInfo] = []
         histograms: list[dict[str, int]] = []
@@ -447,7 +447,7 @@ class EventBus:
             "counters_since": _iso(totals["since_ms"]) if totals.get("since_ms") else None,
             "counters_reset_by_restart": "reset_by_restart_ms" in totals,
             "recovered": snap["recovered"],
-            "celery_unacked": celery_unacked,
+            "celery_unacked": snap["celery_unacked"],
             "server": server,
             "processing_ms": processing,
             "latency_s": _latency_s(snap, now_ms),

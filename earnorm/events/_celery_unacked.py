@@ -92,7 +92,3 @@ class CeleryUnacked:
         except (ValueError, TypeError, AttributeError):
             return None
         return orjson.dumps(envelope), self.keys.ready[index]
-
-    async def count(self) -> int:
-        """Entries in Celery's unacked index (every queue of this Redis database)."""
-        return int(await self.redis.zcard(UNACKED_INDEX))

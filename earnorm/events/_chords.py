@@ -63,6 +63,7 @@ class Completed:
     """This part completed the chord: publish the body (``results``), or fail it
     (``failed``: the first failed part's task id and error), then ``release``."""
 
+    group_id: str
     token: str
     results: list[Any]
     failed: tuple[str, Any] | None
@@ -95,10 +96,12 @@ class ChordJoin:
         for raw in entries:
             _, part_id, part_state, value = orjson.loads(raw)
             if part_state in _FAILED_STATES:
-                return Completed(token, [], (part_id, value))
+                return Completed(group_id, token, [], (part_id, value))
             results.append(value)
-        return Completed(token, results, None)
+        return Completed(group_id, token, results, None)
 
-    async def release(self, group_id: str, token: str) -> bool:
+    async def release(self, done: Completed) -> bool:
+        """Delete the chord's keys and mark it done, if this claim still owns it."""
         return bool(await self._cleanup(
-            keys=self._keys(group_id, ".c", ".j", ".t", ".s", ".d"), args=[token, _DONE_S]))
+            keys=self._keys(done.group_id, ".c", ".j", ".t", ".s", ".d"),
+            args=[done.token, _DONE_S]))

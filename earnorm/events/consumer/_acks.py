@@ -27,9 +27,6 @@ class AckBatcher:
         self._pending.append(field)
         self._have_acks.set()
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     async def flush(self) -> None:
         """Send every pending ack now (they are kept for the next try if Redis fails)."""
         if not self._pending:

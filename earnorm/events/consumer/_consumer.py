@@ -141,7 +141,7 @@ class Consumer:
             metrics or metrics_port is not None) else None
         self._events: TaskEvents | None = None
         # OpenTelemetry: on when installed and a tracer provider is configured at start.
-        self._tracing = False
+        self._tracer: Any = None
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -224,7 +224,7 @@ class Consumer:
         except BaseException:
             await self._close_connection()
             raise
-        self._tracing = tracing.tracer() is not None
+        self._tracer = tracing.tracer()
         try:
             self._log_startup()
             if self._stop_requested:
@@ -494,7 +494,7 @@ class Consumer:
         if events is not None:
             events.started(message)
         span = None
-        active = tracing.tracer() if self._tracing else None
+        active = self._tracer
         if active is not None:
             span = tracing.consumer_span(active, message.task, message.id, message.headers,
                                          message.properties, self.config.queue_name,

@@ -63,9 +63,6 @@ class Fetcher:
         self._scope: anyio.CancelScope | None = None
         self.last_progress = time.monotonic()  # the last fetch that got through (readyz)
 
-    def __len__(self) -> int:
-        return len(self.buffer)
-
     def stop(self) -> None:
         """No more fetching; workers waiting for work get ``None``."""
         self._stopping = True

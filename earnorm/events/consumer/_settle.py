@@ -117,9 +117,9 @@ class Settler:
         await self._store_result(message, lambda: result_meta.success_meta(
             message.id, result, _group(message)))
         pushes = self._follow_ups(message, lambda q: canvas.on_success(message, result, q))
-        chord = await self._chord_part(message, "SUCCESS", result_meta.wire_result(result))
-        if chord is not None:
-            pushes += chord[1]
+        chord, body = await self._chord_part(message, "SUCCESS",
+                                             result_meta.wire_result(result))
+        pushes += body
         if not pushes:
             self.ack_handled(field)
         else:
@@ -131,21 +131,21 @@ class Settler:
 
     async def _chord_part(
         self, message: protocol.Message, state: str, value: Any
-    ) -> tuple[tuple[str, Completed], list[tuple[str, bytes]]] | None:
-        """Record this chord part; if it completed the chord, the body to publish (or the
-        body's failure stored). None when the message is no chord part or did not complete."""
+    ) -> tuple[Completed | None, list[tuple[str, bytes]]]:
+        """Record this chord part. If it completed the chord: the completion (release it once
+        settled) and the body to publish, or, for a failed chord, no body and the body's
+        failure stored. (None, []) when the message is no chord part or did not complete."""
         joins, part = self._chords, canvas.chord_of(message)
         if joins is None or part is None:
-            return None
+            return None, []
         group_id, index = part
         done = await until_done("chord", lambda: joins.part_done(
             group_id, message.id, index, state, value), self._health)
         if done is None:
-            return None
+            return None, []
         if done.failed is None:
-            pushes = self._follow_ups(
+            return done, self._follow_ups(
                 message, lambda q: [canvas.chord_body(message, done.results, q)])
-            return (group_id, done), pushes
         body = (message.embed or {}).get("chord") or {}
         body_id = (body.get("options") or {}).get("task_id")
         failed_id, error = done.failed
@@ -154,16 +154,12 @@ class Settler:
             chord_error = _ChordError(f"Dependency {failed_id} raised {error!r}")
             await self._store_result(message, lambda: result_meta.failure_meta(
                 body_id, chord_error), task_id=body_id)
-        return (group_id, done), []
+        return done, []
 
-    async def _release_chord(
-        self, chord: tuple[tuple[str, Completed], list[tuple[str, bytes]]] | None
-    ) -> None:
-        if chord is not None and self._chords is not None:
-            (group_id, done), _ = chord
-            joins = self._chords
-            await until_done("chord", lambda: joins.release(group_id, done.token),
-                             self._health)
+    async def _release_chord(self, done: Completed | None) -> None:
+        joins = self._chords
+        if done is not None and joins is not None:
+            await until_done("chord", lambda: joins.release(done), self._health)
 
     def _follow_ups(
         self, message: protocol.Message,
@@ -236,8 +232,9 @@ class Settler:
                 message.id, error, group_id=_group(message)))
             if outcome.reason is FailureReason.HANDLER_ERROR:
                 pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
-                chord = await self._chord_part(message, "FAILURE",
-                                               result_meta.exception_info(error))
+                chord, body = await self._chord_part(message, "FAILURE",
+                                                     result_meta.exception_info(error))
+                pushes += body
         ours = await until_done("settle", lambda: broker.settle(
             self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms),
             pushes=pushes), self._health)
