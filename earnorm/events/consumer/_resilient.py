@@ -122,13 +122,7 @@ async def forever(
 ) -> NoReturn:
     """Run ``step()`` again and again, sleeping the seconds it returns between runs; Redis's
     bad moments back off (``Backoff``). Ends only by cancellation."""
-    backoff = Backoff(what, health)
     while True:
-        try:
-            pause = await step()
-        except RETRYABLE_ERRORS as exc:
-            await backoff.wait(exc)
-            continue
-        backoff.reset()
+        pause = await until_done(what, step, health)
         if pause > 0:
             await anyio.sleep(pause)
