@@ -106,17 +106,17 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
     async def consumers(request: Any) -> Any:
         return guard(request) or JSON((await bus.stats())["consumers"])
 
+    async def next_due(limit: int) -> list[tuple[float, dict[str, Any]]]:
+        """The first ``limit`` delayed events, soonest first: (due ms, summary)."""
+        members: list[tuple[bytes, float]] = await bus.redis.zrange(  # type: ignore[assignment]
+            bus.broker.keys.delayed, 0, limit - 1, withscores=True)
+        return [(score, _summary(split_delayed_member(member)[1])) for member, score in members]
+
     async def delayed(request: Any) -> Any:
         if (refused := guard(request)) is not None:
             return refused
         limit = min(int(request.query_params.get("limit", 50)), 500)
-        members: list[tuple[bytes, float]] = await bus.redis.zrange(  # type: ignore[assignment]
-            bus.broker.keys.delayed, 0, limit - 1, withscores=True)
-        out = []
-        for member, score in members:
-            _, raw = split_delayed_member(member)
-            out.append({"due_ms": score, **_summary(raw)})
-        return JSON(out)
+        return JSON([{"due_ms": score, **summary} for score, summary in await next_due(limit)])
 
     async def failed(request: Any) -> Any:
         if (refused := guard(request)) is not None:
@@ -128,28 +128,17 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
     async def failed_job(request: Any) -> Any:
         if (refused := guard(request)) is not None:
             return refused
-        try:
-            return JSON(await bus.get_failed_job(request.path_params["job_id"]))
-        except JobNotFound as exc:
-            return JSON({"error": str(exc)}, status_code=404)
+        return JSON(await bus.get_failed_job(request.path_params["job_id"]))
 
     async def retry(request: Any) -> Any:
         if (refused := guard(request, action=True)) is not None:
             return refused
-        try:
-            return JSON({"retried": await bus.retry_job(request.path_params["job_id"])})
-        except JobNotFound as exc:
-            return JSON({"error": str(exc)}, status_code=404)
-        except EventValidationError as exc:
-            return JSON({"error": str(exc)}, status_code=409)
+        return JSON({"retried": await bus.retry_job(request.path_params["job_id"])})
 
     async def remove(request: Any) -> Any:
         if (refused := guard(request, action=True)) is not None:
             return refused
-        try:
-            await bus.remove_job(request.path_params["job_id"])
-        except JobNotFound as exc:
-            return JSON({"error": str(exc)}, status_code=404)
+        await bus.remove_job(request.path_params["job_id"])
         return JSON({"removed": request.path_params["job_id"]})
 
     async def retry_all(request: Any) -> Any:
@@ -172,18 +161,21 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
             return JSON({"where": "failed", "job": await bus.get_failed_job(event_id)})
         except JobNotFound:
             pass
-        members: list[tuple[bytes, float]] = await bus.redis.zrange(  # type: ignore[assignment]
-            bus.broker.keys.delayed, 0, 999, withscores=True)
-        for member, score in members:
-            _, raw = split_delayed_member(member)
-            summary = _summary(raw)
+        for score, summary in await next_due(1000):
             if summary.get("id") == event_id:
                 return JSON({"where": "delayed", "due_ms": score, "event": summary})
         return JSON({"error": f"event {event_id!r} is neither failed nor among the next "
                               "1,000 delayed (handled events are not kept)"}, status_code=404)
 
+    def status(code: int) -> Any:
+        async def answer(request: Any, exc: Exception) -> Any:
+            return JSON({"error": str(exc)}, status_code=code)
+        return answer
+
     Route = routing.Route
-    return applications.Starlette(routes=[
+    return applications.Starlette(exception_handlers={
+        JobNotFound: status(404), EventValidationError: status(409),
+    }, routes=[
         Route("/", page),
         Route("/login", login, methods=["POST"]),
         Route("/api/queues", queues),
