@@ -28,6 +28,7 @@ from earnorm._errors import (
     JobNotFound,
     MessageDecodeError,
     NotInitializedError,
+    NotReplicated,
     PublishError,
     SerializationError,
     UnsupportedProtocol,
@@ -58,7 +59,7 @@ from earnorm.events._handlers import (
 )
 from earnorm.events._model_events import after_save, before_save, dispatch_model_event
 from earnorm.events._records import FailedJob, QueueStats
-from earnorm.events.consumer import Consumer
+from earnorm.events.consumer import Consumer, ConsumerGroup
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "Cache",
     "ConfigError",
     "Consumer",
+    "ConsumerGroup",
     "DatabaseError",
     "DocumentNotFound",
     "EarnORMError",
@@ -83,6 +85,7 @@ __all__ = [
     "LocalRedis",
     "MessageDecodeError",
     "NotInitializedError",
+    "NotReplicated",
     "PublishError",
     "QueueStats",
     "SerializationError",

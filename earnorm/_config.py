@@ -149,6 +149,10 @@ class EventConfig:
     # backend format, for Celery clients' AsyncResult.get(). None: fire-and-forget.
     result_backend: str | None = None
     result_expires: float = 86400.0  # Celery's default: one day
+    # Publishes wait (Redis WAIT) until this many replicas have the event, so an acknowledged
+    # publish survives a failover; NotReplicated if they do not within min_replicas_timeout s.
+    min_replicas_ack: int = 0
+    min_replicas_timeout: float = 1.0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -163,6 +167,7 @@ class EventConfig:
             "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
             "delay_mode", "max_deliveries", "max_delay", "allow_eviction",
             "celery_visibility_timeout", "result_backend", "result_expires",
+            "min_replicas_ack", "min_replicas_timeout",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -246,6 +251,14 @@ class EventConfig:
             result_expires=float(_number(
                 "event_config", "result_expires",
                 raw.get("result_expires", cls.result_expires), minimum=1,
+            )),
+            min_replicas_ack=_number(
+                "event_config", "min_replicas_ack",
+                raw.get("min_replicas_ack", cls.min_replicas_ack), minimum=0, integer=True,
+            ),
+            min_replicas_timeout=float(_number(
+                "event_config", "min_replicas_timeout",
+                raw.get("min_replicas_timeout", cls.min_replicas_timeout), minimum=0.001,
             )),
             celery_visibility_timeout=float(_number(
                 "event_config", "celery_visibility_timeout",

@@ -46,6 +46,17 @@ class PublishError(EarnORMError, ConnectionError):
     """Publishing failed after the retry policy ran out; ``__cause__`` holds the last error."""
 
 
+class NotReplicated(PublishError):
+    """The event is on the master but fewer replicas than ``min_replicas_ack`` confirmed it in
+    time: it is most likely delivered, but a failover now could lose it. Publishing again may
+    deliver it twice."""
+
+    def __init__(self, message: str, job_ids: list[str], acked: int) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
+        self.acked = acked
+
+
 class JobNotFound(EarnORMError, KeyError):
     """No failed job with the given id."""
 

@@ -15,26 +15,39 @@ while it refuses the writes that would grow it (publish, retry, dead-letter): th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ExecAbortError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
+from earnorm._errors import NotReplicated
 from earnorm.events._celery_unacked import UNACKED_INDEX, CeleryUnacked
 from earnorm.events._failed_store import FailedStore
 from earnorm.events._keys import Keys, delayed_member, text
 from earnorm.events._server import ServerProbe
+from earnorm.events._topology import is_cluster, same_slot
 from earnorm.events._waiter import BlockingWait
 
 # Errors that mean "Redis could not be reached or did not answer in time": the operation may
 # succeed if tried again later, and callers back off and retry.
+# On a cluster, a slot without a master during a failover (CLUSTERDOWN, TRYAGAIN, uncovered
+# slots, redirections the client gave up following) is the same: wait and try again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError,
+    ClusterError, TryAgainError, SlotNotCoveredError, AskError,
 )
 # Redis answered but refused a write it may accept later: out of memory (maxmemory with
 # noeviction), a replica during failover. A consumer backs off and retries; a publisher raises.
@@ -345,6 +358,7 @@ class Broker:
         self.server = ServerProbe(redis, self.keys)
         self.celery = CeleryUnacked(redis, self.keys, config)
         self._waiter = BlockingWait(redis)
+        self._cluster = is_cluster(redis)
         self.use_script_flags(script_flags)
 
     def use_script_flags(self, flags: bool) -> None:
@@ -375,26 +389,62 @@ class Broker:
     # ------------------------------------------------------------------ publishing
 
     async def push(self, raw: bytes, ready_index: int = 0) -> None:
+        if self.config.min_replicas_ack:
+            await self._replicated(lambda pipe: pipe.lpush(self.keys.ready[ready_index], raw))
+            return
         await self.redis.lpush(self.keys.ready[ready_index], raw)
 
     async def push_many(self, items: Sequence[tuple[bytes, int, float | None]]) -> None:
-        """One round trip for a batch: (envelope, ready index, due ms or None) each."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            by_list: dict[int, list[bytes]] = {}
-            delayed: dict[bytes, float] = {}
-            for raw, index, due_ms in items:
-                if due_ms is None:
-                    by_list.setdefault(index, []).append(raw)
-                else:
-                    delayed[delayed_member(raw, index)] = due_ms
+        """One round trip for a batch: (envelope, ready index, due ms or None) each. One
+        transaction; with ``min_replicas_ack``, in order on one connection and then WAIT."""
+        by_list: dict[int, list[bytes]] = {}
+        delayed: dict[bytes, float] = {}
+        for raw, index, due_ms in items:
+            if due_ms is None:
+                by_list.setdefault(index, []).append(raw)
+            else:
+                delayed[delayed_member(raw, index)] = due_ms
+
+        def build(pipe: Any) -> None:
             for index, raws in by_list.items():
                 pipe.lpush(self.keys.ready[index], *raws)
             if delayed:
                 pipe.zadd(self.keys.delayed, delayed)
+        if self.config.min_replicas_ack:
+            await self._replicated(build)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            build(pipe)
             await pipe.execute()
 
     async def schedule(self, raw: bytes, ready_index: int, due_ms: float) -> None:
-        await self.redis.zadd(self.keys.delayed, {delayed_member(raw, ready_index): due_ms})
+        member = {delayed_member(raw, ready_index): due_ms}
+        if self.config.min_replicas_ack:
+            await self._replicated(lambda pipe: pipe.zadd(self.keys.delayed, member))
+            return
+        await self.redis.zadd(self.keys.delayed, member)
+
+    async def _replicated(self, build: Callable[[Any], Any]) -> None:
+        """The writes ``build`` queues, then ``WAIT`` on the same connection (WAIT counts the
+        replicas that have this connection's writes). ``NotReplicated`` if too few did."""
+        want = self.config.min_replicas_ack
+        timeout_ms = max(1, int(self.config.min_replicas_timeout * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            build(pipe)
+            if self._cluster:  # to the master of the queue's slot, where the writes went
+                cluster: Any = self.redis
+                await cluster.initialize()
+                pipe.execute_command("WAIT", want, timeout_ms,
+                                     target_nodes=cluster.get_node_from_key(self.keys.queue))
+            else:
+                pipe.execute_command("WAIT", want, timeout_ms)
+            replies = await pipe.execute()
+        acked = int(replies[-1])
+        if acked < want:
+            raise NotReplicated(
+                f"published to the master, but {acked} of the {want} replica(s) that "
+                f"min_replicas_ack asks for confirmed it within {timeout_ms} ms: a failover "
+                "now could lose it", [], acked)
 
     # ------------------------------------------------------------------ consuming
 
@@ -459,6 +509,8 @@ class Broker:
             raw, ready_index, due = retry
             member = delayed_member(raw, ready_index)
         job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
+        if pushes and self._cluster:
+            pushes = await self._push_elsewhere(pushes)
         keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats,
                 *(key for key, _ in pushes)]
         args: list[Any] = [
@@ -467,6 +519,17 @@ class Broker:
             *(raw for _, raw in pushes),
         ]
         return bool(await self._settle(keys=keys, args=args))
+
+    async def _push_elsewhere(self, pushes: Sequence[tuple[str, bytes]]
+                              ) -> Sequence[tuple[str, bytes]]:
+        """On a cluster, a follow-up for another queue lives in another slot, out of the settle
+        script's reach: it is pushed first, so a crash before the settle repeats it (at least
+        once) and never loses it. Returns the pushes the script can still do."""
+        here = [(key, raw) for key, raw in pushes if same_slot(key, self.keys.queue)]
+        for key, raw in pushes:
+            if not same_slot(key, self.keys.queue):
+                await self.redis.lpush(key, raw)
+        return here
 
     async def defer(
         self, consumer_id: str, field: int, raw: bytes, ready_index: int, due_ms: float
@@ -528,8 +591,10 @@ class Broker:
         headers, and the in-flight counts of the consumers it found (no message body
         travels: the oldest messages' headers are cut out in Redis)."""
         k = self.keys
+        now_ms = await self.server_time_ms() if self._cluster else None  # TIME has no slot
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            if now_ms is None:
+                pipe.time()
             for key in k.ready:
                 pipe.llen(key)
             pipe.zcard(k.delayed)
@@ -545,10 +610,12 @@ class Broker:
             results = await pipe.execute()
         oldest = await self._oldest(keys=list(k.ready))
         n = len(k.ready)
-        seconds, micros = results[0]
-        ready = results[1:n + 1]
+        if now_ms is None:
+            seconds, micros = results.pop(0)
+            now_ms = seconds * 1000 + micros / 1000
+        ready = results[:n]
         (delayed, next_delayed, failed, consumers, counters, monitor, server, recovered,
-         celery_unacked, seen) = results[n + 1:]
+         celery_unacked, seen) = results[n:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -557,7 +624,7 @@ class Broker:
                     pipe.llen(k.landing(text(cid)))
                 inflight = sum(await pipe.execute())
         return {
-            "now_ms": seconds * 1000 + micros / 1000,
+            "now_ms": now_ms,
             "ready": {step: int(c) for step, c in zip(k.steps, ready, strict=True)},
             "oldest_ready": [(text(eta), text(stamp)) for present, eta, stamp in oldest
                              if int(present)],

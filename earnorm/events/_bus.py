@@ -18,6 +18,7 @@ from earnorm._config import EventConfig
 from earnorm._errors import (
     EventValidationError,
     JobNotFound,
+    NotReplicated,
     PublishError,
 )
 from earnorm.events import _protocol as protocol
@@ -36,6 +37,7 @@ from earnorm.events._records import (
 )
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._server import check_eviction
+from earnorm.events._topology import for_cluster, is_cluster
 
 log = logging.getLogger("earnorm.events")
 
@@ -61,7 +63,8 @@ class EventBus:
     """
 
     def __init__(self, redis: Redis, config: EventConfig | None = None, *, url: str = "") -> None:
-        self.config = config or EventConfig()
+        # On a Redis Cluster the queue name carries a hash tag: ``orders`` is ``{orders}``.
+        self.config = for_cluster(config or EventConfig(), is_cluster(redis))
         self.redis = redis
         self.broker = Broker(redis, self.config)
         self.url = url
@@ -171,15 +174,21 @@ class EventBus:
 
     async def _publish(self, event: Event, delay: Delay, priority: int) -> str:
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
-        if due_ms is not None:
-            await self._with_retries(self.broker.schedule, raw, index, due_ms)
-            return event.id
-        try:  # the first attempt of the common case, without the retry loop's extra awaits
-            await self.broker.push(raw, index)
-        except TRANSIENT_ERRORS as exc:
-            await self._with_retries(self.broker.push, raw, index, first_failure=exc)
-        except RedisError as exc:
-            raise self._refused(exc) from exc
+        try:
+            if due_ms is not None:
+                await self._with_retries(self.broker.schedule, raw, index, due_ms)
+                return event.id
+            try:  # the first attempt of the common case, without the retry loop's extra awaits
+                await self.broker.push(raw, index)
+            except NotReplicated:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                await self._with_retries(self.broker.push, raw, index, first_failure=exc)
+            except RedisError as exc:
+                raise self._refused(exc) from exc
+        except NotReplicated as exc:
+            exc.job_ids = [event.id]
+            raise
         return event.id
 
     async def publish_batch(
@@ -206,7 +215,11 @@ class EventBus:
     ) -> list[str]:
         items = [self._encode(event, delay_s, priority) for event in events]
         if items:
-            await self._with_retries(self.broker.push_many, items)
+            try:
+                await self._with_retries(self.broker.push_many, items)
+            except NotReplicated as exc:
+                exc.job_ids = [event.id for event in events]
+                raise
         return [event.id for event in events]
 
     async def _with_retries(
@@ -227,6 +240,8 @@ class EventBus:
             try:
                 await operation(*args)
                 return
+            except NotReplicated:  # written, not confirmed: sending it again would duplicate it
+                raise
             except TRANSIENT_ERRORS as exc:
                 error = exc
             except RedisError as exc:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
 from earnorm.events._keys import Keys, text
+from earnorm.events._topology import is_cluster
 
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
@@ -51,7 +52,11 @@ class CeleryUnacked:
         self._release = redis.register_script(_RELEASE)
 
     async def restore_expired(self, now_s: float) -> int:
-        """Restore this queue's entries older than the visibility timeout; returns how many."""
+        """Restore this queue's entries older than the visibility timeout; returns how many.
+        Not on a Redis Cluster: Celery's unacked keys are global (their own slots), and Celery
+        does not run on a cluster anyway (celery#2852)."""
+        if is_cluster(self.redis):
+            return 0
         cutoff = now_s - self.visibility_timeout
         tags: list[bytes] = await self.redis.zrangebyscore(  # type: ignore[assignment]
             UNACKED_INDEX, "-inf", cutoff, start=0, num=_BATCH)

@@ -158,6 +158,7 @@ def start_local_redis(
     extra_args: tuple[str, ...] = (),
     tls: TLSFiles | None = None,
     timeout: float = 10.0,
+    binary: str | None = None,
 ) -> LocalRedis:
     """Start a private server on a loopback port and wait until it answers PING.
 

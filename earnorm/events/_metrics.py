@@ -115,3 +115,25 @@ class Metrics:
         """The text exposition and its content type."""
         prom = _prometheus()
         return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
+
+
+def merged_exposition(all_metrics: list[Metrics]) -> tuple[bytes, str]:
+    """Several consumers' metrics as one page: families of one name merged, so every metric
+    has one HELP and TYPE line (several queues in one process)."""
+    prom = _prometheus()
+    families: dict[str, Any] = {}
+    for metrics in all_metrics:
+        for family in metrics.registry.collect():
+            kept = families.get(family.name)
+            if kept is None:
+                families[family.name] = family
+            else:
+                kept.samples.extend(family.samples)
+
+    class _Merged:
+        def collect(self) -> Any:
+            return iter(families.values())
+
+    registry = prom.CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST

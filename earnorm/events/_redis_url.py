@@ -10,8 +10,9 @@ Every other query parameter of ``redis.asyncio.Redis.from_url`` works the same w
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,53 +21,61 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._errors import BrokerConnectionError, ConfigError
+from earnorm.events import _topology as topology
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
-_SECRET_PARAMS = frozenset({"password", "ssl_password"})
+_SECRET_PARAMS = frozenset({"password", "ssl_password", "sentinel_password"})
+
+
+_USERINFO = re.compile(r"(://[^:/@;?#]*:)[^@/;?#]*@")
+_QUERY = re.compile(r"\?([^;#]*)")
+
+
+def _mask_query(match: re.Match[str]) -> str:
+    query = parse_qsl(match.group(1), keep_blank_values=True)
+    if not any(name in _SECRET_PARAMS for name, _ in query):
+        return match.group(0)
+    masked = [(n, "***" if n in _SECRET_PARAMS else v) for n, v in query]
+    return "?" + urlencode(masked, safe="/*")
 
 
 def mask_url(url: str) -> str:
-    """The URL with every secret replaced by ``***``: safe for logs, reprs and errors.
+    """The URL with every secret replaced by ``***``: safe for logs, reprs and errors. Works
+    for the several-host cluster and sentinel forms too.
 
     >>> mask_url("redis://user:secret@host:6379/0")
     'redis://user:***@host:6379/0'
     >>> mask_url("rediss://host/0?password=secret&ssl_ca_certs=/ca.pem")
     'rediss://host/0?password=***&ssl_ca_certs=/ca.pem'
+    >>> mask_url("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379?sentinel_password=x")
+    'sentinel://:***@h1:26379;sentinel://:***@h2:26379?sentinel_password=***'
     """
-    try:
-        parts = urlsplit(url)
-        password, port = parts.password, parts.port
-    except (ValueError, TypeError, AttributeError):
+    if not isinstance(url, str):
         return "<invalid url>"
-    if password is not None:
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6: urlsplit drops the brackets
-            host = f"[{host}]"
-        if port:
-            host = f"{host}:{port}"
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if parts.query:
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(name in _SECRET_PARAMS for name, _ in query):
-            masked = [(n, "***" if n in _SECRET_PARAMS else v) for n, v in query]
-            parts = parts._replace(query=urlencode(masked, safe="/*"))
-    return urlunsplit(parts)
+    return _QUERY.sub(_mask_query, _USERINFO.sub(lambda m: m.group(1) + "***@", url))
 
 
 def open_redis(url: str, **options: Any) -> Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``) that retries briefly on
-    connection errors; callers above it decide how long to keep trying."""
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-    if scheme not in ("redis", "rediss", "unix"):
+    """A client for ``url`` that retries briefly on connection errors; callers above it decide
+    how long to keep trying. ``redis://``, ``rediss://``, ``unix://``, and the cluster and
+    sentinel forms of ``_topology`` (whose clients are ``RedisCluster`` and a Sentinel-managed
+    ``Redis``)."""
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in ("redis", "rediss", "unix") and topology.kind(url) == "single":
         shown = mask_url(url) if isinstance(url, str) else repr(url)
-        raise ConfigError(f"redis_uri must be a redis://, rediss:// or unix:// URL, got {shown}")
+        raise ConfigError("redis_uri must be a redis://, rediss://, unix://, redis+cluster:// "
+                          f"or redis+sentinel:// (or kombu's sentinel://) URL, got {shown}")
     options.setdefault("socket_connect_timeout", 5)
-    options.setdefault("health_check_interval", 30)
     options.setdefault(
         "retry", Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=2)
     )
     options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
     try:
+        if topology.kind(url) == "cluster":
+            return topology.open_cluster(url, **options)
+        options.setdefault("health_check_interval", 30)
+        if topology.kind(url) == "sentinel":
+            return topology.open_sentinel(url, **options)
         return Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"invalid redis_uri {mask_url(url)}: {exc}") from None

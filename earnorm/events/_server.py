@@ -14,6 +14,7 @@ from redis.typing import EncodableT, FieldT
 
 from earnorm._errors import ConfigError
 from earnorm.events._keys import Keys, text
+from earnorm.events._topology import is_cluster
 
 SAFE_POLICY = "noeviction"
 
@@ -59,13 +60,30 @@ class ServerProbe:
         self.redis = redis
         self.keys = keys
 
-    async def info(self) -> ServerInfo:
+    async def _read(self) -> list[Any]:
+        if is_cluster(self.redis):
+            # The master that serves the queue's slot: its run_id changes on a failover.
+            cluster: Any = self.redis
+            await cluster.initialize()
+            node = cluster.get_node_from_key(self.keys.queue)
+            replies: list[Any] = []
+            for command, arg in (("INFO", "server"), ("INFO", "persistence"),
+                                 ("CONFIG GET", "maxmemory-policy"), ("CONFIG GET", "save")):
+                try:
+                    replies.append(await cluster.execute_command(command, arg,
+                                                                 target_nodes=node))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.info("server")
             pipe.info("persistence")
             pipe.config_get("maxmemory-policy")
             pipe.config_get("save")
-            server, persistence, policy, save = await pipe.execute(raise_on_error=False)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def info(self) -> ServerInfo:
+        server, persistence, policy, save = await self._read()
         if isinstance(server, BaseException):
             raise server
         config_error = None

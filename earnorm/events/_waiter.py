@@ -5,6 +5,10 @@ BLMOVE answers with the element it moved. Kept, a 50 MB message on an idle queue
 (twice, in the parser and as bytes) in the consumer. The moved element is not needed: the next
 fetch script takes it from the landing list, inside Redis, and diverts it if it is too large.
 So the reply is read from the socket in chunks and dropped.
+
+On a Redis Cluster the connection goes to the master serving the queue's slot, looked up again
+after any error: a MOVED or CLUSTERDOWN reply (resharding, failover) is a transient error like a
+lost connection, and the next wait asks the cluster client where the slot lives now.
 """
 
 from __future__ import annotations
@@ -12,21 +16,32 @@ from __future__ import annotations
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from earnorm.events._topology import is_cluster
 
 _CHUNK = 64 * 1024
+_CLUSTER_MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
 class BlockingWait:
     def __init__(self, redis: Redis) -> None:
-        self._pool = redis.connection_pool
+        self._redis = redis
         self._connection: Any = None
+
+    def _new_connection(self, key: str) -> Any:
+        if is_cluster(self._redis):
+            node: Any = cast(Any, self._redis).get_node_from_key(key)
+            kwargs = {**node.connection_kwargs, "socket_timeout": None}
+            return node.connection_class(**kwargs)
+        return cast(Any, self._redis.connection_pool).make_connection()
 
     async def move(self, source: str, destination: str, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if a message was moved."""
         connection = self._connection
         if connection is None:
-            connection = cast(Any, self._pool).make_connection()
+            connection = self._new_connection(source)
             await connection.connect()
             self._connection = connection
         try:
@@ -54,7 +69,12 @@ async def _discard_reply(connection: Any) -> bool:
         raise ConnectionError("connection closed while waiting")
     kind, rest = line[:1], line[1:].strip()
     if kind == b"-":
-        raise ResponseError(rest.decode(errors="replace"))
+        error = rest.decode(errors="replace")
+        if error.startswith(_CLUSTER_MOVING):
+            raise RedisConnectionError(f"cluster: {error}")
+        if error.startswith("READONLY"):  # a demoted master; the next wait finds the new one
+            raise ReadOnlyError(error)
+        raise ResponseError(error)
     if kind == b"_" or rest == b"-1":  # RESP3 null, or RESP2 null bulk / null array: timed out
         return False
     if kind != b"$":

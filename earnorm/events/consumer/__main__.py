@@ -5,7 +5,8 @@ started (the ``embedded`` extra), so ``python -m earnorm.events.consumer --app e
 works on a fresh machine.
 
 Exit codes: 0 stopped on SIGTERM/SIGINT, 2 usage or configuration error, 3 Redis unreachable at
-start, 4 the ``--app`` module could not be imported. Each failure is one line on stderr (the
+start, 4 the ``--app`` module could not be imported, 5 (``--processes``) a consumer process kept
+dying. Each failure is one line on stderr (the
 traceback too with ``--log-level DEBUG``).
 """
 
@@ -19,12 +20,15 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from earnorm._config import EventConfig
 from earnorm._errors import BrokerConnectionError, ConfigError, EarnORMError
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._consumer import Consumer
+from earnorm.events.consumer._group import ConsumerGroup, parse_queue
+from earnorm.events.consumer._supervisor import Supervisor
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -37,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m earnorm.events.consumer",
         description="Consume EarnORM/Celery events from Redis and run the registered handlers.",
         epilog="exit codes: 0 stopped, 2 usage or configuration error, 3 Redis unreachable, "
-               "4 --app could not be imported",
+               "4 --app could not be imported, 5 consumer processes kept dying",
     )
     parser.add_argument("--app", default=env("EARNORM_APP"),
                         help="module that registers handlers, e.g. myproject.handlers "
@@ -45,8 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-uri", default=env("EARNORM_REDIS_URI") or env("REDIS_URL"),
                         help="redis:// or rediss:// URL; none starts a local server "
                              "[EARNORM_REDIS_URI, REDIS_URL]")
-    parser.add_argument("--queue", default=env("EARNORM_QUEUE", "earnorm:events"),
-                        help="queue name [EARNORM_QUEUE] (default: %(default)s)")
+    parser.add_argument("--queue", action="append", default=None,
+                        help="queue name, NAME or NAME=WEIGHT; repeat it for several queues "
+                             "in one process, handler slots split by weight [EARNORM_QUEUE, "
+                             "comma-separated] (default: earnorm:events)")
+    parser.add_argument("--processes", type=int,
+                        default=int(env("EARNORM_PROCESSES", "1")),
+                        help="consumer processes under one supervisor that restarts any that "
+                             "dies [EARNORM_PROCESSES] (default: 1)")
+    parser.add_argument("--max-restarts", type=int,
+                        default=int(env("EARNORM_MAX_RESTARTS", "5")),
+                        help="with --processes: a process that dies more often than this in a "
+                             "minute stops them all, exit 5 [EARNORM_MAX_RESTARTS] (default: 5)")
     parser.add_argument("--concurrency", type=int,
                         default=int(env("EARNORM_CONCURRENCY", "100")),
                         help="handlers running at once [EARNORM_CONCURRENCY] (default: 100)")
@@ -96,10 +110,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _queues(args: argparse.Namespace) -> list[str]:
+    if args.queue:
+        return list(args.queue)
+    raw = os.environ.get("EARNORM_QUEUE", "earnorm:events")
+    return [q.strip() for q in raw.split(",") if q.strip()]
+
+
+async def _supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    child_args = list(argv)
+    local: LocalRedis | None = None
+    if not args.redis_uri:
+        local = start_local_redis()
+        log.info("no Redis URL configured: started a local server at %s", local.url)
+        child_args += ["--redis-uri", local.url]
+    try:
+        return await Supervisor(child_args, args.processes, metrics_port=args.metrics_port,
+                                shutdown_timeout=args.shutdown_timeout,
+                                max_restarts=args.max_restarts).run()
+    finally:
+        if local is not None:
+            local.stop()
+
+
 async def _serve(args: argparse.Namespace) -> int:
     local: LocalRedis | None = None
+    queues = [parse_queue(q) for q in _queues(args)]
     config = EventConfig.from_dict({
-        "queue_name": args.queue,
+        "queue_name": queues[0][0],
         "serializer": args.serializer,
         "heartbeat_interval": args.heartbeat_interval,
         "heartbeat_timeout": args.heartbeat_timeout,
@@ -114,10 +152,16 @@ async def _serve(args: argparse.Namespace) -> int:
         local = start_local_redis()
         url = local.url
         log.info("no Redis URL configured: started a local server at %s", url)
-    consumer = Consumer(url, config=config, registry=default_registry,
-                        concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout,
-                        celery_events=args.celery_events, metrics_port=args.metrics_port,
-                        metrics_host=args.metrics_host)
+    consumer: Consumer | ConsumerGroup
+    options: dict[str, Any] = {
+        "config": config, "registry": default_registry, "concurrency": args.concurrency,
+        "shutdown_timeout": args.shutdown_timeout, "celery_events": args.celery_events,
+        "metrics_port": args.metrics_port, "metrics_host": args.metrics_host,
+    }
+    if len(queues) == 1:
+        consumer = Consumer(url, **options)
+    else:
+        consumer = ConsumerGroup(url, queues=queues, **options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, consumer.stop)
@@ -138,11 +182,24 @@ def _fail(code: int, message: str, exc: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)  # exits with 2 on a usage error
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.processes < 1:
+        return _fail(USAGE, f"--processes must be >= 1, got {args.processes}", ValueError())
+    try:
+        for spec in _queues(args):
+            parse_queue(spec)
+    except EarnORMError as exc:
+        return _fail(USAGE, str(exc), exc)
+    if args.processes > 1:  # the children import --app and report its errors (exit 4)
+        try:
+            return asyncio.run(_supervise(args, argv))
+        except EarnORMError as exc:
+            return _fail(USAGE, str(exc), exc)
     if args.app:
         sys.path.insert(0, os.getcwd())
         try:

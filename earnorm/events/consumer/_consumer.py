@@ -33,12 +33,14 @@ from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
 from earnorm._errors import (
+    ConfigError,
     EarnORMError,
     MessageDecodeError,
     UnsupportedProtocol,
 )
 from earnorm.events import _http as http
 from earnorm.events import _protocol as protocol
+from earnorm.events import _topology as topology
 from earnorm.events import _tracing as tracing
 from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
 from earnorm.events._bus import EventBus
@@ -51,6 +53,7 @@ from earnorm.events._metrics import Metrics
 from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
+from earnorm.events._topology import is_cluster
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
@@ -117,8 +120,14 @@ class Consumer:
             cfg = EventConfig.from_dict(config)
         if queue_name and cfg.queue_name != queue_name:
             cfg = dataclasses.replace(cfg, queue_name=queue_name)
-        self.config = cfg
         self.redis_url = redis_url or (bus.url if bus else "")
+        cluster = is_cluster(bus.redis) if bus is not None else (
+            topology.kind(self.redis_url) == "cluster")
+        if cluster and celery_events:
+            raise ConfigError("celery_events needs a single Redis or Sentinel, not a cluster: "
+                              "Celery's remote-control keys are global, and Celery itself does "
+                              "not run on Redis Cluster")
+        self.config = topology.for_cluster(cfg, cluster)
         self._given_bus = bus
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency

@@ -51,7 +51,13 @@ class ServerWatch:
         restarted = info.run_id != previous.run_id
         if restarted:
             lost = info.persistence == "none"
-            if lost:
+            if await self._failed_over(previous, info):
+                lost = False
+                log.warning("Redis master changed (run_id %s -> %s, up %d s): a replica took "
+                            "over; writes it had not received yet are lost, and their "
+                            "messages come again or not at all (see min_replicas_ack)",
+                            previous.run_id[:8], info.run_id[:8], info.uptime_s)
+            elif lost:
                 log.error("Redis restarted (run_id %s -> %s) with persistence off: every queued, "
                           "delayed, in-flight and failed event it held is lost, and the "
                           "counters start again", previous.run_id[:8], info.run_id[:8])
@@ -72,6 +78,15 @@ class ServerWatch:
         elif (info.maxmemory_policy, info.persistence) != (previous.maxmemory_policy,
                                                              previous.persistence):
             await self._record(info, restarted_from=None, lost_data=False)
+
+    async def _failed_over(self, previous: ServerInfo, info: ServerInfo) -> bool:
+        """A new run_id that kept our own record of the old one, on a server that was up long
+        before this: a replica promoted by Sentinel or the cluster, not a restart."""
+        with contextlib.suppress(*REFUSED_ERRORS):
+            recorded = await self.broker.server.recorded_run_id()
+            return recorded == previous.run_id and info.uptime_s > max(
+                10, 3 * self.config.heartbeat_timeout)
+        return False
 
     def _warn_persistence(self, info: ServerInfo) -> None:
         if info.persistence == "none":

@@ -1,0 +1,87 @@
+"""Sentinel: a master, its replica and three sentinels on loopback (``tests.topology``)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import anyio
+import pytest
+
+from earnorm import ConfigError, Consumer, Event, EventBus, HandlerRegistry, NotReplicated
+from earnorm.events._embedded import LocalRedis, start_local_redis
+from earnorm.events._redis_url import open_redis
+from tests.helpers import wait_until
+from tests.topology import SERVER, SentinelGroup, sentinel_group
+
+pytestmark = pytest.mark.anyio
+
+
+def test_a_sentinel_url_needs_the_masters_name() -> None:
+    with pytest.raises(ConfigError, match="master_name"):
+        open_redis("sentinel://127.0.0.1:26379")
+    with pytest.raises(ConfigError, match="/<master name>"):
+        open_redis("redis+sentinel://127.0.0.1:26379")
+
+
+async def test_failover_mid_stream_the_consumer_and_publisher_follow_the_new_master() -> None:
+    with sentinel_group() as group:
+        await _both_url_forms_work(group)
+        await _failover_story(group)
+
+
+async def _both_url_forms_work(group: SentinelGroup) -> None:
+    for url in (group.url, group.kombu_url + "?master_name=" + group.name):
+        bus = await EventBus.connect(url, queue_name="forms")
+        await bus.publish(Event(name="forms.x", data={}))
+        assert (await bus.stats())["ready_total"] >= 1
+        await bus.close()
+
+
+async def _failover_story(group: SentinelGroup) -> None:
+    seen: Counter[int] = Counter()
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        seen[event.data["i"]] += 1
+    registry.register("fo.*", handle)
+    config = {"queue_name": "failover", "min_replicas_ack": 1, "min_replicas_timeout": 0.5,
+              "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
+              "retry_policy": {"max_retries": 30, "interval_start": 0.2,
+                               "interval_step": 0.2, "interval_max": 1.0}}
+    bus = await EventBus.connect(group.url, config)
+    old_master = group.master
+    acked: set[int] = set()
+    after: set[int] = set()
+    not_replicated = 0
+    async with Consumer(bus=bus, registry=registry, concurrency=20):
+        i = 0
+        killed = False
+        started = time.monotonic()
+        while time.monotonic() - started < 40 and len(after) < 300:
+            try:
+                await bus.publish(Event(name="fo.x", data={"i": i}))
+                acked.add(i)
+                if killed and group.current_master_port() != old_master.port:
+                    after.add(i)
+            except NotReplicated:
+                not_replicated += 1
+            i += 1
+            if i == 300:
+                old_master.kill()
+                killed = True
+            if not_replicated and old_master.process.poll() is not None:
+                # Sentinel turns the old master, once back, into the new master's replica.
+                old_master = _restart(group)
+            await anyio.sleep(0.002)
+        assert len(after) >= 300, "publishing did not continue on the new master"
+        await wait_until(lambda: acked <= set(seen), 60, interval=0.1,
+                         message="every acknowledged publish handled")
+    await bus.close()
+    assert group.current_master_port() == group.replica.port
+
+
+def _restart(group: SentinelGroup) -> LocalRedis:
+    old = group.master
+    group.master = start_local_redis(old.port, workdir=old.workdir, binary=SERVER)
+    return group.master

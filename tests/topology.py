@@ -1,0 +1,214 @@
+"""Real Redis topologies for tests, started on loopback and always stopped: a Redis Cluster of
+masters with a replica each, and a master/replica pair watched by three Sentinels.
+
+Both are Debian's ``redis-server`` (``--cluster-enabled yes``; ``--sentinel``), created the way an
+operator would (``redis-cli --cluster create``, ``sentinel monitor``), with short timeouts so a
+failover takes a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+
+from earnorm.events._embedded import LocalRedis, free_port, start_local_redis
+
+NODE_TIMEOUT_MS = 1000
+# Debian's redis-server (what the brief names for clusters and sentinels); any server on PATH.
+SERVER = shutil.which("redis-server") or shutil.which("valkey-server") or "redis-server"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not within {timeout}s")
+
+
+def _client(port: int) -> Redis:
+    return Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+
+@dataclass
+class Cluster:
+    nodes: list[LocalRedis]
+    workdir: str
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def masters(self) -> dict[int, LocalRedis]:
+        """Live masters by port."""
+        out: dict[int, LocalRedis] = {}
+        for node in self.nodes:
+            if node.process.poll() is not None:
+                continue
+            with _client(node.port) as client:
+                if client.info("replication")["role"] == "master":
+                    out[node.port] = node
+        return out
+
+    def master_for(self, key: str) -> LocalRedis:
+        """The live master serving ``key``'s slot."""
+        for port, node in self.masters().items():
+            with _client(port) as client:
+                slot = int(client.execute_command("CLUSTER KEYSLOT", key))
+                for start, end, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end and _[0][1] == port:
+                        return node
+        raise LookupError(f"no live master serves {key!r}")
+
+    def restart(self, node: LocalRedis) -> LocalRedis:
+        """Start a stopped node again on its port with its cluster config file: it rejoins
+        (a master that lost its slots comes back as a replica of its successor)."""
+        again = start_local_redis(node.port, workdir=node.workdir, extra_args=node.extra_args,
+                                  binary=SERVER)
+        self.nodes[self.nodes.index(node)] = again
+        return again
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        def ok() -> bool:
+            live = [n for n in self.nodes if n.process.poll() is None]
+            for node in live:
+                with _client(node.port) as client:
+                    if client.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+            return True
+        wait_for(ok, timeout, "cluster_state:ok on every live node")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _parallel_start(count: int, workdir: str, extra: Callable[[int], tuple[str, ...]]
+                    ) -> list[LocalRedis]:
+    nodes: list[LocalRedis] = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            nodes.append(start_local_redis(port, workdir=workdir, extra_args=extra(port),
+                                           binary=SERVER))
+    except BaseException:
+        for node in nodes:
+            node.kill()
+        raise
+    return nodes
+
+
+@contextmanager
+def redis_cluster(masters: int = 3, replicas: int = 1) -> Iterator[Cluster]:
+    workdir = tempfile.mkdtemp(prefix="earnorm-cluster-")
+    nodes = _parallel_start(masters * (1 + replicas), workdir, lambda port: (
+        "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+        "--cluster-port", str(free_port()),  # not port + 10000: free ports run past 55535
+        "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+        "--cluster-replica-validity-factor", "0", "--appendonly", "no",
+    ))
+    cluster = Cluster(nodes, workdir)
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        cluster.wait_healthy()
+        # Every replica attached and in sync, so a master's loss is covered.
+        wait_for(lambda: sum(
+            _client(n.port).info("replication").get("master_link_status") == "up"
+            for n in nodes) == masters * replicas, 30, "replicas in sync")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class SentinelGroup:
+    master: LocalRedis
+    replica: LocalRedis
+    sentinels: list[subprocess.Popen[bytes]]
+    sentinel_ports: list[int]
+    workdir: str
+    name: str = "mymaster"
+    servers: list[LocalRedis] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    @property
+    def kombu_url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports)
+
+    def current_master_port(self) -> int:
+        with _client(self.sentinel_ports[0]) as client:
+            _, port = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.name)
+            return int(port)
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        self.master.kill()
+        self.replica.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def sentinel_group(sentinels: int = 3) -> Iterator[SentinelGroup]:
+    workdir = tempfile.mkdtemp(prefix="earnorm-sentinel-")
+    master = start_local_redis(workdir=workdir, binary=SERVER)
+    replica = start_local_redis(workdir=workdir, binary=SERVER, extra_args=(
+        "--replicaof", "127.0.0.1", str(master.port)))
+    processes: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    group = SentinelGroup(master, replica, processes, ports, workdir)
+    try:
+        for _ in range(sentinels):
+            port = free_port()
+            conf = Path(workdir) / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {workdir}\n"
+                f"sentinel monitor {group.name} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {group.name} {NODE_TIMEOUT_MS}\n"
+                f"sentinel failover-timeout {group.name} 5000\n"
+                f"sentinel parallel-syncs {group.name} 1\n"
+            )
+            log = (Path(workdir) / f"sentinel-{port}.log").open("ab")
+            processes.append(subprocess.Popen(
+                [master.binary, str(conf), "--sentinel"], stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True))
+            ports.append(port)
+        wait_for(lambda: _client(replica.port).info("replication")
+                 .get("master_link_status") == "up", 30, "replica in sync")
+
+        def all_see_everyone() -> bool:
+            for port in ports:
+                with _client(port) as client:
+                    info = client.sentinel_master(group.name)
+                    if int(info["num-other-sentinels"]) < sentinels - 1 or int(
+                            info["num-slaves"]) < 1:
+                        return False
+            return True
+        wait_for(all_see_everyone, 30, "sentinels that know each other and the replica")
+        yield group
+    finally:
+        group.stop()
