@@ -39,9 +39,9 @@ def test_bad_urls_say_what_is_wrong() -> None:
 
 def test_min_replicas_ack_is_checked_at_init() -> None:
     assert EventConfig.from_dict({"min_replicas_ack": 1}).min_replicas_ack == 1
-    with pytest.raises(ConfigError, match="event_config.min_replicas_ack"):
+    with pytest.raises(ConfigError, match=r"event_config\.min_replicas_ack"):
         EventConfig.from_dict({"min_replicas_ack": -1})
-    with pytest.raises(ConfigError, match="event_config.min_replicas_timeout"):
+    with pytest.raises(ConfigError, match=r"event_config\.min_replicas_timeout"):
         EventConfig.from_dict({"min_replicas_timeout": "soon"})
 
 
