@@ -358,7 +358,7 @@ class Broker:
         self.server = ServerProbe(redis, self.keys)
         self.celery = CeleryUnacked(redis, self.keys, config)
         self._waiter = BlockingWait(redis)
-        self._cluster = is_cluster(redis)
+        self.cluster = is_cluster(redis)
         self.use_script_flags(script_flags)
 
     def use_script_flags(self, flags: bool) -> None:
@@ -431,7 +431,7 @@ class Broker:
         timeout_ms = max(1, int(self.config.min_replicas_timeout * 1000))
         async with self.redis.pipeline(transaction=False) as pipe:
             build(pipe)
-            if self._cluster:  # to the master of the queue's slot, where the writes went
+            if self.cluster:  # to the master of the queue's slot, where the writes went
                 cluster: Any = self.redis
                 await cluster.initialize()
                 pipe.execute_command("WAIT", want, timeout_ms,
@@ -509,7 +509,7 @@ class Broker:
             raw, ready_index, due = retry
             member = delayed_member(raw, ready_index)
         job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
-        if pushes and self._cluster:
+        if pushes and self.cluster:
             pushes = await self._push_elsewhere(pushes)
         keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats,
                 *(key for key, _ in pushes)]
@@ -591,7 +591,7 @@ class Broker:
         headers, and the in-flight counts of the consumers it found (no message body
         travels: the oldest messages' headers are cut out in Redis)."""
         k = self.keys
-        now_ms = await self.server_time_ms() if self._cluster else None  # TIME has no slot
+        now_ms = await self.server_time_ms() if self.cluster else None  # TIME has no slot
         async with self.redis.pipeline(transaction=False) as pipe:
             if now_ms is None:
                 pipe.time()

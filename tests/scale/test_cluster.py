@@ -12,6 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from earnorm import ConsumerGroup, Event, EventBus, HandlerRegistry, NotReplicated
+from earnorm.events import _protocol as protocol
 from earnorm.events._keys import Keys
 from tests.helpers import wait_until
 from tests.topology import Cluster, redis_cluster
@@ -98,6 +99,35 @@ async def test_ten_thousand_events_over_three_queues_on_three_shards_each_handle
 async def _all_acked(group: ConsumerGroup) -> bool:
     totals = [await c.bus.stats() for c in group]
     return all(s["inflight"] == 0 and s["ready_total"] == 0 for s in totals)
+
+
+async def test_a_link_callback_for_a_queue_on_another_shard_is_delivered_there(
+    cluster: Cluster
+) -> None:
+    """The settle script cannot reach another slot: the follow-up is pushed before it."""
+    first_queue, second_queue = _queues_on_distinct_masters(cluster, 2)
+    ran: list[tuple[str, tuple[object, ...]]] = []
+    registry = HandlerRegistry()
+
+    async def first(event: Event) -> str:
+        ran.append((event.name, event.args))
+        return "result"
+
+    async def second(event: Event) -> None:
+        ran.append((event.name, event.args))
+    registry.register("cb.first", first)
+    registry.register("cb.second", second)
+    link = {"task": "cb.second", "args": ["linked"], "kwargs": {}, "immutable": False,
+            "subtask_type": None, "options": {"queue": second_queue}}
+    bus = await EventBus.connect(cluster.url, queue_name=first_queue)
+    raw = protocol.encode_call("cb.first", str(uuid.uuid4()), [], {}, bus.config.queue_name,
+                               embed={"callbacks": [link]})
+    await bus.redis.lpush(bus.config.queue_name, raw)
+    async with ConsumerGroup(bus=bus, queues=[first_queue, second_queue], registry=registry,
+                             concurrency=4):
+        await wait_until(lambda: len(ran) == 2, 15, message="the event and its link")
+    await bus.close()
+    assert ran[1] == ("cb.second", ("result", "linked"))
 
 
 async def test_a_master_dies_its_replica_takes_over_and_no_acknowledged_publish_is_lost() -> None:

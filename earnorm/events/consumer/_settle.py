@@ -23,6 +23,7 @@ from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason, failure_record
 from earnorm.events._keys import Keys
 from earnorm.events._results import ResultBackend
+from earnorm.events._topology import for_cluster
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._resilient import RedisHealth, until_done
@@ -183,8 +184,9 @@ class Settler:
         key = self._list_keys.get((queue, priority))
         if key is None:
             keys = self._broker.keys
-            if queue != keys.queue:
-                keys = Keys.for_queue(dataclasses.replace(self._broker.config, queue_name=queue))
+            if queue != keys.queue:  # on a cluster, "mail" is "{mail}" as everywhere else
+                keys = Keys.for_queue(for_cluster(dataclasses.replace(
+                    self._broker.config, queue_name=queue), self._broker.cluster))
             key = self._list_keys[(queue, priority)] = keys.ready[keys.ready_index(priority)]
         return key
 
