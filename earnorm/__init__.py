@@ -35,6 +35,7 @@ from earnorm._errors import (
     ValidationError,
 )
 from earnorm._runtime import close, env, event_bus, init
+from earnorm._transaction import transaction
 from earnorm.base import (
     BaseModel,
     after_create,
@@ -111,4 +112,5 @@ __all__ = [
     "model_event_handler",
     "model_event_name",
     "start_local_redis",
+    "transaction",
 ]

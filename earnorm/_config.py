@@ -153,6 +153,15 @@ class EventConfig:
     # publish survives a failover; NotReplicated if they do not within min_replicas_timeout s.
     min_replicas_ack: int = 0
     min_replicas_timeout: float = 1.0
+    # The transactional outbox (earnorm.transaction()): whether this process runs a relay, how
+    # often it looks for committed entries another process wrote, how long a relay's claim on
+    # an entry lasts, how long sent entries are kept, and how long Redis remembers a relayed
+    # event id (a second push of it within that time is dropped).
+    outbox_relay: bool = True
+    outbox_poll_interval: float = 1.0
+    outbox_claim_timeout: float = 30.0
+    outbox_retention: float = 3600.0
+    outbox_dedup_ttl: float = 86400.0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -167,7 +176,8 @@ class EventConfig:
             "priority_steps", "separator", "heartbeat_interval", "heartbeat_timeout",
             "delay_mode", "max_deliveries", "max_delay", "allow_eviction",
             "celery_visibility_timeout", "result_backend", "result_expires",
-            "min_replicas_ack", "min_replicas_timeout",
+            "min_replicas_ack", "min_replicas_timeout", "outbox_relay", "outbox_poll_interval",
+            "outbox_claim_timeout", "outbox_retention", "outbox_dedup_ttl",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -221,6 +231,16 @@ class EventConfig:
                 "event_config.result_backend must be a redis://, rediss:// or unix:// URL or "
                 f"None, got {result_backend!r}"
             )
+        outbox_relay = raw.get("outbox_relay", cls.outbox_relay)
+        if not isinstance(outbox_relay, bool):
+            raise ConfigError(
+                f"event_config.outbox_relay must be True or False, got {outbox_relay!r}")
+        outbox = {
+            key: float(_number("event_config", key, raw.get(key, getattr(cls, key)),
+                               minimum=0.01))
+            for key in ("outbox_poll_interval", "outbox_claim_timeout", "outbox_retention",
+                        "outbox_dedup_ttl")
+        }
         if timeout <= interval:
             raise ConfigError(
                 "event_config.heartbeat_timeout must be greater than heartbeat_interval"
@@ -260,6 +280,8 @@ class EventConfig:
                 "event_config", "min_replicas_timeout",
                 raw.get("min_replicas_timeout", cls.min_replicas_timeout), minimum=0.001,
             )),
+            outbox_relay=outbox_relay,
+            **outbox,
             celery_visibility_timeout=float(_number(
                 "event_config", "celery_visibility_timeout",
                 raw.get("celery_visibility_timeout", cls.celery_visibility_timeout), minimum=1,

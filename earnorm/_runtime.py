@@ -107,7 +107,14 @@ async def init(
         await bus.close()
         raise
     _bus_proxy._bind(bus)
-    activate(Environment(event_bus=bus, client=client, database=db))
+    environment = Environment(event_bus=bus, client=client, database=db)
+    if db is not None and config.outbox_relay:
+        # Committed outbox entries (events of earnorm.transaction()) go to Redis from here.
+        from earnorm.events._outbox import OutboxRelay
+
+        bus.outbox = OutboxRelay(bus, db)
+        bus.outbox.start()
+    activate(environment)
     return bus
 
 
@@ -125,4 +132,7 @@ async def close() -> None:
             await environment.close()
     finally:
         if bus is not None:
+            if bus.outbox is not None:
+                await bus.outbox.stop()
+                bus.outbox = None
             await bus.close()

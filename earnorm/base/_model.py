@@ -24,6 +24,7 @@ from bson import ObjectId
 
 from earnorm._environment import Environment, current_environment, register_model
 from earnorm._errors import ConfigError, DocumentNotFound, ValidationError
+from earnorm._transaction import current_transaction, session_options
 from earnorm.base._fields import MISSING, Field, collect_fields
 from earnorm.base._hooks import collect_hooks, run_hooks
 from earnorm.base._query import Filter, Query, Sort, mongo_errors, mongo_filter, to_object_id
@@ -234,7 +235,8 @@ class BaseModel:
     @classmethod
     async def count(cls, filter: Filter | None = None) -> int:
         with mongo_errors(f"count in {cls._collection!r}"):
-            return await cls._mongo_collection().count_documents(mongo_filter(filter))
+            return await cls._mongo_collection().count_documents(mongo_filter(filter),
+                                                                **session_options())
 
     @classmethod
     async def exists(cls, filter: Filter | None = None) -> bool:
@@ -259,7 +261,8 @@ class BaseModel:
         }
         oid = ObjectId()
         with mongo_errors(f"insert into {self._collection!r}"):
-            await self._mongo_collection().insert_one({"_id": oid, **document})
+            await self._mongo_collection().insert_one({"_id": oid, **document},
+                                                   **session_options())
         object.__setattr__(self, "_id", oid)
         changes = {name: (None, value) for name, value in self._field_values().items()}
         await self._finish_write(changes, hooks["after_create"])
@@ -292,7 +295,8 @@ class BaseModel:
         if unset:
             update["$unset"] = unset
         with mongo_errors(f"update in {self._collection!r}"):
-            result = await self._mongo_collection().update_one({"_id": self._id}, update)
+            result = await self._mongo_collection().update_one({"_id": self._id}, update,
+                                                               **session_options())
         if result.matched_count == 0:
             raise DocumentNotFound(
                 f"{type(self).__name__} {self.id} is not in {self._collection!r} any more"
@@ -317,7 +321,8 @@ class BaseModel:
             raise ValidationError(f"cannot delete a {type(self).__name__} that was never stored")
         await run_hooks(self, self._model_hooks["before_delete"])
         with mongo_errors(f"delete from {self._collection!r}"):
-            result = await self._mongo_collection().delete_one({"_id": self._id})
+            result = await self._mongo_collection().delete_one({"_id": self._id},
+                                                               **session_options())
         if result.deleted_count == 0:
             raise DocumentNotFound(
                 f"{type(self).__name__} {self.id} is not in {self._collection!r} any more"
@@ -336,6 +341,9 @@ class BaseModel:
             exc.add_note(
                 f"{type(self).__name__} {self.id} was already written; "
                 "the after hooks after the failing one did not run"
+                if current_transaction() is None else
+                f"{type(self).__name__} {self.id} is rolled back with the transaction if this "
+                "error leaves its block"
             )
             raise
         finally:

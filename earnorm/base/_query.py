@@ -15,6 +15,7 @@ from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
 from earnorm._errors import DatabaseError, ValidationError
+from earnorm._transaction import session_options
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -123,7 +124,7 @@ class Query(Generic[T]):
         action = f"find in {collection.name!r}"
         cursor = collection.find(
             self._filter, sort=self._sort, skip=self._skip, limit=self._limit,
-            batch_size=self._batch_size,
+            batch_size=self._batch_size, **session_options(),
         )
         try:
             while True:

@@ -115,6 +115,26 @@ local function divert(v, deliveries, died)
 end
 """
 
+# Publishing at most once per key: KEYS dedup key, ready list, delayed set; ARGV job id, TTL ms,
+# envelope, due ms ('' for now), ready index. Returns the first publish's job id if the key is
+# set (and writes nothing), else nil. Due now or in the past (an outbox entry relayed late):
+# straight to the ready list, by Redis's clock.
+_PUSH_ONCE = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local due = tonumber(ARGV[4])
+if due then
+""" + _NOW_MS + """
+  if due > now then
+    redis.call('ZADD', KEYS[3], due, ARGV[5] .. ':' .. ARGV[3])
+    return false
+  end
+end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return false
+"""
+
 # KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
 #       ready lists in serving order.
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
@@ -424,7 +444,30 @@ class Broker:
             return
         await self.redis.zadd(self.keys.delayed, member)
 
-    async def _replicated(self, build: Callable[[Any], Any]) -> None:
+    def dedup_key(self, key: str) -> str:
+        return f"{self.keys.queue}:dedup:{key}"
+
+    async def push_once_many(
+        self, items: Sequence[tuple[bytes, int, float | None, str, str]], ttl_ms: int
+    ) -> list[str | None]:
+        """(envelope, ready index, due ms or None, dedup key, job id) each, in one round trip:
+        an item whose dedup key is set is not pushed. Returns, per item, the job id that
+        holds its key (None: this call pushed it)."""
+        k = self.keys
+
+        def build(pipe: Any) -> None:
+            for raw, index, due_ms, key, job_id in items:  # EVAL: a pipeline (or a cluster's)
+                pipe.eval(_PUSH_ONCE, 3, self.dedup_key(key), k.ready[index], k.delayed,
+                          job_id, ttl_ms, raw, "" if due_ms is None else due_ms, index)
+        if self.config.min_replicas_ack:
+            replies = await self._replicated(build)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                build(pipe)
+                replies = await pipe.execute()
+        return [None if r is None else text(r) for r in replies[:len(items)]]
+
+    async def _replicated(self, build: Callable[[Any], Any]) -> list[Any]:
         """The writes ``build`` queues, then ``WAIT`` on the same connection (WAIT counts the
         replicas that have this connection's writes). ``NotReplicated`` if too few did."""
         want = self.config.min_replicas_ack
@@ -445,6 +488,7 @@ class Broker:
                 f"published to the master, but {acked} of the {want} replica(s) that "
                 f"min_replicas_ack asks for confirmed it within {timeout_ms} ms: a failover "
                 "now could lose it", [], acked)
+        return list(replies)
 
     # ------------------------------------------------------------------ consuming
 

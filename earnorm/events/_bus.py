@@ -21,6 +21,8 @@ from earnorm._errors import (
     NotReplicated,
     PublishError,
 )
+from earnorm._transaction import current_transaction
+from earnorm.events import _outbox as outbox
 from earnorm.events import _protocol as protocol
 from earnorm.events import _tracing as tracing
 from earnorm.events._broker import TRANSIENT_ERRORS, Broker
@@ -43,6 +45,13 @@ log = logging.getLogger("earnorm.events")
 
 Delay = float | int | timedelta | None
 _CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (wire.md 7)
+
+
+def _ttl_ms(ttl: float | timedelta) -> int:
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise EventValidationError(f"dedup_ttl must be a positive number or timedelta: {ttl!r}")
+    return max(1, int(seconds * 1000))
 
 
 def _seconds(delay: Delay) -> float | None:
@@ -70,6 +79,9 @@ class EventBus:
         self.url = url
         self._owns_redis = False
         self.clock = ServerClock()
+        # The outbox relay running in this process, if any (init() with MongoDB starts one):
+        # stats() reports it.
+        self.outbox: outbox.OutboxRelay | None = None
 
     @classmethod
     async def connect(
@@ -154,27 +166,45 @@ class EventBus:
 
     async def publish(
         self, event: Event, delay: Delay = None, *, priority: int = 0,
-        headers: Mapping[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None, dedup_key: str | None = None,
+        dedup_ttl: float | timedelta = 3600.0,
     ) -> str:
         """Publish one event; with ``delay`` (seconds or timedelta) it is held in Redis's
         delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
         header. ``headers`` are added to the message's top-level headers (``traceparent``, a
         tenant, ...) and reach handlers as ``event.headers``. Returns the job id (the event
         id). With OpenTelemetry configured, a PRODUCER span ``apply_async/<name>`` wraps it
-        and its context travels in the headers (as opentelemetry-instrumentation-celery does)."""
+        and its context travels in the headers (as opentelemetry-instrumentation-celery does).
+
+        ``dedup_key``: a second publish with the same key within ``dedup_ttl`` seconds
+        (default one hour) is dropped, atomically with the push, and returns the first one's
+        job id. Inside ``earnorm.transaction()`` the event goes to the outbox, in the
+        transaction, and reaches Redis once it commits (its ``dedup_key`` applies then)."""
         if headers:
             event = dataclasses.replace(event, headers={**event.headers, **headers})
+        dedup = None if dedup_key is None else (dedup_key, _ttl_ms(dedup_ttl))
         active = tracing.tracer()
         if active is not None:
             with tracing.producer_span(active, event.name, event.id,
                                        self.config.queue_name) as span:
                 traced = dataclasses.replace(event, headers=tracing.inject(event.headers, span))
-                return await self._publish(traced, delay, priority)
-        return await self._publish(event, delay, priority)
+                return await self._publish(traced, delay, priority, dedup)
+        return await self._publish(event, delay, priority, dedup)
 
-    async def _publish(self, event: Event, delay: Delay, priority: int) -> str:
+    async def _publish(self, event: Event, delay: Delay, priority: int,
+                       dedup: tuple[str, int] | None = None) -> str:
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
+        tx = current_transaction()
+        if tx is not None:
+            await outbox.stage(tx, self.config.queue_name,
+                               [(event.id, raw, index, due_ms, dedup and dedup[0])])
+            return event.id
         try:
+            if dedup is not None:
+                key, ttl_ms = dedup
+                first = await self._with_retries(
+                    self.broker.push_once_many, [(raw, index, due_ms, key, event.id)], ttl_ms)
+                return first[0] or event.id
             if due_ms is not None:
                 await self._with_retries(self.broker.schedule, raw, index, due_ms)
                 return event.id
@@ -214,7 +244,12 @@ class EventBus:
         self, events: list[Event], delay_s: float | None, priority: int
     ) -> list[str]:
         items = [self._encode(event, delay_s, priority) for event in events]
-        if items:
+        tx = current_transaction()
+        if tx is not None and items:
+            await outbox.stage(tx, self.config.queue_name, [
+                (event.id, raw, index, due_ms, None)
+                for event, (raw, index, due_ms) in zip(events, items, strict=True)])
+        elif items:
             try:
                 await self._with_retries(self.broker.push_many, items)
             except NotReplicated as exc:
@@ -224,7 +259,7 @@ class EventBus:
 
     async def _with_retries(
         self, operation: Any, *args: Any, first_failure: BaseException | None = None
-    ) -> None:
+    ) -> Any:
         """Run ``operation`` up to ``max_retries + 1`` times in all while Redis is unreachable,
         waiting the retry policy's delay between attempts. ``first_failure``: the caller's own
         first attempt already failed with it (it counts as attempt 1). A write Redis answers
@@ -238,8 +273,7 @@ class EventBus:
                 log.warning("publish failed (%s), retrying in %.2fs", error, wait)
                 await anyio.sleep(wait)
             try:
-                await operation(*args)
-                return
+                return await operation(*args)
             except NotReplicated:  # written, not confirmed: sending it again would duplicate it
                 raise
             except TRANSIENT_ERRORS as exc:
@@ -447,7 +481,7 @@ class EventBus:
             "count": int(p["count"] or 0), "p50": p["p50"], "p95": p["p95"], "p99": p["p99"],
             "window_s": window,
         }
-        return {
+        stats: QueueStats = {
             "queue": self.config.queue_name,
             "seen": snap["seen"],
             "at": _iso(now_ms),
@@ -468,6 +502,9 @@ class EventBus:
             "latency_s": _latency_s(snap, now_ms),
             "consumers": consumers,
         }
+        if self.outbox is not None:
+            stats["outbox"] = await self.outbox.stats()
+        return stats
 
     def __repr__(self) -> str:
         return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"

@@ -35,6 +35,9 @@ class Handler:
     # full or batch_timeout seconds after its first event arrived.
     batch_size: int | None = None
     batch_timeout: float = 1.0
+    # Skip an event id this handler already handled successfully within idempotency_ttl s.
+    idempotent: bool = False
+    idempotency_ttl: float = 86400.0
 
 
 def _check_pattern(pattern: str) -> bool:
@@ -86,6 +89,8 @@ class HandlerRegistry:
         name: str | None = None,
         batch_size: int | None = None,
         batch_timeout: float = 1.0,
+        idempotent: bool = False,
+        idempotency_ttl: float = 86400.0,
         **options: Any,
     ) -> Handler:
         if not inspect.iscoroutinefunction(func):
@@ -109,6 +114,14 @@ class HandlerRegistry:
                 isinstance(t, type) and issubclass(t, BaseException) for t in value
             ):
                 raise ConfigError(f"{option} must be a tuple of exception classes, got {value!r}")
+        if not isinstance(idempotent, bool):
+            raise ConfigError(f"idempotent must be True or False, got {idempotent!r}")
+        if idempotent and batch_size is not None:
+            raise ConfigError("idempotent=True is for handlers of single events, not batches")
+        if isinstance(idempotency_ttl, bool) or not isinstance(idempotency_ttl, (int, float)) \
+                or not idempotency_ttl > 0:
+            raise ConfigError(
+                f"idempotency_ttl must be a positive number, got {idempotency_ttl!r}")
         wild = _check_pattern(pattern)
         policy = None if retry_policy is None else RetryPolicy.from_dict(retry_policy)
         handler = Handler(
@@ -122,6 +135,8 @@ class HandlerRegistry:
             options=options,
             batch_size=batch_size,
             batch_timeout=float(batch_timeout),
+            idempotent=idempotent,
+            idempotency_ttl=float(idempotency_ttl),
         )
         if any(h.name == handler.name for h in self.all()):
             raise ConfigError(f"a handler named {handler.name!r} is already registered")

@@ -116,3 +116,6 @@ class QueueStats(TypedDict):
     processing_ms: ProcessingSummary
     latency_s: float | None
     consumers: list[ConsumerInfo]
+    # With an outbox relay in this process: pending entries, the oldest one's age (the relay's
+    # lag), entries it relayed, its errors and the last one.
+    outbox: NotRequired[dict[str, Any]]

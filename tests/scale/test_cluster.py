@@ -106,7 +106,7 @@ async def test_a_link_callback_for_a_queue_on_another_shard_is_delivered_there(
 ) -> None:
     """The settle script cannot reach another slot: the follow-up is pushed before it."""
     first_queue, second_queue = _queues_on_distinct_masters(cluster, 2)
-    ran: list[tuple[str, tuple[object, ...]]] = []
+    ran: list[tuple[str, object]] = []
     registry = HandlerRegistry()
 
     async def first(event: Event) -> str:

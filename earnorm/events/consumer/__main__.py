@@ -24,6 +24,8 @@ from typing import Any
 
 from earnorm._config import EventConfig
 from earnorm._errors import BrokerConnectionError, ConfigError, EarnORMError
+from earnorm._runtime import close as earnorm_close
+from earnorm._runtime import init as earnorm_init
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._consumer import Consumer
@@ -106,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
                              "and /readyz on this port [EARNORM_METRICS_PORT]")
     parser.add_argument("--metrics-host", default=env("EARNORM_METRICS_HOST", "127.0.0.1"),
                         help="address for --metrics-port (default: 127.0.0.1)")
+    parser.add_argument("--mongo-uri", default=env("EARNORM_MONGO_URI") or env("MONGODB_URI"),
+                        help="MongoDB for handlers that use the ORM; this process then also "
+                             "relays committed outbox entries to Redis [EARNORM_MONGO_URI, "
+                             "MONGODB_URI]")
+    parser.add_argument("--database", default=env("EARNORM_DATABASE"),
+                        help="MongoDB database (default: the URI's, else earnorm) "
+                             "[EARNORM_DATABASE]")
     parser.add_argument("--log-level", default=env("EARNORM_LOG_LEVEL", "INFO"))
     return parser
 
@@ -166,8 +175,12 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, consumer.stop)
     try:
+        if args.mongo_uri:  # earnorm.env for handlers, and an outbox relay
+            await earnorm_init(redis_uri=url, event_config=config, mongo_uri=args.mongo_uri,
+                               database=args.database)
         await consumer.run()
     finally:
+        await earnorm_close()
         if local is not None:
             local.stop()
     log.info("stopped: processed=%d failed=%d retried=%d",

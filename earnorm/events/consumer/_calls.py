@@ -8,10 +8,12 @@ from typing import Any
 import anyio
 
 from earnorm._errors import HandlerTimeout
+from earnorm.events._broker import RETRYABLE_ERRORS
 from earnorm.events._event import Event
 from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
 from earnorm.events.consumer._decide import Failures
+from earnorm.events.consumer._idempotency import DoneMarks
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -44,14 +46,20 @@ async def call_handler(handler: Handler, argument: Any) -> BaseException | None:
     return None
 
 
-async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> tuple[Failures, Any]:
+async def run_handlers(handlers: tuple[Handler, ...], event: Event,
+                       done: DoneMarks | None = None) -> tuple[Failures, Any]:
     """Run ``handlers`` on ``event`` one after another. Returns the ones that failed, and the
-    result: the first successful handler's return value (a Celery task's result)."""
+    result: the first successful handler's return value (a Celery task's result). An
+    ``idempotent`` handler that already handled this event id (``done``) is skipped."""
     failures: Failures = []
     result: Any = None
     have_result = False
     for handler in handlers:
         try:
+            if handler.idempotent and done is not None and await done.seen(handler, event.id):
+                log.info("handler %s already handled %s %s: skipped", handler.name,
+                         event.name, event.id)
+                continue
             if handler.timeout is None:  # the common case, without the extra await
                 value = await handler.func(event)
             else:
@@ -60,6 +68,12 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event) -> tuple[Fai
             log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, exc)
             failures.append((handler, HandlerFailure(handler.name, exc)))
             continue
+        if handler.idempotent and done is not None:
+            try:
+                await done.mark(handler, event.id)
+            except RETRYABLE_ERRORS as exc:  # handled; only a later duplicate would re-run it
+                log.warning("handler %s handled %s but its idempotency mark was not written "
+                            "(%s)", handler.name, event.id, exc)
         if not have_result:
             result, have_result = value, True
     return failures, result

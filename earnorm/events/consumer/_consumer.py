@@ -61,6 +61,7 @@ from earnorm.events.consumer._calls import call_handler, run_handlers
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
+from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._observe import TaskEvents
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
@@ -157,6 +158,7 @@ class Consumer:
         self._fetcher: Fetcher | None = None
         self._acks: AckBatcher | None = None
         self._settler: Settler | None = None
+        self._done: DoneMarks | None = None  # idempotent handlers' marks
         self._running = 0
         self._idle = asyncio.Event()
         self._running_changed = asyncio.Event()
@@ -208,6 +210,7 @@ class Consumer:
         ``BrokerConnectionError`` if Redis cannot be reached when it starts; once running it
         rides out Redis outages (every loop backs off and retries)."""
         broker = await self._connect()
+        self._done = DoneMarks(broker.redis, self.config.queue_name)
         health = self._health
         acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked, health)
         fetcher = self._fetcher = Fetcher(
@@ -511,10 +514,10 @@ class Consumer:
         if now:
             started = time.perf_counter()
             if span is None:
-                failures, result = await run_handlers(now, event)
+                failures, result = await run_handlers(now, event, self._done)
             else:
                 with tracing.current(span):
-                    failures, result = await run_handlers(now, event)
+                    failures, result = await run_handlers(now, event, self._done)
             self._timings.record(time.perf_counter() - started)
         if span is not None:
             for _, failure in failures:

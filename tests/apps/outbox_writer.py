@@ -1,0 +1,35 @@
+"""A process that commits one create with its model event and is SIGKILLed right after the
+commit, before its outbox relay could run (no await between the commit and the kill)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import earnorm
+from earnorm import BaseModel, after_create, dispatch_model_event
+
+
+class Account(BaseModel):
+    _collection = "accounts"
+    email: str
+
+    @after_create
+    async def announce(self) -> None:
+        await dispatch_model_event(earnorm.event_bus, Account, "created", self.id, self)
+
+
+async def main(mongo_uri: str, database: str, redis_uri: str, queue: str) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database, redis_uri=redis_uri,
+                       # no poll during the transaction: only the commit's nudge wakes the
+                       # relay, and the kill comes first
+                       event_config={"queue_name": queue, "outbox_poll_interval": 3600})
+    async with earnorm.transaction():
+        await Account(email="killed@example.com").create()
+    os.kill(os.getpid(), signal.SIGKILL)  # committed; the relay task never got to run
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:5]))

@@ -1,0 +1,196 @@
+"""Transactions, the transactional outbox and its relay, on a real MongoDB-wire server with
+transactions and a real Redis."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+import earnorm
+from earnorm import (
+    BaseModel,
+    Consumer,
+    Environment,
+    Event,
+    EventBus,
+    HandlerRegistry,
+    after_create,
+    dispatch_model_event,
+)
+from earnorm._transaction import session_options
+from earnorm.events import _protocol as protocol
+from earnorm.events._outbox import COLLECTION, OutboxRelay
+from tests.helpers import wait_until
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.anyio
+
+
+class Member(BaseModel):
+    _collection = "members"
+    email: str
+    fail_after_create: bool = False
+
+    @after_create
+    async def announce(self) -> None:
+        await dispatch_model_event(earnorm.event_bus, Member, "created", self.id, self)
+        if self.fail_after_create:
+            raise RuntimeError("hook failed after the event was dispatched")
+
+
+def _counting(seen: Counter[str]) -> HandlerRegistry:
+    registry = HandlerRegistry()
+
+    async def count(event: Event) -> None:
+        seen[event.id] += 1
+    registry.register("#", count)
+    return registry
+
+
+async def _outbox(env: Environment, state: str | None = None) -> int:
+    query: dict[str, Any] = {} if state is None else {"state": state}
+    # Inside a transaction: what the transaction sees (its own writes).
+    return int(await env.database[COLLECTION].count_documents(query, **session_options()))
+
+
+async def test_a_committed_create_is_delivered_through_the_outbox(
+    orm: Environment, redis: Redis, queue_name: str
+) -> None:
+    seen: Counter[str] = Counter()
+    async with earnorm.transaction():
+        member = Member(email="a@example.com")
+        await member.create()
+        assert await _outbox(orm) == 1  # inside the transaction, in the outbox only
+        assert await redis.llen(queue_name) == 0
+    assert await earnorm.env.database[COLLECTION].count_documents({}) == 1  # committed
+    async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+        await wait_until(lambda: len(seen) == 1, 10, message="the event handled")
+    assert await Member.count() == 1
+    await wait_until(lambda: _outbox(orm, "sent"), 5, message="the entry marked sent")
+    stats = await earnorm.event_bus.stats()
+    assert stats["outbox"]["pending"] == 0 and stats["outbox"]["relayed"] == 1
+
+
+async def test_a_transaction_that_raises_leaves_no_document_no_event_no_outbox_entry(
+    orm: Environment, redis: Redis, queue_name: str
+) -> None:
+    with pytest.raises(RuntimeError, match="hook failed"):
+        async with earnorm.transaction():
+            await Member(email="b@example.com", fail_after_create=True).create()
+    assert await Member.count() == 0
+    assert await _outbox(orm) == 0
+    assert await redis.llen(queue_name) == 0
+    with pytest.raises(ValueError):
+        async with earnorm.transaction():
+            await Member(email="c@example.com").create()
+            raise ValueError("any error in the block")
+    assert await Member.count() == 0 and await _outbox(orm) == 0
+
+
+async def test_outside_a_transaction_events_go_straight_to_redis(
+    orm: Environment, redis: Redis, queue_name: str
+) -> None:
+    await Member(email="d@example.com").create()
+    assert await redis.llen(queue_name) == 1
+    assert await _outbox(orm) == 0
+
+
+async def test_a_process_killed_right_after_commit_delivers_its_event_exactly_once_on_restart(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    with anyio.fail_after(60):
+        writer = await anyio.run_process(
+            [sys.executable, "-m", "tests.apps.outbox_writer", mongo_uri, database_name,
+             redis_url, queue_name], cwd=ROOT, check=False)
+    assert writer.returncode == -9, writer.stderr.decode()
+    assert await redis.llen(queue_name) == 0  # committed, never relayed
+    seen: Counter[str] = Counter()
+    # "Restart": a process init()s again; its relay finds the committed entry.
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name})
+    try:
+        env = earnorm.env
+        assert await env.database["accounts"].count_documents({}) == 1
+        async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+            await wait_until(lambda: len(seen) == 1, 15, message="the event delivered")
+            await wait_until(lambda: _settled(earnorm.event_bus, env), 10,
+                             message="outbox empty, queue drained")
+        assert list(seen.values()) == [1]
+    finally:
+        await earnorm.close()
+
+
+async def _settled(bus: EventBus, env: Environment) -> bool:
+    stats = await bus.stats()
+    return (stats["ready_total"] == 0 and stats["inflight"] == 0
+            and await _outbox(env, "pending") == 0)
+
+
+async def test_two_relays_racing_over_a_thousand_entries_publish_each_once(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name, "outbox_relay": False})
+    try:
+        ids: list[str] = []
+        for start in range(0, 1000, 250):
+            async with earnorm.transaction():
+                ids += await earnorm.event_bus.publish_batch(
+                    [Event(name="race.x", data={"i": i}) for i in range(start, start + 250)])
+        env = earnorm.env
+        assert await _outbox(env, "pending") == 1000 and await redis.llen(queue_name) == 0
+        buses = [await EventBus.connect(redis_url, queue_name=queue_name) for _ in range(2)]
+        relays = [OutboxRelay(bus, env.database, batch=50) for bus in buses]
+
+        async def drain(relay: OutboxRelay) -> None:
+            while await _outbox(env, "pending"):
+                await relay.relay_once()
+        async with anyio.create_task_group() as tg:
+            for relay in relays:
+                tg.start_soon(drain, relay)
+        assert all(r.relayed for r in relays), "both relays should have won some entries"
+        assert sum(r.relayed for r in relays) == 1000
+        messages = await redis.lrange(queue_name, 0, -1)
+        published = Counter(protocol.decode(m).id for m in messages)
+        assert len(messages) == 1000 and set(published) == set(ids)
+        for bus in buses:
+            await bus.close()
+    finally:
+        await earnorm.close()
+
+
+async def test_a_relay_killed_between_push_and_mark_leaves_no_duplicate(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name, "outbox_relay": False,
+                                     "outbox_claim_timeout": 0.2})
+    try:
+        async with earnorm.transaction():
+            await earnorm.event_bus.publish(Event(name="crash.x", data={}))
+        env = earnorm.env
+        dying = _DiesBeforeMarking(earnorm.event_bus, env.database)
+        with pytest.raises(ConnectionError):
+            await dying.relay_once()
+        assert await redis.llen(queue_name) == 1 and await _outbox(env, "pending") == 1
+        survivor = OutboxRelay(earnorm.event_bus, env.database)
+        await wait_until(lambda: _relay(survivor), 5, message="the entry re-claimed and marked")
+        assert await redis.llen(queue_name) == 1  # the second push was dropped by Redis
+        assert await _outbox(env, "pending") == 0
+    finally:
+        await earnorm.close()
+
+
+class _DiesBeforeMarking(OutboxRelay):
+    async def _mark_sent(self, ids: list[Any], token: str) -> None:
+        raise ConnectionError("the relay died after the push, before marking the entry sent")
+
+
+async def _relay(relay: OutboxRelay) -> bool:
+    await relay.relay_once()
+    return not await relay.collection.count_documents({"state": "pending"})
