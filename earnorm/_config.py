@@ -155,12 +155,13 @@ class EventConfig:
     min_replicas_timeout: float = 1.0
     # The transactional outbox (earnorm.transaction()): whether this process runs a relay, how
     # often it looks for committed entries another process wrote, how long a relay's claim on
-    # an entry lasts, how long sent entries are kept, and how long Redis remembers a relayed
-    # event id (a second push of it within that time is dropped).
+    # an entry lasts, how long sent entries are kept (0: deleted once sent; more: marked sent
+    # and deleted later, for inspection), and how long Redis remembers a relayed event id (a
+    # second push of it within that time is dropped).
     outbox_relay: bool = True
     outbox_poll_interval: float = 1.0
-    outbox_claim_timeout: float = 30.0
-    outbox_retention: float = 3600.0
+    outbox_claim_timeout: float = 10.0
+    outbox_retention: float = 0.0
     outbox_dedup_ttl: float = 86400.0
 
     @classmethod
@@ -237,7 +238,7 @@ class EventConfig:
                 f"event_config.outbox_relay must be True or False, got {outbox_relay!r}")
         outbox = {
             key: float(_number("event_config", key, raw.get(key, getattr(cls, key)),
-                               minimum=0.01))
+                               minimum=0.0 if key == "outbox_retention" else 0.01))
             for key in ("outbox_poll_interval", "outbox_claim_timeout", "outbox_retention",
                         "outbox_dedup_ttl")
         }

@@ -127,12 +127,12 @@ async def close() -> None:
     except NotInitializedError:
         environment = None
     activate(None)
+    if bus is not None and bus.outbox is not None:  # first: it uses both connections
+        relay, bus.outbox = bus.outbox, None
+        await relay.stop()
     try:
         if environment is not None:
             await environment.close()
     finally:
         if bus is not None:
-            if bus.outbox is not None:
-                await bus.outbox.stop()
-                bus.outbox = None
             await bus.close()

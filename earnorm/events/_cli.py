@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="queue name [EARNORM_QUEUE] (default: earnorm:events)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
+    common.add_argument("--mongo-uri", default=argparse.SUPPRESS,
+                        help="MongoDB of the transactional outbox: stats then show its size "
+                             "and lag [EARNORM_MONGO_URI, MONGODB_URI]")
+    common.add_argument("--database", default=argparse.SUPPRESS,
+                        help="MongoDB database [EARNORM_DATABASE]")
     parser = argparse.ArgumentParser(
         prog="python -m earnorm.events", parents=[common],
         description="Inspect an EarnORM queue: stats, and the failed-job (dead-letter) store.",
@@ -114,6 +119,13 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:g} ms"
 
 
+def _outbox_line(outbox: dict[str, Any]) -> str:
+    lag = outbox["oldest_pending_s"]
+    line = (f"{outbox['pending']} pending (oldest {'-' if lag is None else f'{lag:g} s'}), "
+            f"{outbox['relayed']} relayed, {outbox['errors']} relay error(s)")
+    return line + (f"; last: {outbox['last_error']}" if outbox.get("last_error") else "")
+
+
 def render_stats(stats: QueueStats) -> str:
     ready = ", ".join(f"p{step} {n}" for step, n in stats["ready"].items())
     counters = stats["counters"]
@@ -134,6 +146,7 @@ def render_stats(stats: QueueStats) -> str:
                            f"p99 {_ms(timing['p99'])}  ({timing['count']} events, last "
                            f"{timing['window_s']:g} s)"],
             ["latency", "-" if latency is None else f"{latency:g} s (oldest waiting event)"],
+            *([["outbox", _outbox_line(stats["outbox"])]] if "outbox" in stats else []),
         ]).split("\n", 1)[1],
         "",
     ]
@@ -207,7 +220,8 @@ def _emit(out: TextIO, args: argparse.Namespace, data: Any, human: str) -> None:
 async def _stats(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
     if not args.watch:
         stats = await bus.stats()
-        if not stats["seen"]:
+        waiting_in_outbox = "outbox" in stats and stats["outbox"]["pending"]
+        if not stats["seen"] and not waiting_in_outbox:
             print(f"error: {_never_seen(stats, args)}", file=sys.stderr)
             return NOT_FOUND
         _emit(out, args, stats, render_stats(stats))
@@ -302,13 +316,22 @@ async def _failed(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     bus = await EventBus.connect(args.redis_uri, {"queue_name": args.queue})
+    client = None
     try:
+        if args.mongo_uri:  # the outbox's size and lag in stats (a relay that is not run)
+            from earnorm._environment import connect_mongo
+            from earnorm.events._outbox import OutboxRelay
+
+            client, database = await connect_mongo(args.mongo_uri, args.database, 5.0)
+            bus.outbox = OutboxRelay(bus, database)
         if args.command == "stats":
             return await _stats(bus, args, out)
         if args.command == "health":
             return await _health(bus, args, out)
         return await _failed(bus, args, out)
     finally:
+        if client is not None:
+            await client.close()
         await bus.close()
 
 
@@ -374,7 +397,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     # Not parser.set_defaults: it would write into the option objects the subcommands share.
     env = os.environ.get
     defaults = {"redis_uri": env("EARNORM_REDIS_URI") or env("REDIS_URL"),
-                "queue": env("EARNORM_QUEUE", "earnorm:events"), "json": False}
+                "queue": env("EARNORM_QUEUE", "earnorm:events"), "json": False,
+                "mongo_uri": env("EARNORM_MONGO_URI") or env("MONGODB_URI"),
+                "database": env("EARNORM_DATABASE")}
     for key, value in defaults.items():
         if not hasattr(args, key):
             setattr(args, key, value)

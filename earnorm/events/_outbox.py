@@ -15,8 +15,8 @@ The relay (one per ``init()``ed process with MongoDB, and in a consumer given ``
 3. pushes its entries to Redis through a script that first sets a dedup key
    (``Q:dedup:outbox:<event id>``, or the entry's own ``dedup_key``) and does nothing if it
    exists: a relay killed between the push and step 4 leaves an entry that another relay claims
-   after ``claim_timeout`` and pushes again, and Redis drops that second push;
-4. marks them sent. Sent entries are deleted after ``retention``.
+   after ``claim_timeout`` (10 s) and pushes again, and Redis drops that second push;
+4. deletes them (``outbox_retention`` > 0: marks them sent, and deletes them after that long).
 
 A crash anywhere loses nothing (an unsent entry is pending until a relay marks it sent); the
 worst case is a duplicate with the same event id, and only if the dedup key is gone too (Redis
@@ -34,6 +34,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from earnorm._transaction import Transaction
+from earnorm.events._keys import text
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -91,6 +92,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._last_cleanup = 0.0
+        # Every relay's totals, for stats() and the CLI of any process: Q:outbox.
+        self._counters = f"{config.queue_name}:outbox"
 
     @property
     def collection(self) -> AsyncCollection[dict[str, Any]]:
@@ -104,13 +107,24 @@ class OutboxRelay:
             _relays.add(self)
             self._task = asyncio.get_running_loop().create_task(self.run())
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop the loop, then relay what is pending (for up to ``drain_timeout`` s), so a
+        process that commits and closes at once does not leave its events to another one."""
         _relays.discard(self)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        from pymongo.errors import PyMongoError
+
+        from earnorm.events._broker import RETRYABLE_ERRORS
+
+        with contextlib.suppress(PyMongoError, *RETRYABLE_ERRORS, TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                while await self.relay_once():
+                    pass
 
     async def run(self) -> None:
         from pymongo.errors import PyMongoError
@@ -130,6 +144,10 @@ class OutboxRelay:
                 moved = 0
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(*errors):  # Redis may be what fails
+                    await self.bus.redis.hset(self._counters, mapping={
+                        "last_error": self.last_error, "last_error_ms": time.time() * 1000})
+                    await self.bus.redis.hincrby(self._counters, "errors", 1)
                 if not self._failing:
                     log.warning("outbox relay failed (%s); retrying every %.1fs",
                                 self.last_error, self.poll_interval)
@@ -167,9 +185,13 @@ class OutboxRelay:
                 for e in entries], self.dedup_ttl_ms)
         await self._mark_sent([e["_id"] for e in mine], token)
         self.relayed += len(mine)
+        await self.bus.redis.hincrby(self._counters, "relayed", len(mine))
         return len(mine)
 
     async def _mark_sent(self, ids: list[Any], token: str) -> None:
+        if not self.retention_ms:
+            await self.collection.delete_many({"_id": {"$in": ids}, "claim": token})
+            return
         await self.collection.update_many(
             {"_id": {"$in": ids}, "claim": token},
             {"$set": {"state": "sent", "sent_ms": time.time() * 1000}})
@@ -186,17 +208,21 @@ class OutboxRelay:
         return broker
 
     async def _cleanup(self, now: float) -> None:
-        if now - self._last_cleanup < 60_000:
+        if not self.retention_ms or now - self._last_cleanup < 60_000:
             return
         self._last_cleanup = now
         await self.collection.delete_many({"state": "sent",
                                            "sent_ms": {"$lt": now - self.retention_ms}})
 
     async def stats(self) -> dict[str, Any]:
-        """Pending entries, the age of the oldest (the relay's lag), what this relay did."""
+        """Pending entries and the age of the oldest (the relays' lag), from MongoDB; what
+        every relay of this queue did (relayed, errors, the last error), from Redis."""
         pending = await self.collection.count_documents({"state": "pending"})
         oldest = await self.collection.find_one({"state": "pending"}, sort=[("_id", 1)])
         lag = None if oldest is None else round(
             max(time.time() * 1000 - float(oldest["created_ms"]), 0.0) / 1000, 3)
-        return {"pending": pending, "oldest_pending_s": lag, "relayed": self.relayed,
-                "errors": self.errors, "last_error": self.last_error}
+        totals = {text(k): text(v)
+                  for k, v in (await self.bus.redis.hgetall(self._counters)).items()}
+        return {"pending": pending, "oldest_pending_s": lag,
+                "relayed": int(totals.get("relayed", 0)), "errors": int(totals.get("errors", 0)),
+                "last_error": totals.get("last_error")}

@@ -23,9 +23,8 @@ class Account(BaseModel):
 
 async def main(mongo_uri: str, database: str, redis_uri: str, queue: str) -> None:
     await earnorm.init(mongo_uri=mongo_uri, database=database, redis_uri=redis_uri,
-                       # no poll during the transaction: only the commit's nudge wakes the
-                       # relay, and the kill comes first
-                       event_config={"queue_name": queue, "outbox_poll_interval": 3600})
+                       # this process dies before its relay runs: it has none
+                       event_config={"queue_name": queue, "outbox_relay": False})
     async with earnorm.transaction():
         await Account(email="killed@example.com").create()
     os.kill(os.getpid(), signal.SIGKILL)  # committed; the relay task never got to run

@@ -62,5 +62,7 @@ async def test_models_guide_runs_as_written(
     assert "Product.price: expected float, got str 'cheap'" in printed
     assert "['pad', 'pen']" in printed
     assert "Email already exists" in printed
+    assert "1\nTrue\n" in printed  # the rolled-back invoice, the dropped duplicate publish
     assert len(handlers.default_registry) == 2
-    assert await redis.llen(queue_name) == 3  # member.before_create, .created, .login
+    # member.before_create, .created, .login; invoice.created (committed), one invoice.sent
+    assert await redis.llen(queue_name) == 5

@@ -3,11 +3,13 @@ transactions and a real Redis."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -71,9 +73,27 @@ async def test_a_committed_create_is_delivered_through_the_outbox(
     async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
         await wait_until(lambda: len(seen) == 1, 10, message="the event handled")
     assert await Member.count() == 1
-    await wait_until(lambda: _outbox(orm, "sent"), 5, message="the entry marked sent")
+    await wait_until(lambda: _none_left(orm), 5, message="the sent entry deleted")
     stats = await earnorm.event_bus.stats()
     assert stats["outbox"]["pending"] == 0 and stats["outbox"]["relayed"] == 1
+
+
+async def _none_left(env: Environment) -> bool:
+    return await _outbox(env) == 0
+
+
+async def test_with_retention_sent_entries_are_kept_marked_sent(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name, "outbox_retention": 600})
+    try:
+        async with earnorm.transaction():
+            await earnorm.event_bus.publish(Event(name="kept.x", data={}))
+        await wait_until(lambda: _outbox(earnorm.env, "sent"), 5, message="marked sent")
+        assert await redis.llen(queue_name) == 1
+    finally:
+        await earnorm.close()
 
 
 async def test_a_transaction_that_raises_leaves_no_document_no_event_no_outbox_entry(
@@ -194,3 +214,28 @@ class _DiesBeforeMarking(OutboxRelay):
 async def _relay(relay: OutboxRelay) -> bool:
     await relay.relay_once()
     return not await relay.collection.count_documents({"state": "pending"})
+
+
+async def test_stats_and_the_cli_show_the_outbox_size_and_lag(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str
+) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name, "outbox_relay": False})
+    try:
+        async with earnorm.transaction():
+            await earnorm.event_bus.publish_batch([Event(name="lag.x", data={})
+                                                   for _ in range(3)])
+    finally:
+        await earnorm.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EARNORM_", "MONGODB"))}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "earnorm.events", "stats", "--redis-uri", redis_url, "--queue",
+         queue_name, "--mongo-uri", mongo_uri, "--database", database_name, "--json"],
+        check=False, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    outbox = orjson.loads(result.stdout)["outbox"]
+    assert outbox["pending"] == 3 and outbox["oldest_pending_s"] >= 0
+    human = await anyio.run_process(
+        [sys.executable, "-m", "earnorm.events", "stats", "--redis-uri", redis_url, "--queue",
+         queue_name, "--mongo-uri", mongo_uri, "--database", database_name], env=env)
+    assert "3 pending" in human.stdout.decode()
