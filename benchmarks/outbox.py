@@ -83,15 +83,14 @@ async def _latency(mongo: str, redis: str, events: int, rate: float, outbox: boo
     await earnorm.init(mongo_uri=mongo, database=database, redis_uri=redis,
                        event_config={"queue_name": queue})
     committed: dict[str, float] = {}
-    latencies: list[float] = []
+    started: dict[str, float] = {}
+    all_started = asyncio.Event()
     registry = HandlerRegistry()
 
     async def handle(event: Event) -> None:
-        now = time.perf_counter()
-        key = event.data["key"]
-        while key not in committed:  # the handler can start before the caller's line after
-            await asyncio.sleep(0)
-        latencies.append(now - committed[key])
+        started[event.data["key"]] = time.perf_counter()
+        if len(started) == events:
+            all_started.set()
     registry.register("order.created", handle)
     try:
         async with Consumer(bus=earnorm.event_bus, registry=registry):
@@ -112,12 +111,10 @@ async def _latency(mongo: str, redis: str, events: int, rate: float, outbox: boo
                 committed[key] = time.perf_counter()
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            deadline = time.monotonic() + 60
-            while len(latencies) < events and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(all_started.wait(), 60)
     finally:
         await earnorm.close()
-    ms = [v * 1000 for v in latencies]
+    ms = [(started[key] - committed[key]) * 1000 for key in started]
     return {"case": "commit to handler (outbox)" if outbox else "publish to handler (direct)",
             "events": len(ms), "rate_per_s": rate, "p50_ms": round(statistics.median(ms), 2),
             "p99_ms": round(_percentile(ms, 0.99), 2), "max_ms": round(max(ms), 2)}
