@@ -59,6 +59,7 @@ from earnorm.events._handlers import (
     model_event_name,
 )
 from earnorm.events._model_events import after_save, before_save, dispatch_model_event
+from earnorm.events._periodic import Schedule, periodic_event
 from earnorm.events._records import FailedJob, QueueStats
 from earnorm.events.consumer import Consumer, ConsumerGroup
 
@@ -89,6 +90,7 @@ __all__ = [
     "NotReplicated",
     "PublishError",
     "QueueStats",
+    "Schedule",
     "SerializationError",
     "UnsupportedProtocol",
     "ValidationError",
@@ -111,6 +113,7 @@ __all__ = [
     "init",
     "model_event_handler",
     "model_event_name",
+    "periodic_event",
     "start_local_redis",
     "transaction",
 ]

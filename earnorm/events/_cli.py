@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                             "(the embedded extra's valkey-server, or one on PATH)")
     local.add_argument("--port", type=int, default=6379)
 
+    schedules = commands.add_parser(
+        "schedules", parents=[common],
+        help="periodic schedules: what each is, its last tick and its next")
+    schedules.add_argument("--app", help="module that registers them (@periodic_event), to "
+                                         "list schedules that never fired too [EARNORM_APP]")
+
     failed = commands.add_parser("failed", parents=[common], help="the failed-job store")
     actions = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="failed jobs, oldest first")
@@ -314,6 +320,45 @@ async def _failed(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
     return OK
 
 
+async def _schedules(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
+    import importlib
+
+    from earnorm.events._periodic import default_schedules
+    from earnorm.events._schedule_store import ScheduleStore
+
+    app = args.app or os.environ.get("EARNORM_APP")
+    if app:
+        sys.path.insert(0, os.getcwd())
+        importlib.import_module(app)
+    known = {s.name: s for s in default_schedules.all()}
+    recorded = await ScheduleStore(bus.redis, bus.broker.keys).info()
+    now = bus.now_ms()
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(known) | set(recorded)):
+        info, schedule = recorded.get(name, {}), known.get(name)
+        last = info.get("last_tick_ms")
+        nxt = schedule.next_after(now) if schedule is not None else info.get("next_ms")
+        rows.append({
+            "name": name,
+            "schedule": schedule.describe() if schedule else info.get("schedule"),
+            "missed": schedule.missed if schedule else info.get("missed_policy"),
+            "last_tick": _utc(last) if last else None,
+            "last_tick_fired": info.get("last_tick_fired") if last else None,
+            "next": _utc(nxt) if nxt else None,
+            "registered": schedule is not None,
+        })
+    human = _table(["NAME", "SCHEDULE", "MISSED", "LAST TICK", "FIRED", "NEXT"], [
+        [r["name"], r["schedule"], r["missed"], r["last_tick"] or "never",
+         {True: "yes", False: "skipped", None: "-"}[r["last_tick_fired"]], r["next"] or "-"]
+        for r in rows]) if rows else "no schedules (give --app to list registered ones)"
+    _emit(out, args, rows, human)
+    return OK
+
+
+def _utc(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     bus = await EventBus.connect(args.redis_uri, {"queue_name": args.queue})
     client = None
@@ -328,6 +373,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             return await _stats(bus, args, out)
         if args.command == "health":
             return await _health(bus, args, out)
+        if args.command == "schedules":
+            return await _schedules(bus, args, out)
         return await _failed(bus, args, out)
     finally:
         if client is not None:

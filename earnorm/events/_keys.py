@@ -14,7 +14,10 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
 - ``Q:failed`` (job id -> JSON record), ``Q:failed:index`` (zset by failure time) and
   ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
 - ``Q:stats``: counters; ``Q:monitor``: consumer id -> summary; ``Q:server``: what consumers saw
-  of the Redis server (restarts, persistence).
+  of the Redis server (restarts, persistence);
+- ``Q:schedules``: schedule name -> the last tick fired (unix ms), the compare-and-set that lets
+  one consumer fire each tick; ``Q:schedules:info``: name -> JSON (last fire, next tick, what
+  the schedule is), for ``python -m earnorm.events schedules``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Keys:
     recovered: str
     oversized: str
     server: str
+    schedules: str
+    schedules_info: str
 
     @classmethod
     def for_queue(cls, config: EventConfig) -> Keys:
@@ -59,6 +64,8 @@ class Keys:
             recovered=f"{q}:recovered",
             oversized=f"{q}:failed:oversized",
             server=f"{q}:server",
+            schedules=f"{q}:schedules",
+            schedules_info=f"{q}:schedules:info",
         )
 
     def inflight(self, consumer_id: str) -> str:

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -51,6 +51,7 @@ from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
 from earnorm.events._keys import Keys
 from earnorm.events._metrics import Metrics
 from earnorm.events._monitoring import ProcessingTimes
+from earnorm.events._periodic import Schedule, default_schedules
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
 from earnorm.events._topology import is_cluster
@@ -65,6 +66,7 @@ from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._observe import TaskEvents
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
+from earnorm.events.consumer._scheduler import Scheduler
 from earnorm.events.consumer._settle import Settler
 
 log = logging.getLogger("earnorm.consumer")
@@ -108,6 +110,7 @@ class Consumer:
         metrics: bool = False,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        schedules: Sequence[Schedule] | None = None,
     ) -> None:
         if bus is None and redis_url is None:
             raise EarnORMError("Consumer needs redis_url= or bus=")
@@ -131,6 +134,11 @@ class Consumer:
         self.config = topology.for_cluster(cfg, cluster)
         self._given_bus = bus
         self.registry = registry if registry is not None else default_registry
+        # Periodic schedules this consumer fires (each tick once across all consumers): the
+        # @periodic_event ones when it uses the default handler registry.
+        if schedules is None:
+            schedules = default_schedules.all() if self.registry is default_registry else []
+        self.schedules = list(schedules)
         self.concurrency = concurrency
         self.prefetch = max(prefetch or 2 * concurrency, 1)
         self.shutdown_timeout = shutdown_timeout
@@ -261,6 +269,9 @@ class Consumer:
                     tg.start_soon(http.serve, self.http_routes(), self.metrics_host,
                                   self.metrics_port)
                 tg.start_soon(promote_due_forever, broker, self.promote_interval)
+                if self.schedules:
+                    tg.start_soon(Scheduler(broker, self.schedules, self.config, self.clock,
+                                            health).run)
                 tg.start_soon(acks.run)
                 tg.start_soon(self._batch_loop)
                 for _ in range(self.concurrency):

@@ -120,11 +120,15 @@ class ConsumerGroup:
             bus = await EventBus.connect(self.redis_url, EventConfig.from_dict(self._config))
         metrics = self.metrics_port is not None or bool(self._options.pop("metrics", False))
         try:
+            schedules = self._options.pop("schedules", None)
             self.consumers = [
                 Consumer(bus=bus, config=self._config if self._config is not None else None,
                          queue_name=name, registry=self._registry, concurrency=slots,
-                         metrics=metrics, **self._options)
-                for (name, _), slots in zip(self.queues, self.slots, strict=True)
+                         metrics=metrics, **self._options,
+                         # periodic events fire into the first queue only
+                         schedules=schedules if i == 0 else [])
+                for i, ((name, _), slots) in enumerate(zip(self.queues, self.slots,
+                                                            strict=True))
             ]
             if self._stop_requested:
                 return
