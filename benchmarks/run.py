@@ -159,7 +159,7 @@ def main() -> int:
     peers = [p for p in PEERS if not only or p.name in only]
     started = time.monotonic()
     load_start = os.getloadavg()
-    env_names = [p.env for p in peers if p.env is not None]
+    env_names = list(dict.fromkeys(p.env for p in peers if p.env is not None))
     print(f"preparing venvs: {', '.join(env_names) or 'none needed'}", file=sys.stderr)
     env_errors = ensure_envs(env_names)
     server = RedisServer()

@@ -17,6 +17,8 @@ owned task per loop).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from earnorm._environment import Cache, Environment
 from earnorm._errors import (
     BrokerConnectionError,
@@ -36,17 +38,6 @@ from earnorm._errors import (
 )
 from earnorm._runtime import close, env, event_bus, init
 from earnorm._transaction import transaction
-from earnorm.base import (
-    BaseModel,
-    after_create,
-    after_delete,
-    after_update,
-    after_write,
-    before_create,
-    before_delete,
-    before_update,
-    before_write,
-)
 from earnorm.events._bus import EventBus
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._event import Event
@@ -58,12 +49,50 @@ from earnorm.events._handlers import (
     model_event_handler,
     model_event_name,
 )
-from earnorm.events._model_events import after_save, before_save, dispatch_model_event
 from earnorm.events._periodic import Schedule, periodic_event
 from earnorm.events._records import FailedJob, QueueStats
 from earnorm.events.consumer import Consumer, ConsumerGroup
 
+if TYPE_CHECKING:
+    from earnorm.base import (
+        BaseModel,
+        after_create,
+        after_delete,
+        after_update,
+        after_write,
+        before_create,
+        before_delete,
+        before_update,
+        before_write,
+    )
+    from earnorm.events._model_events import after_save, before_save, dispatch_model_event
+
 __version__ = "0.1.0"
+
+# The ORM (and PyMongo with it) is imported on first use: an events-only process (a consumer,
+# a publisher) never loads it.
+_LAZY = {
+    **dict.fromkeys(("BaseModel", "after_create", "after_delete", "after_update",
+                     "after_write", "before_create", "before_delete", "before_update",
+                     "before_write"), "earnorm.base"),
+    **dict.fromkeys(("after_save", "before_save", "dispatch_model_event"),
+                    "earnorm.events._model_events"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'earnorm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "BaseModel",

@@ -86,8 +86,10 @@ class Peer:
 
 
 PEERS = [
-    Peer("floor", "floor_bench.py", None),
-    Peer("earnorm", "earnorm_bench.py", None),
+    # EarnORM and the floor in an environment of EarnORM's runtime dependencies only, like
+    # every peer: the project's dev venv has opentelemetry-sdk, which redis-py 8 imports.
+    Peer("floor", "floor_bench.py", "earnorm"),
+    Peer("earnorm", "earnorm_bench.py", "earnorm"),
     Peer("celery", "celery_bench.py", "celery"),
     Peer("saq", "saq_bench.py", "saq"),
     Peer("arq", "arq_bench.py", "arq"),

@@ -153,13 +153,16 @@ def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
             r.case.peer,
             r.case.label,
             table.cell(r, "drain_per_s", "rate"),
+            table.cell(r, "startup_s", "s"),
             table.cell(r, "rss_mb", "mb"),
             table.cell(r, "rss_tree_mb", "mb"),
         ]
         for r in results
         if r.case.workload == "pubdrain"
     ]
-    out += _rows(["system", "configuration", "events/s", "peak RSS MB", "process tree MB"], rows)
+    out += _rows(["system", "configuration", "events/s (first to last handler)",
+                  "start-up s (launch to first handler)", "peak RSS MB", "process tree MB"],
+                 rows)
     floor_consume = by_key.get("floor/floor_consume/-")
     if floor_consume is not None:
         out += ["", "Floor (bare redis-py, no decoding, no handler):", ""]

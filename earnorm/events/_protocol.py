@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-import msgpack
 import orjson
 
 from earnorm._errors import (
@@ -302,6 +301,8 @@ def decode_body_value(
         if content_type == JSON:
             decoded = orjson.loads(data)
         else:
+            import msgpack  # only where a msgpack message arrives: a consumer's memory
+
             decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
     except Exception as exc:
         reason = str(exc) or type(exc).__name__  # msgpack's errors often have no text
@@ -355,6 +356,8 @@ def encode_body(
             EMBED if embed is None else to_wire(embed, "embed", binary=binary)]
     try:
         if binary:
+            import msgpack
+
             payload = msgpack.packb(body, use_bin_type=True)
             content_type, content_encoding = MSGPACK, "binary"
         else:

@@ -1,0 +1,166 @@
+"""Where a consumer's CPU goes per message: fetch, decode, dispatch, ack, and the rest, in
+microseconds, beside the redis-py floor doing the least a safe consumer must (move a batch into
+an in-flight hash, delete it after).
+
+    .venv/bin/python -m benchmarks.cpu_budget              # 20,000 no-op events
+    .venv/bin/python -m benchmarks.cpu_budget --events 50000
+
+Two passes over the same backlog on a private Redis, the consumer in this process:
+
+1. unprofiled: CPU seconds (``time.process_time``) and wall time from the first handler to the
+   last, over ``--events``: the total budget per message;
+2. under cProfile: how that total splits by phase (each phase's cumulative time over the
+   profile's total, applied to pass 1's figure, so the profiler's own overhead cancels out).
+
+Phases: ``fetch`` (the fetch script and the blocking wait), ``decode`` (``protocol.decode``),
+``dispatch`` (``Consumer._process`` without decode: the plan, Event objects, the handler call,
+the outcome), ``ack`` (the batched ack script), ``event loop + other`` (asyncio, redis-py
+connection plumbing not inside a phase, heartbeats). Results: ``results/cpu_budget.md``/``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+PHASES = {
+    "fetch": [("_broker.py", "fetch"), ("_broker.py", "wait_for_message")],
+    "decode": [("_protocol.py", "decode")],
+    "dispatch": [("_consumer.py", "_process")],
+    "ack": [("_broker.py", "ack")],
+}
+
+
+async def _drain(url: str, events: int, profile: cProfile.Profile | None) -> dict[str, float]:
+    queue = f"budget:{uuid.uuid4().hex[:8]}"
+    bus = await EventBus.connect(url, queue_name=queue)
+    for start in range(0, events, 1000):
+        await bus.publish_batch([Event(name="budget.noop", data={"i": i})
+                                 for i in range(start, min(start + 1000, events))])
+    done = asyncio.Event()
+    seen = {"n": 0, "first": 0.0, "last": 0.0}
+
+    async def noop(event: Event) -> None:
+        now = time.perf_counter()
+        if not seen["n"]:
+            seen["first"] = now
+        seen["n"] += 1
+        seen["last"] = now
+        if seen["n"] == events:
+            done.set()
+    registry = HandlerRegistry()
+    registry.register("budget.noop", noop)
+    async with Consumer(bus=bus, registry=registry, concurrency=256):
+        cpu0 = time.process_time()
+        if profile is not None:
+            profile.enable()
+        await asyncio.wait_for(done.wait(), 300)
+        if profile is not None:
+            profile.disable()
+        cpu = time.process_time() - cpu0
+    await bus.close()
+    wall = seen["last"] - seen["first"]
+    return {"events": events, "wall_s": wall, "rate": events / wall, "cpu_s": cpu,
+            "cpu_us_per_event": cpu / events * 1e6}
+
+
+async def _floor(url: str, events: int) -> dict[str, float]:
+    """RPOP 100 + HSET in-flight + HDEL ack per batch, pipelined: no decode, no handler."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    key, inflight = f"floor:{uuid.uuid4().hex[:8]}", f"floor-inflight:{uuid.uuid4().hex[:8]}"
+    raw = (await _one_envelope(url))
+    for start in range(0, events, 1000):
+        await redis.lpush(key, *[raw] * min(1000, events - start))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    left = events
+    while left:
+        batch = await redis.rpop(key, 100)
+        mapping = {str(i): v for i, v in enumerate(batch)}
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hset(inflight, mapping=mapping)
+            pipe.hdel(inflight, *mapping)
+            await pipe.execute()
+        left -= len(batch)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await redis.aclose()
+    return {"events": events, "wall_s": wall, "rate": events / wall, "cpu_s": cpu,
+            "cpu_us_per_event": cpu / events * 1e6}
+
+
+async def _one_envelope(url: str) -> bytes:
+    from earnorm.events import _protocol as protocol
+
+    return protocol.encode_event(Event(name="budget.noop", data={"i": 0}), "floor")
+
+
+def _split(profile: cProfile.Profile) -> dict[str, float]:
+    stats = pstats.Stats(profile)
+    total = sum(t for (_, _, tt, _, _) in stats.stats.values() for t in [tt])  # type: ignore[attr-defined]
+    cumulative: dict[str, float] = {}
+    for phase, functions in PHASES.items():
+        cumulative[phase] = sum(
+            ct for (file, _, name), (_, _, _, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+            if any(file.endswith(f) and name == n for f, n in functions))
+    cumulative["dispatch"] -= cumulative["decode"]  # decode runs inside _process
+    cumulative["event loop + other"] = total - sum(cumulative.values())
+    return {phase: value / total for phase, value in cumulative.items()}
+
+
+async def _main(events: int) -> dict[str, Any]:
+    server = start_local_redis()
+    try:
+        plain = await _drain(server.url, events, None)
+        profile = cProfile.Profile()
+        await _drain(server.url, events, profile)
+        floor = await _floor(server.url, events)
+    finally:
+        server.stop()
+    shares = _split(profile)
+    return {"consumer": plain, "floor": floor, "shares": shares,
+            "us": {phase: round(share * plain["cpu_us_per_event"], 2)
+                   for phase, share in shares.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    result = asyncio.run(_main(args.events))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    consumer, floor = result["consumer"], result["floor"]
+    lines = [f"# CPU per message ({machine}, {args.events:,} no-op events, concurrency 256)", "",
+             "| | CPU us per event | events/s (first to last) |", "| --- | ---: | ---: |",
+             f"| EarnORM consumer | {consumer['cpu_us_per_event']:.1f} | {consumer['rate']:,.0f} |",
+             f"| redis-py floor (RPOP 100 + HSET + HDEL, pipelined) | "
+             f"{floor['cpu_us_per_event']:.1f} | {floor['rate']:,.0f} |", "",
+             "| phase | us per event | share |", "| --- | ---: | ---: |"]
+    for phase, us in result["us"].items():
+        lines.append(f"| {phase} | {us:.1f} | {result['shares'][phase]:.0%} |")
+    table = "\n".join(lines)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cpu_budget.json").write_text(json.dumps({"machine": machine, **result},
+                                                        indent=2) + "\n")
+    (RESULTS / "cpu_budget.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
