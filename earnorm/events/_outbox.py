@@ -178,11 +178,19 @@ class OutboxRelay:
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for entry in mine:
             by_queue.setdefault(entry["queue"], []).append(entry)
-        for queue, entries in by_queue.items():
-            await self._broker(queue).push_once_many([
-                (bytes(e["raw"]), int(e["index"]), e.get("due_ms"),
-                 e.get("dedup_key") or f"outbox:{e['event_id']}", e["event_id"])
-                for e in entries], self.dedup_ttl_ms)
+        try:
+            for queue, entries in by_queue.items():
+                await self._broker(queue).push_once_many([
+                    (bytes(e["raw"]), int(e["index"]), e.get("due_ms"),
+                     e.get("dedup_key") or f"outbox:{e['event_id']}", e["event_id"])
+                    for e in entries], self.dedup_ttl_ms)
+        except BaseException:
+            # Redis failed mid-batch: let the next try (ours or another relay's) claim these
+            # at once instead of after claim_timeout; what was pushed is deduplicated.
+            with contextlib.suppress(Exception):
+                await self.collection.update_many({"claim": token, "state": "pending"},
+                                                  {"$set": {"claim_until": 0.0}})
+            raise
         await self._mark_sent([e["_id"] for e in mine], token)
         self.relayed += len(mine)
         await self.bus.redis.hincrby(self._counters, "relayed", len(mine))

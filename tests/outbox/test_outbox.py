@@ -12,6 +12,7 @@ import anyio
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 import earnorm
 from earnorm import (
@@ -239,3 +240,28 @@ async def test_stats_and_the_cli_show_the_outbox_size_and_lag(
         [sys.executable, "-m", "earnorm.events", "stats", "--redis-uri", redis_url, "--queue",
          queue_name, "--mongo-uri", mongo_uri, "--database", database_name], env=env)
     assert "3 pending" in human.stdout.decode()
+
+
+async def test_a_relay_that_loses_redis_mid_batch_releases_its_claims_at_once(
+    mongo_uri: str, database_name: str, redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    await earnorm.init(mongo_uri=mongo_uri, database=database_name, redis_uri=redis_url,
+                       event_config={"queue_name": queue_name, "outbox_relay": False})
+    try:
+        async with earnorm.transaction():
+            await earnorm.event_bus.publish(Event(name="blip.x", data={}))
+        env = earnorm.env
+        from earnorm._config import EventConfig
+        from earnorm.events._embedded import free_port
+        from earnorm.events._redis_url import open_redis
+
+        gone = EventBus(open_redis(f"redis://127.0.0.1:{free_port()}/0"),
+                        EventConfig(queue_name=queue_name))
+        with pytest.raises(RedisConnectionError):
+            await OutboxRelay(gone, env.database).relay_once()
+        await gone.close()
+        # claims released: a healthy relay takes the entry now, not after claim_timeout (10 s)
+        assert await OutboxRelay(earnorm.event_bus, env.database).relay_once() == 1
+        assert await redis.llen(queue_name) == 1
+    finally:
+        await earnorm.close()
