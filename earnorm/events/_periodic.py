@@ -12,7 +12,6 @@ between two, when the next one is. Times are unix milliseconds.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,10 +78,16 @@ class Schedule:
         return None if self.every is None else float(cast(float, self.every))
 
     @property
+    def _step_ms(self) -> int:
+        """The interval in whole milliseconds: ticks are integers, so that every consumer
+        computes the same ones and the stored last tick compares equal."""
+        return max(1, round((self._every_s or 0) * 1000))
+
+    @property
     def interval_ms(self) -> float:
         """The nominal interval (for cron: the gap after the next tick from now)."""
         if self._every_s is not None:
-            return self._every_s * 1000
+            return float(self._step_ms)
         start = self.next_after(_now_ms())
         return self.next_after(start) - start
 
@@ -95,26 +100,25 @@ class Schedule:
     def latest_at(self, now_ms: float) -> float:
         """The latest tick at or before ``now_ms``."""
         if self._every_s is not None:
-            step = self._every_s * 1000
-            return math.floor(now_ms / step) * step
+            step = self._step_ms
+            return float(int(now_ms) // step * step)
         it = _croniter_class()(self.cron, _at(now_ms + 1, self.tz))
-        return _ms(it.get_prev(datetime))
+        return float(round(_ms(it.get_prev(datetime))))
 
     def next_after(self, now_ms: float) -> float:
         """The first tick after ``now_ms``."""
         if self._every_s is not None:
-            step = self._every_s * 1000
-            return (math.floor(now_ms / step) + 1) * step
+            step = self._step_ms
+            return float((int(now_ms) // step + 1) * step)
         it = _croniter_class()(self.cron, _at(now_ms, self.tz))
-        return _ms(it.get_next(datetime))
+        return float(round(_ms(it.get_next(datetime))))
 
     def ticks_between(self, after_ms: float, before_ms: float) -> int:
         """How many ticks fall strictly between ``after_ms`` and ``before_ms``."""
         if before_ms <= after_ms:
             return 0
         if self._every_s is not None:
-            step = self._every_s * 1000
-            return max(0, round((before_ms - after_ms) / step) - 1)
+            return max(0, round((before_ms - after_ms) / self._step_ms) - 1)
         count = 0
         it = _croniter_class()(self.cron, _at(after_ms, self.tz))
         while count < _MAX_COUNT and _ms(it.get_next(datetime)) < before_ms:

@@ -59,6 +59,11 @@ def test_every_is_aligned_to_the_epoch_and_counts_missed_ticks() -> None:
     assert tick.event_id("q", 10_000) == Schedule("tick.x", every=5).event_id("q", 10_000)
     assert tick.event_id("q", 10_000) != tick.event_id("q", 15_000)
     assert tick.grace_ms == 1000  # a tenth of the interval, at least a second
+    # an interval that is no exact float in ms still gives integer ticks every consumer agrees on
+    odd = Schedule("tick.odd", every=1.1)
+    latest = odd.latest_at(1_796_223_540_123.7)
+    assert latest == int(latest) and latest % 1100 == 0
+    assert odd.next_after(latest) - latest == 1100
 
 
 @pytest.mark.parametrize("kwargs, message", [

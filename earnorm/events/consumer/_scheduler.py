@@ -78,7 +78,7 @@ class Scheduler:
     async def _consider(self, schedule: Schedule, last: str | None, now: float,
                         nxt: float) -> None:
         tick = schedule.latest_at(now)
-        if last is not None and float(last) >= tick:
+        if last is not None and int(float(last)) >= int(tick):
             return
         on_time = now - tick <= schedule.grace_ms
         missed = 0 if last is None else (
