@@ -24,6 +24,7 @@ from redis.exceptions import (
     AskError,
     ClusterError,
     ExecAbortError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     SlotNotCoveredError,
@@ -359,6 +360,16 @@ class Fetched:
     diverted: int  # messages over max_message_bytes moved to the failed store instead
 
 
+def _fetched(result: Any) -> Fetched:
+    messages, infos, alone, waiting, diverted = result
+    redeliveries = {
+        int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
+                                   bool(alone))
+        for index, n, ids in infos
+    }
+    return Fetched(list(messages), redeliveries, int(waiting), int(diverted))
+
+
 def _scripts(source: str, flags: bool) -> str:
     """Redis < 7 knows no script flags: there the shebang line is dropped (and a Redis at
     maxmemory refuses these scripts too)."""
@@ -492,6 +503,15 @@ class Broker:
 
     # ------------------------------------------------------------------ consuming
 
+    def _fetch_call(self, consumer_id: str, count: int, first_field: int, may_take_alone: bool,
+                    max_bytes: int, alone_at: int) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [
+            k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
+            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
+        ]
+        return keys, [count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at]
+
     async def fetch(
         self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,
         max_bytes: int, alone_at: int,
@@ -501,29 +521,30 @@ class Broker:
         The i-th message returned is stored under field ``first_field + i + 1``. Messages over
         ``max_bytes`` never leave Redis: they go to the failed store (``too_large``).
         """
-        k = self.keys
-        keys = [
-            k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
-            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
-        ]
-        messages, infos, alone, waiting, diverted = await self._fetch(
-            keys=keys,
-            args=[count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at],
-        )
-        redeliveries = {
-            int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
-                                       bool(alone))
-            for index, n, ids in infos
-        }
-        return Fetched(list(messages), redeliveries, int(waiting), int(diverted))
+        keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
+                                      max_bytes, alone_at)
+        return _fetched(await self._fetch(keys=keys, args=args))
 
-    async def wait_for_message(self, consumer_id: str, timeout: float) -> bool:
-        """Block until a message is on the main ready list, then move it to our landing list
-        (atomic: the message is never only in this process's memory, and its bytes are not
-        kept: the next fetch takes it from the landing list)."""
-        return await self._waiter.move(
-            self.keys.ready[0], self.keys.landing(consumer_id), timeout
-        )
+    async def wait_and_fetch(
+        self, consumer_id: str, timeout: float, count: int, first_field: int, *,
+        may_take_alone: bool, max_bytes: int, alone_at: int,
+    ) -> Fetched:
+        """Block until a message is on the main ready list and move it to our landing list
+        (``BLMOVE``: the message is never only in this process's memory, and its bytes are
+        not kept), then fetch as ``fetch`` does. The fetch is sent right behind the BLMOVE on
+        the same connection, so Redis runs it the moment the BLMOVE returns: one round trip
+        from an idle wait to the messages, as if the two had been sent one after the other."""
+        keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
+                                      max_bytes, alone_at)
+        try:
+            _moved, result = await self._waiter.move_then(
+                self.keys.ready[0], self.keys.landing(consumer_id), timeout,
+                ("EVALSHA", self._fetch.sha, len(keys), *keys, *args))
+        except NoScriptError:  # a restarted Redis forgot it: the BLMOVE ran, fetch again
+            return await self.fetch(consumer_id, count, first_field,
+                                    may_take_alone=may_take_alone, max_bytes=max_bytes,
+                                    alone_at=alone_at)
+        return _fetched(result)
 
     async def ack(self, consumer_id: str, fields: Sequence[int]) -> int:
         """Remove handled fields from in-flight and count them as processed, atomically.

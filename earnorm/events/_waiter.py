@@ -1,5 +1,6 @@
 """The consumer's idle wait: ``BLMOVE`` of one message from the main ready list into the
-consumer's landing list, on a connection of its own, reading the reply without keeping it.
+consumer's landing list, on a connection of its own, reading the reply without keeping it, and
+the fetch script sent right behind it (answered as soon as the BLMOVE returns).
 
 BLMOVE answers with the element it moved. Kept, a 50 MB message on an idle queue would be 50 MB
 (twice, in the parser and as bytes) in the consumer. The moved element is not needed: the next
@@ -37,22 +38,32 @@ class BlockingWait:
             return node.connection_class(**kwargs)
         return cast(Any, self._redis.connection_pool).make_connection()
 
-    async def move(self, source: str, destination: str, timeout: float) -> bool:
-        """Block up to ``timeout`` s; True if a message was moved."""
+    async def move_then(self, source: str, destination: str, timeout: float,
+                        command: tuple[Any, ...]) -> tuple[bool, Any]:
+        """``move``, with ``command`` sent right behind the BLMOVE on the same connection: Redis
+        runs it as soon as the BLMOVE returns (or times out). Returns (moved, its reply)."""
         connection = self._connection
         if connection is None:
             connection = self._new_connection(source)
             await connection.connect()
             self._connection = connection
         try:
-            await connection.send_command("BLMOVE", source, destination, "RIGHT", "LEFT",
-                                          timeout)
-            return await _discard_reply(connection)
+            await connection.send_packed_command(connection.pack_commands([
+                ("BLMOVE", source, destination, "RIGHT", "LEFT", timeout), command]))
+            moved = await _discard_reply(connection)
         except BaseException:
-            # Cancelled or failed mid-reply: the stream's position is unknown; start afresh.
             self._connection = None
             await connection.disconnect(nowait=True)
             raise
+        try:
+            reply = await connection.read_response(disconnect_on_error=False)
+        except ResponseError:
+            raise  # a whole error reply was read: the connection is still in step
+        except BaseException:
+            self._connection = None
+            await connection.disconnect(nowait=True)
+            raise
+        return moved, reply
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None

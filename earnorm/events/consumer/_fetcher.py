@@ -133,7 +133,12 @@ class Fetcher:
                         max_bytes=self.max_bytes, alone_at=self.alone_at,
                     )
                     if not fetched.messages and not fetched.recovered_waiting:
-                        await broker.wait_for_message(self.consumer_id, self.poll_interval)
+                        # Nothing took those field numbers: the wait's fetch reuses them.
+                        fetched = await broker.wait_and_fetch(
+                            self.consumer_id, self.poll_interval, want, first - 1,
+                            may_take_alone=not self.buffer, max_bytes=self.max_bytes,
+                            alone_at=self.alone_at,
+                        )
                 if scope.cancelled_caught:
                     break
                 backoff.reset()
