@@ -33,7 +33,6 @@ class Transaction:
     database: AsyncDatabase[dict[str, Any]]
     # Run after the commit (the relay's wake-up); never after an abort.
     on_commit: list[Callable[[], None]] = field(default_factory=list)
-    staged: int = 0  # events written to the outbox in this transaction
 
 
 _current: ContextVar[Transaction | None] = ContextVar("earnorm_transaction", default=None)

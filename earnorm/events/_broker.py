@@ -441,12 +441,7 @@ class Broker:
                 pipe.lpush(self.keys.ready[index], *raws)
             if delayed:
                 pipe.zadd(self.keys.delayed, delayed)
-        if self.config.min_replicas_ack:
-            await self._replicated(build)
-            return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            build(pipe)
-            await pipe.execute()
+        await self._write(build, transaction=True)
 
     async def schedule(self, raw: bytes, ready_index: int, due_ms: float) -> None:
         member = {delayed_member(raw, ready_index): due_ms}
@@ -470,13 +465,17 @@ class Broker:
             for raw, index, due_ms, key, job_id in items:  # EVAL: a pipeline (or a cluster's)
                 pipe.eval(_PUSH_ONCE, 3, self.dedup_key(key), k.ready[index], k.delayed,
                           job_id, ttl_ms, raw, "" if due_ms is None else due_ms, index)
-        if self.config.min_replicas_ack:
-            replies = await self._replicated(build)
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                build(pipe)
-                replies = await pipe.execute()
+        replies = await self._write(build, transaction=False)
         return [None if r is None else text(r) for r in replies[:len(items)]]
+
+    async def _write(self, build: Callable[[Any], Any], *, transaction: bool) -> list[Any]:
+        """The commands ``build`` queues, in one pipeline (a MULTI with ``transaction``), or
+        with ``min_replicas_ack`` in order on one connection followed by WAIT; the replies."""
+        if self.config.min_replicas_ack:
+            return await self._replicated(build)
+        async with self.redis.pipeline(transaction=transaction) as pipe:
+            build(pipe)
+            return list(await pipe.execute())
 
     async def _replicated(self, build: Callable[[Any], Any]) -> list[Any]:
         """The writes ``build`` queues, then ``WAIT`` on the same connection (WAIT counts the

@@ -66,9 +66,8 @@ async def stage(tx: Transaction, queue: str,
         "claim": None, "claim_until": 0.0,
     } for event_id, raw, index, due_ms, dedup_key in items]
     await tx.database[COLLECTION].insert_many(documents, session=tx.session)
-    if not tx.staged and _wake_local_relays not in tx.on_commit:
+    if _wake_local_relays not in tx.on_commit:
         tx.on_commit.append(_wake_local_relays)
-    tx.staged += len(documents)
 
 
 class OutboxRelay:

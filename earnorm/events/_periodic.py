@@ -62,8 +62,8 @@ class Schedule:
             ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"schedule {self.name!r}: unknown time zone {self.tz!r}") from None
-        if self.cron is not None:
-            _croniter_class().is_valid(self.cron) or _bad_cron(self)
+        if self.cron is not None and not _croniter_class().is_valid(self.cron):
+            raise ConfigError(f"schedule {self.name!r}: invalid cron expression {self.cron!r}")
         if self.missed not in ("skip", "catch_up"):
             raise ConfigError(f"schedule {self.name!r}: missed= must be 'skip' or 'catch_up', "
                               f"got {self.missed!r}")
@@ -131,10 +131,6 @@ class Schedule:
 
     def describe(self) -> str:
         return f"cron {self.cron!r} {self.tz}" if self.cron else f"every {self._every_s:g} s"
-
-
-def _bad_cron(schedule: Schedule) -> bool:
-    raise ConfigError(f"schedule {schedule.name!r}: invalid cron expression {schedule.cron!r}")
 
 
 def _croniter_class() -> Any:

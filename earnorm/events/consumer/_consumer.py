@@ -54,7 +54,6 @@ from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._periodic import Schedule, default_schedules
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
-from earnorm.events._topology import is_cluster
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
@@ -125,7 +124,7 @@ class Consumer:
         if queue_name and cfg.queue_name != queue_name:
             cfg = dataclasses.replace(cfg, queue_name=queue_name)
         self.redis_url = redis_url or (bus.url if bus else "")
-        cluster = is_cluster(bus.redis) if bus is not None else (
+        cluster = topology.is_cluster(bus.redis) if bus is not None else (
             topology.kind(self.redis_url) == "cluster")
         if cluster and celery_events:
             raise ConfigError("celery_events needs a single Redis or Sentinel, not a cluster: "

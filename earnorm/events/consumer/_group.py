@@ -122,7 +122,7 @@ class ConsumerGroup:
         try:
             schedules = self._options.pop("schedules", None)
             self.consumers = [
-                Consumer(bus=bus, config=self._config if self._config is not None else None,
+                Consumer(bus=bus, config=self._config,
                          queue_name=name, registry=self._registry, concurrency=slots,
                          metrics=metrics, **self._options,
                          # periodic events fire into the first queue only
