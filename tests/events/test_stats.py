@@ -34,8 +34,11 @@ async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[Ev
 
 
 def test_percentiles_are_within_five_percent() -> None:
-    timings = ProcessingTimes()
+    # Every sample binned (no stride): the only error left is the bucket's, at most
+    # 2 ** (1/16) - 1 = 4.4% from its geometric midpoint. A stride sample of a random
+    # set adds its own sampling error on top, which a fixed bound cannot promise.
     values = [random.uniform(0.001, 0.101) for _ in range(20_000)]
+    timings = ProcessingTimes(max_binned=len(values))
     for v in values:
         timings.record(v)
     got = percentiles(timings.histogram())
