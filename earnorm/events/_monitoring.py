@@ -3,8 +3,9 @@
 A consumer appends each processing time to a list (the only per-event cost: one append) and,
 at each heartbeat, counts them into a log-scale histogram (8 buckets per doubling, so a
 percentile read back from it is within 4.4% of the true value); past ``max_binned`` samples an
-even stride of them is counted, each standing for several (adding the stride's sampling error). Two histograms rotate every half
-window, so the summary it publishes covers the last ``window/2 .. window`` seconds. Histograms
+even stride of them is counted, each standing for several (adding the stride's sampling
+error). Two histograms rotate every half window, so the summary it publishes covers the last
+``window/2 .. window`` seconds. Histograms
 from several consumers add up exactly, which percentiles computed per consumer would not.
 
 >>> timings = ProcessingTimes(window=60)
