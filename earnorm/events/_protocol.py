@@ -28,6 +28,7 @@ from earnorm._errors import (
     SerializationError,
     UnsupportedProtocol,
 )
+from earnorm.events._envelope import plain_envelope
 from earnorm.events._event import _NO_HEADERS, Event, new_uuid4
 from earnorm.events._wiretypes import from_wire, to_wire
 
@@ -85,6 +86,7 @@ def _decompress(kind: str, data: bytes, limit: int | None) -> bytes:
     return out
 _REFUSED = ("pickle", "yaml", "python-serialize")
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+_ORIGIN_JSON = orjson.dumps(_ORIGIN)
 _REPR_LIMIT = 1024
 
 
@@ -341,6 +343,18 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
+def _serialize(body: list[Any], serializer: str) -> bytes:
+    try:
+        if serializer == "msgpack":
+            import msgpack
+
+            packed: bytes = msgpack.packb(body, use_bin_type=True)
+            return packed
+        return orjson.dumps(body)
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate in a str
+        raise SerializationError(f"data cannot be serialized as {serializer}: {exc}") from exc
+
+
 def encode_body(
     args: list[Any], kwargs: dict[str, Any], serializer: str, compression: str | None,
     embed: dict[str, Any] | None = None,
@@ -354,17 +368,8 @@ def encode_body(
     ]
     body = [wired_args, to_wire(kwargs, "kwargs", binary=binary),
             EMBED if embed is None else to_wire(embed, "embed", binary=binary)]
-    try:
-        if binary:
-            import msgpack
-
-            payload = msgpack.packb(body, use_bin_type=True)
-            content_type, content_encoding = MSGPACK, "binary"
-        else:
-            payload = orjson.dumps(body)
-            content_type, content_encoding = JSON, "utf-8"
-    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate in a str
-        raise SerializationError(f"data cannot be serialized as {serializer}: {exc}") from exc
+    payload = _serialize(body, serializer)
+    content_type, content_encoding = (MSGPACK, "binary") if binary else (JSON, "utf-8")
     if compression == "zlib":
         payload = zlib.compress(payload)
     return base64.b64encode(payload).decode("ascii"), content_type, content_encoding
@@ -387,6 +392,24 @@ def encode_event(
     """
     if not 0 <= priority <= 9:
         raise EventValidationError(f"priority must be in 0..9, got {priority}")
+    if (serializer == "json" and compression is None and eta is None and reply_to is None
+            and not event.metadata and not event.headers):
+        body_json = _serialize([[to_wire(event.data, "data")], {}, EMBED], "json")
+        try:  # the common case, written from a byte template (same bytes as below)
+            return plain_envelope(
+                body_json, event.name, event.id, event.retries, _short_repr([event.data]),
+                _ORIGIN_JSON, event.timestamp.isoformat(), event.version, queue, priority,
+                new_uuid4(),
+            )
+        except TypeError as exc:  # a lone surrogate in a string
+            raise SerializationError(f"event {event.name!r} cannot be encoded: {exc}") from exc
+    return _dict_envelope(event, queue, serializer, compression, eta, priority, reply_to)
+
+
+def _dict_envelope(
+    event: Event, queue: str, serializer: str, compression: str | None, eta: datetime | None,
+    priority: int, reply_to: str | None,
+) -> bytes:
     args = [event.data]
     body, content_type, content_encoding = encode_body(args, {}, serializer, compression)
     headers: dict[str, Any] = {
