@@ -38,6 +38,7 @@ from earnorm._errors import NotReplicated
 from earnorm.events._celery_unacked import UNACKED_INDEX, CeleryUnacked
 from earnorm.events._failed_store import FailedStore
 from earnorm.events._keys import Keys, delayed_member, text
+from earnorm.events._lane import PublishLane
 from earnorm.events._server import ServerProbe
 from earnorm.events._topology import is_cluster, same_slot
 from earnorm.events._waiter import BlockingWait
@@ -390,6 +391,8 @@ class Broker:
         self.celery = CeleryUnacked(redis, self.keys, config)
         self._waiter = BlockingWait(redis)
         self.cluster = is_cluster(redis)
+        # A cluster client routes each command to its slot's node: it keeps its own path.
+        self._lane = None if self.cluster else PublishLane(redis)
         self.use_script_flags(script_flags)
 
     def use_script_flags(self, flags: bool) -> None:
@@ -411,6 +414,8 @@ class Broker:
 
     async def close(self) -> None:
         await self._waiter.close()
+        if self._lane is not None:
+            await self._lane.close()
 
     async def server_time_ms(self) -> float:
         """Redis's clock, in unix ms."""
@@ -423,11 +428,24 @@ class Broker:
         if self.config.min_replicas_ack:
             await self._replicated(lambda pipe: pipe.lpush(self.keys.ready[ready_index], raw))
             return
-        await self.redis.lpush(self.keys.ready[ready_index], raw)
+        await self._lpush(self.keys.ready[ready_index], raw)
+
+    async def _lpush(self, key: str, *raws: bytes) -> None:
+        """LPUSH on the publish lane when it is free, else (or after losing its connection)
+        through the client's pool and its retry policy."""
+        lane = self._lane
+        if lane is not None and not lane.busy:
+            try:
+                await lane.execute("LPUSH", key, *raws)
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                pass  # the lane dropped its connection; the pool's retry takes the push
+        await self.redis.lpush(key, *raws)
 
     async def push_many(self, items: Sequence[tuple[bytes, int, float | None]]) -> None:
-        """One round trip for a batch: (envelope, ready index, due ms or None) each. One
-        transaction; with ``min_replicas_ack``, in order on one connection and then WAIT."""
+        """One round trip for a batch: (envelope, ready index, due ms or None) each. Atomic:
+        one LPUSH for one list, else one transaction; with ``min_replicas_ack``, in order on
+        one connection and then WAIT."""
         by_list: dict[int, list[bytes]] = {}
         delayed: dict[bytes, float] = {}
         for raw, index, due_ms in items:
@@ -435,6 +453,10 @@ class Broker:
                 by_list.setdefault(index, []).append(raw)
             else:
                 delayed[delayed_member(raw, index)] = due_ms
+        if len(by_list) == 1 and not delayed and not self.config.min_replicas_ack:
+            [(index, raws)] = by_list.items()  # one LPUSH is atomic on its own: no MULTI
+            await self._lpush(self.keys.ready[index], *raws)
+            return
 
         def build(pipe: Any) -> None:
             for index, raws in by_list.items():

@@ -128,6 +128,7 @@ class EventBus:
         return self.clock.now_ms()
 
     async def close(self) -> None:
+        await self.broker.close()
         if self._owns_redis:
             await self.redis.aclose()
 
@@ -225,7 +226,8 @@ class EventBus:
         self, events: Iterable[Event], delay: Delay = None, *, priority: int = 0,
         headers: Mapping[str, Any] | None = None,
     ) -> list[str]:
-        """Publish many events in one round trip (one transaction). Returns their ids."""
+        """Publish many events in one round trip, atomically (one LPUSH, or one MULTI/EXEC when
+        they go to several lists or the delayed set). Returns their ids."""
         delay_s = _seconds(delay)
         events = list(events)
         if headers:

@@ -1,0 +1,89 @@
+"""The publish lane: the bus's own connection for LPUSH, and what happens when it breaks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from earnorm import Event, EventBus
+from tests.helpers import loads, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    yield bus
+    await bus.close()
+
+
+async def _clients(redis: Redis) -> int:
+    return len(await redis.client_list())
+
+
+async def test_a_killed_lane_connection_loses_no_publish_and_doubles_none(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    first = await bus.publish(Event(name="a.b", data={"i": 0}))
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    second = await bus.publish(Event(name="a.b", data={"i": 1}))
+    third = await bus.publish(Event(name="a.b", data={"i": 2}))  # on a fresh lane connection
+    ids = [loads(raw)["headers"]["id"] for raw in await redis.lrange(queue_name, 0, -1)]
+    assert ids == [third, second, first]
+
+
+async def test_concurrent_publishes_share_the_lane_and_the_pool(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    ids = [""] * 500
+
+    async def one(i: int) -> None:
+        ids[i] = await bus.publish(Event(name="a.b", data={"i": i}))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(500):
+            tg.start_soon(one, i)
+    stored = {loads(raw)["headers"]["id"] for raw in await redis.lrange(queue_name, 0, -1)}
+    assert stored == set(ids) and len(stored) == 500
+
+
+async def test_a_publish_cancelled_before_its_reply_drops_the_connection(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    await bus.publish(Event(name="a.b"))
+    lane = bus.broker._lane
+    assert lane is not None and lane.connected
+    await redis.client_pause(300, all=False)  # write commands only
+    with anyio.move_on_after(0.05) as scope:
+        await bus.publish(Event(name="a.b"))  # sent; the reply waits for the pause
+    assert scope.cancelled_caught
+    # Its reply may still arrive: a connection out of step must not be used again.
+    assert not lane.connected
+    after = await bus.publish(Event(name="a.b", data={"after": True}))
+    assert loads(await redis.lindex(queue_name, 0))["headers"]["id"] == after
+
+
+async def test_close_releases_the_lane_connection(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    before = await _clients(redis)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    await bus.publish(Event(name="a.b"))
+    assert await _clients(redis) > before
+    await bus.close()
+
+    async def released() -> bool:
+        return await _clients(redis) == before
+    await wait_until(released, 5, message="the bus's connections to close")
+
+
+async def test_batch_of_one_list_is_one_lpush_in_order(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    ids = await bus.publish_batch([Event(name="a.b", data={"i": i}) for i in range(100)])
+    popped = [loads(await redis.rpop(queue_name))["headers"]["id"] for _ in ids]
+    assert popped == ids
