@@ -147,3 +147,18 @@ def test_the_supervisors_death_takes_its_children_with_it(
 
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def test_a_child_whose_supervisor_is_already_gone_does_not_start(
+    redis_url: str, queue_name: str
+) -> None:
+    """The parent-death signal is set after exec, so a supervisor that died before that is
+    caught by the child itself: its parent is not the supervisor it was given."""
+    done = subprocess.run(
+        [sys.executable, "-m", "earnorm.events.consumer", "--app", "tests.apps.counting"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "EARNORM_REDIS_URI": redis_url, "EARNORM_QUEUE": queue_name,
+             "PYTHONPATH": str(ROOT), "EARNORM_SUPERVISOR_PID": "1"})
+    assert done.returncode == 0
+    assert "supervisor 1 is gone: not starting" in done.stderr
+    assert "consumer c-" not in done.stderr

@@ -30,7 +30,7 @@ from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._consumer import Consumer
 from earnorm.events.consumer._group import ConsumerGroup, parse_queue
-from earnorm.events.consumer._supervisor import Supervisor
+from earnorm.events.consumer._supervisor import Supervisor, die_with_supervisor
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -195,6 +195,7 @@ def _fail(code: int, message: str, exc: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_supervisor()  # a no-op unless started by --processes
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)  # exits with 2 on a usage error
     logging.basicConfig(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,9 +32,28 @@ _FATAL = (2, 4)  # usage/configuration error, --app could not be imported
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+SUPERVISOR_PID_ENV = "EARNORM_SUPERVISOR_PID"
+
+
+def die_with_supervisor() -> None:
+    """In a child, first thing: ask Linux for SIGTERM when the supervisor dies, and exit at once
+    if it already has (the child's parent is then no longer the pid it was given).
+
+    Set after exec, not in a ``preexec_fn``: that would run Python between fork and exec in a
+    process with threads (asyncio's child watchers), where a lock another thread held at the
+    fork (malloc's, the dynamic loader's) stays held forever: a child hung there once, neither
+    started nor killable by the parent-death signal it never got to set."""
+    expected = os.environ.pop(SUPERVISOR_PID_ENV, None)
+    if expected is None:
+        return
+    if sys.platform == "linux":
+        import ctypes  # only in a supervised child
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != expected:
+        log.warning("supervisor %s is gone: not starting", expected)
+        raise SystemExit(0)
 
 
 def restart_delay(recent_deaths: int) -> float:
@@ -68,8 +87,7 @@ class Supervisor:
 
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            *self._command(slot), preexec_fn=_die_with_parent if sys.platform == "linux"
-            else None)
+            *self._command(slot), env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())})
         self.children[slot] = process
         return process
 
