@@ -158,6 +158,10 @@ class Fetcher:
                           "(reason too_large) without being fetched", fetched.diverted,
                           self.max_bytes)
             self._add(first, fetched.messages, fetched.redeliveries)
+            if fetched.messages:
+                # Let the woken workers start their handlers before the next fetch is sent:
+                # on an idle queue that send is the time between a message and its handler.
+                await asyncio.sleep(0)
             if not fetched.messages and fetched.recovered_waiting and self.buffer:
                 # Recovered messages wait for an empty buffer: let the workers drain it.
                 self._empty.clear()
