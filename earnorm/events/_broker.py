@@ -15,6 +15,7 @@ while it refuses the writes that would grow it (publish, retry, dead-letter): th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,6 +238,7 @@ return 1
 # Returns {moved, next due ms or -1, now ms}. Due messages go to the consuming (right) end so a
 # backlog does not delay them further; pushed latest-first so the earliest is taken first.
 _PROMOTE = _ALLOW_OOM + _NOW_MS + """
+now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000  -- to the microsecond, like due times
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #due > 0 then
   redis.call('ZREM', KEYS[1], unpack(due))
@@ -249,7 +251,7 @@ if #due > 0 then
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {#due, nxt[2] or '-1', now}
+return {#due, nxt[2] or '-1', string.format('%.3f', now)}
 """
 
 # KEYS: consumers, stats. ARGV: consumer id, timeout ms.
@@ -634,9 +636,12 @@ class Broker:
     async def promote_due(self, limit: int = 500) -> tuple[int, float | None, float]:
         """Move due delayed messages to the ready lists. Returns (moved, next due ms, now ms)."""
         keys = [self.keys.delayed, *self.keys.ready]
+        sent = time.monotonic()
         moved, next_due, now = await self._promote(keys=keys, args=[limit])
         nxt = float(next_due)
-        return int(moved), (None if nxt < 0 else nxt), float(now)
+        # Redis's time as the reply arrives: read mid-way, on average, through the round trip.
+        now_ms = float(now) + (time.monotonic() - sent) * 500
+        return int(moved), (None if nxt < 0 else nxt), now_ms
 
     async def heartbeat(self, consumer_id: str, timeout_ms: int) -> tuple[float, list[str]]:
         """Extend our deadline. Returns (Redis now ms, ids of consumers past their deadline)."""

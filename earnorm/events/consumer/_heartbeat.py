@@ -41,7 +41,7 @@ class Heartbeat:
         now_ms, dead = await broker.heartbeat(
             self.consumer_id, int(self.config.heartbeat_timeout * 1000)
         )
-        self.clock.observe(now_ms, sent, time.time())
+        self.clock.observe(now_ms, sent, time.time(), resolution_ms=1.0)  # whole ms
         # A full Redis refuses the summary (for stats() only); the deadline above is what counts.
         with contextlib.suppress(*REFUSED_ERRORS):
             await broker.publish_summary(self.consumer_id, self._summary(now_ms))
