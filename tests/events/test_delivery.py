@@ -42,6 +42,33 @@ async def test_delay_runs_no_earlier_than_due_and_promptly(
     assert 2.0 <= ran_at[0] - sent_at <= 2.5
 
 
+async def test_many_close_due_times_none_runs_before_it_is_due(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    """The promoter wakes a moment before each due time and asks again until it is due:
+    every event still runs at or after its due time (by Redis's clock, which here is this
+    machine's: the tolerance is the bus's bound on its own clock estimate)."""
+    ran: list[tuple[float, float]] = []
+    registry = HandlerRegistry()
+
+    async def on_due(event: Event) -> None:
+        ran.append((time.time(), event.data["due"]))
+
+    registry.register("user.reminder", on_due)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    async with Consumer(bus=bus, registry=registry):
+        start = time.time() + 0.3
+        for i in range(200):
+            due = start + i * 0.003
+            await bus.publish(Event(name="user.reminder", data={"due": due}),
+                              delay=due - time.time())
+        await wait_until(lambda: len(ran) == 200, 10, message="200 delayed handlers")
+    tolerance = bus.clock.uncertainty_ms / 1000 + 0.0001
+    await bus.close()
+    early = [due - at for at, due in ran if at < due - tolerance]
+    assert not early, f"{len(early)} ran before due, by up to {max(early) * 1000:.2f} ms"
+
+
 async def test_delayed_event_survives_restart_of_only_consumer(
     redis_url: str, queue_name: str, redis: Redis
 ) -> None:
