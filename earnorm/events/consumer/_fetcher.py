@@ -54,7 +54,10 @@ class Fetcher:
         self._seq = 0
         self._orphans_possible = False
         self._stopping = False
-        self._have_work = asyncio.Event()
+        # Workers waiting in take(), oldest first. Each fetched message wakes one of them:
+        # one event for all woke every idle worker for every message (100 task switches for
+        # one message on an idle queue, ahead of the next fetch).
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._have_room = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -66,7 +69,7 @@ class Fetcher:
     def stop(self) -> None:
         """No more fetching; workers waiting for work get ``None``."""
         self._stopping = True
-        self._have_work.set()
+        self._wake(len(self._idle))
         self._have_room.set()
         self._empty.set()
         self._redelivery_done.set()
@@ -74,7 +77,15 @@ class Fetcher:
             self._scope.cancel()
 
     def wake_workers(self) -> None:
-        self._have_work.set()
+        self._wake(len(self._idle))
+
+    def _wake(self, n: int) -> None:
+        idle = self._idle
+        while n > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled worker's stays behind, done
+                waiter.set_result(None)
+                n -= 1
 
     async def take(self) -> Item | None:
         """The next fetched (field, envelope, redelivery), or ``None`` once stopping."""
@@ -82,8 +93,14 @@ class Fetcher:
         while not buffer or self._stopping:
             if self._stopping:
                 return None
-            self._have_work.clear()
-            await self._have_work.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(1)  # woken, then cancelled: the wake-up goes to another
+                raise
         item = buffer.popleft()
         if len(buffer) < self._low_water:
             self._have_room.set()
@@ -183,7 +200,7 @@ class Fetcher:
             self.buffer.extend((field, raw, None) for field, raw in zip(fields, batch,
                                                                           strict=True))
         self._empty.clear()
-        self._have_work.set()
+        self._wake(len(batch))
 
     async def _reclaim_orphans(self) -> None:
         """After a fetch whose reply was lost, hand back what it moved but we never saw."""
