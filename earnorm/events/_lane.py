@@ -7,9 +7,8 @@ client's pool, so with the same options: TLS, auth, db, Sentinel's master lookup
 it directly. It serves one command at a time; a publish that finds it busy (concurrent
 publishers) takes the client's pool as before, so concurrency is never reduced.
 
-After anything but a whole error reply (a lost connection, a timeout, a cancellation between
-send and reply), the connection is dropped: its reply stream may be out of step. The caller
-then retries on the client's pool, whose retry policy applies as it always did.
+After anything but a whole error reply the connection is dropped (``OwnConnection``); the
+caller then retries on the client's pool, whose retry policy applies as it always did.
 """
 
 from __future__ import annotations
@@ -17,18 +16,15 @@ from __future__ import annotations
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+
+from earnorm.events._own_connection import OwnConnection
 
 
-class PublishLane:
+class PublishLane(OwnConnection):
     def __init__(self, redis: Redis) -> None:
+        super().__init__()
         self._redis = redis
-        self._connection: Any = None
         self.busy = False
-
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None
 
     async def execute(self, *args: bytes | str) -> Any:
         """Send one command and return its reply; the caller checks ``busy`` first."""
@@ -38,21 +34,14 @@ class PublishLane:
             self._connection = connection
         self.busy = True
         try:
-            await connection.send_packed_command(_pack(args))
-            return await connection.read_response(disconnect_on_error=False)
-        except ResponseError:
-            raise  # a whole error reply was read: the connection is still in step
-        except BaseException:
-            self._connection = None
-            await connection.disconnect(nowait=True)
-            raise
+            try:
+                await connection.send_packed_command(_pack(args))
+            except BaseException:
+                await self._drop(connection)
+                raise
+            return await self._read_reply(connection)
         finally:
             self.busy = False
-
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect()
 
 
 def _pack(args: tuple[bytes | str, ...]) -> list[bytes]:

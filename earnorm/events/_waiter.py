@@ -20,16 +20,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
+from earnorm.events._own_connection import OwnConnection
 from earnorm.events._topology import is_cluster
 
 _CHUNK = 64 * 1024
 _CLUSTER_MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
-class BlockingWait:
+class BlockingWait(OwnConnection):
     def __init__(self, redis: Redis) -> None:
+        super().__init__()
         self._redis = redis
-        self._connection: Any = None
 
     def _new_connection(self, key: str) -> Any:
         if is_cluster(self._redis):
@@ -51,24 +52,10 @@ class BlockingWait:
             await connection.send_packed_command(connection.pack_commands([
                 ("BLMOVE", source, destination, "RIGHT", "LEFT", timeout), command]))
             moved = await _discard_reply(connection)
-        except BaseException:
-            self._connection = None
-            await connection.disconnect(nowait=True)
+        except BaseException:  # even an error reply: the command's reply is still unread
+            await self._drop(connection)
             raise
-        try:
-            reply = await connection.read_response(disconnect_on_error=False)
-        except ResponseError:
-            raise  # a whole error reply was read: the connection is still in step
-        except BaseException:
-            self._connection = None
-            await connection.disconnect(nowait=True)
-            raise
-        return moved, reply
-
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.disconnect()
+        return moved, await self._read_reply(connection)
 
 
 async def _discard_reply(connection: Any) -> bool:
