@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from earnorm import LocalRedis, start_local_redis
+from earnorm import EventBus, LocalRedis, start_local_redis
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,11 @@ async def redis(redis_url: str, queue_name: str) -> AsyncIterator[Redis]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
+    """A bus on the test's queue with the default config (a test module may define its own)."""
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    yield bus
+    await bus.close()

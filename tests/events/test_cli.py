@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -17,13 +16,6 @@ from earnorm import Event, EventBus
 from tests.helpers import store_failed_job
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name})
-    yield bus
-    await bus.close()
 
 
 class Cli:

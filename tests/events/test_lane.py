@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 from redis.asyncio import Redis
@@ -12,13 +10,6 @@ from earnorm import Event, EventBus
 from tests.helpers import loads, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, queue_name=queue_name)
-    yield bus
-    await bus.close()
 
 
 async def _clients(redis: Redis) -> int:

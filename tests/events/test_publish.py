@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import cast
 
@@ -17,13 +16,6 @@ from earnorm._errors import EventValidationError, SerializationError
 from tests.helpers import loads
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, queue_name=queue_name)
-    yield bus
-    await bus.close()
 
 
 async def test_publish_lpushes_a_complete_celery_message(
