@@ -14,7 +14,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -76,7 +76,11 @@ def open_redis(url: str, **options: Any) -> Redis:
         options.setdefault("health_check_interval", 30)
         if topology.kind(url) == "sentinel":
             return topology.open_sentinel(url, **options)
-        return Redis.from_url(url, **options)
+        # Past max_connections (redis-py 8: 100) a plain pool fails the command at once
+        # (MaxConnectionsError); this one makes it wait for a connection to come back, so
+        # many concurrent publishes queue instead of failing.
+        options.setdefault("max_connections", 100)  # redis-py 8's own default
+        return Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
     except ValueError as exc:
         raise ConfigError(f"invalid redis_uri {mask_url(url)}: {exc}") from None
 

@@ -78,3 +78,18 @@ async def test_batch_of_one_list_is_one_lpush_in_order(
     ids = await bus.publish_batch([Event(name="a.b", data={"i": i}) for i in range(100)])
     popped = [loads(await redis.rpop(queue_name))["headers"]["id"] for _ in ids]
     assert popped == ids
+
+
+async def test_publishes_past_the_pool_size_wait_for_a_connection(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    """redis-py 8's plain pool fails a command outright past max_connections; the bus's pool
+    makes it wait. A pool of 4 and 200 concurrent publishes: every one lands."""
+    small = await EventBus.connect(f"{redis_url}?max_connections=4", queue_name=queue_name)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(small.publish, Event(name="a.b", data={"i": i}))
+    finally:
+        await small.close()
+    assert await redis.llen(queue_name) == 200
