@@ -99,7 +99,7 @@ def _record(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 
 
 def _event_task(name: str) -> None:
-    @app.task(name=name, bind=True)
+    @app.task(name=name, bind=True, shared=False)
     def run(self: Task, *args: Any, **kwargs: Any) -> None:
         _record(self, args, kwargs)
 
@@ -108,7 +108,7 @@ for _name in EVENT_TASKS:
     _event_task(_name)
 
 
-@app.task(name="user.retried", bind=True, max_retries=3)
+@app.task(name="user.retried", bind=True, max_retries=3, shared=False)
 def retried(self: Task, data: dict[str, Any], forward_to: str | None = None) -> None:
     """Republishes itself once with Celery's own ``self.retry()`` (wire.md 10), optionally onto
     another queue, where an EarnORM consumer receives the retry message."""
@@ -118,14 +118,14 @@ def retried(self: Task, data: dict[str, Any], forward_to: str | None = None) -> 
         raise self.retry(countdown=1, **options)
 
 
-@app.task(name="results.add", bind=True)
+@app.task(name="results.add", bind=True, shared=False)
 def add(self: Task, value: int) -> int:
     """Doubles, as the EarnORM handler of the same name does: a chord's parts can be either's."""
     _record(self, (value,), {})
     return 2 * value
 
 
-@app.task(name="fleet.slow", bind=True)
+@app.task(name="fleet.slow", bind=True, shared=False)
 def slow(self: Task, *args: Any, **kwargs: Any) -> None:
     """Holds its worker (and the messages it prefetched, in ``unacked``) for a minute."""
     _record(self, args, kwargs)
