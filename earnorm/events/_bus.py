@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -25,18 +24,13 @@ from earnorm._transaction import current_transaction
 from earnorm.events import _outbox as outbox
 from earnorm.events import _protocol as protocol
 from earnorm.events import _tracing as tracing
-from earnorm.events._broker import TRANSIENT_ERRORS, Broker
+from earnorm.events._broker import Broker
 from earnorm.events._clock import ServerClock
 from earnorm.events._event import Event
-from earnorm.events._monitoring import merge, percentiles
-from earnorm.events._records import (
-    ConsumerInfo,
-    Counters,
-    FailedJob,
-    ProcessingSummary,
-    QueueStats,
-    ServerStats,
-)
+from earnorm.events._failures import parse_cursor, read_record, requeue_message
+from earnorm.events._queue_stats import queue_stats
+from earnorm.events._records import FailedJob, QueueStats
+from earnorm.events._redis_errors import TRANSIENT_ERRORS
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._server import check_eviction
 from earnorm.events._topology import for_cluster, is_cluster
@@ -308,7 +302,7 @@ class EventBus:
         >>> more = await event_bus.get_failed_jobs(  # doctest: +SKIP
         ...     limit=50, cursor=page[-1]["cursor"])
         """
-        after = _parse_cursor(cursor)
+        after = parse_cursor(cursor)
         out: list[FailedJob] = []
         while len(out) < limit:
             page = await self.broker.failed.page(after, max(limit, 100))
@@ -318,7 +312,7 @@ class EventBus:
                 after = (failed_ms, job_id)
                 if record is None:
                     continue
-                job = _job(job_id, record, failed_ms)
+                job = read_record(job_id, record, failed_ms)
                 if event_name is not None and job.get("name") != event_name:
                     continue
                 if reason is not None and job.get("reason") != reason:
@@ -334,7 +328,7 @@ class EventBus:
         record = await self.broker.failed.get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
-        return _job(job_id, record, None)
+        return read_record(job_id, record, None)
 
     async def retry_job(self, job_id: str) -> str:
         """Put a failed job back on its queue with retries reset; its record is removed.
@@ -344,7 +338,7 @@ class EventBus:
             if not await self.broker.failed.requeue_oversized(job_id):
                 raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
             return job_id
-        fresh, index = self._requeue_message(job)
+        fresh, index = requeue_message(job, self.broker.keys)
         if not await self.broker.failed.requeue(job_id, fresh, index):
             raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
         return job_id
@@ -370,7 +364,7 @@ class EventBus:
                     count += await self.broker.failed.requeue_oversized(job["job_id"])
                     continue
                 try:
-                    fresh, index = self._requeue_message(job)
+                    fresh, index = requeue_message(job, self.broker.keys)
                 except (JobNotFound, EventValidationError):
                     continue
                 batch.append((job["job_id"], fresh, index))
@@ -390,30 +384,6 @@ class EventBus:
             cursor = page[-1]["cursor"]
             count += await self.broker.failed.remove_many([job["job_id"] for job in page])
         return count
-
-    def _requeue_message(self, job: FailedJob) -> tuple[bytes, int]:
-        job_id = job["job_id"]
-        raw = job.get("envelope")
-        if not isinstance(raw, str):
-            raise EventValidationError(
-                f"failed job {job_id!r} cannot be retried: its message was not valid UTF-8"
-            )
-        try:
-            message = protocol.decode(raw.encode())
-        except Exception as exc:
-            raise EventValidationError(
-                f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
-            ) from exc
-        handlers = job.get("handlers") or []
-        reason = job.get("reason")
-        fresh = protocol.encode_reset(
-            message,
-            # only the handlers that gave up run again; the others already succeeded
-            pending=list(handlers) if reason == "handler_error" and handlers else None,
-            # asked to run it anyway: it must not expire again at once
-            clear_expires=reason == "expired",
-        )
-        return fresh, self.broker.keys.ready_index(message.priority)
 
     def _not_found(self, job_id: str) -> str:
         return f"no failed job with id {job_id!r} in queue {self.config.queue_name!r}"
@@ -439,162 +409,7 @@ class EventBus:
         window; ``latency_s`` is how long the oldest waiting event has been ready to run;
         ``seen`` is False when no key of the queue exists (never used, or a mistyped name).
         """
-        snap = await self.broker.snapshot()
-        info = await self.broker.server.info()
-        now_ms: float = snap["now_ms"]
-        consumers: list[ConsumerInfo] = []
-        histograms: list[dict[str, int]] = []
-        window = 0.0
-        for cid, deadline in snap["consumers"].items():
-            summary = _loads(snap["monitor"].get(cid)) or {}
-            beat = summary.get("heartbeat_ms")
-            consumers.append({
-                "id": cid,
-                "host": summary.get("host"),
-                "pid": summary.get("pid"),
-                "alive": deadline >= now_ms,
-                "status": _status(deadline, beat, summary.get("heartbeat_interval_s"), now_ms),
-                "last_heartbeat": _iso(beat) if beat else None,
-                "last_heartbeat_age_s": round((now_ms - beat) / 1000, 3) if beat else None,
-                "concurrency": summary.get("concurrency"),
-                "running": summary.get("running"),
-                "processed": summary.get("processed"),
-                "failed": summary.get("failed"),
-                "retried": summary.get("retried"),
-            })
-            if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
-                histograms.append(summary["histogram"])
-                window = max(window, float(summary.get("window_s") or 0))
-        totals = snap["counters"]
-        recorded = snap["server"]
-        last_restart_ms = float(recorded.get("last_restart_ms") or 0)
-        server: ServerStats = {
-            "run_id": info.run_id, "version": info.version, "uptime_s": info.uptime_s,
-            "maxmemory_policy": info.maxmemory_policy, "may_evict": info.may_evict,
-            "eviction_allowed": self.config.allow_eviction, "persistence": info.persistence,
-            "restarts": int(recorded.get("restarts") or 0),
-            "last_restart": _iso(last_restart_ms) if last_restart_ms else None,
-            "last_restart_lost_data": recorded.get("last_restart_lost_data") == "1",
-        }
-        counters: Counters = {"processed": totals.get("processed", 0),
-                              "failed": totals.get("failed", 0),
-                              "retried": totals.get("retried", 0)}
-        p = percentiles(merge(histograms))
-        processing: ProcessingSummary = {
-            "count": int(p["count"] or 0), "p50": p["p50"], "p95": p["p95"], "p99": p["p99"],
-            "window_s": window,
-        }
-        stats: QueueStats = {
-            "queue": self.config.queue_name,
-            "seen": snap["seen"],
-            "at": _iso(now_ms),
-            "ready": snap["ready"],
-            "ready_total": sum(snap["ready"].values()),
-            "delayed": snap["delayed"],
-            "next_due_s": (None if snap["next_delayed_ms"] is None
-                           else round(max(snap["next_delayed_ms"] - now_ms, 0.0) / 1000, 3)),
-            "inflight": snap["inflight"],
-            "failed": snap["failed"],
-            "counters": counters,
-            "counters_since": _iso(totals["since_ms"]) if totals.get("since_ms") else None,
-            "counters_reset_by_restart": "reset_by_restart_ms" in totals,
-            "recovered": snap["recovered"],
-            "celery_unacked": snap["celery_unacked"],
-            "server": server,
-            "processing_ms": processing,
-            "latency_s": _latency_s(snap, now_ms),
-            "consumers": consumers,
-        }
-        if self.outbox is not None:
-            stats["outbox"] = await self.outbox.stats()
-        return stats
+        return await queue_stats(self.broker, self.config, self.outbox)
 
     def __repr__(self) -> str:
         return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"
-
-
-
-def _job(job_id: str, record: bytes, failed_ms: float | None) -> FailedJob:
-    """A stored record as users see it. Records written inside Redis (``too_large``) carry the
-    failure time in ms only: the ISO forms are filled in here."""
-    job: FailedJob = orjson.loads(record)
-    job["job_id"] = job_id
-    ms = job.get("failed_at_ms") or failed_ms or 0.0
-    job["failed_at_ms"] = ms
-    if not job.get("last_failed_at"):
-        job["last_failed_at"] = _iso(ms)
-    if not job.get("first_failed_at"):
-        job["first_failed_at"] = job["last_failed_at"]
-    return job
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    if cursor is None:
-        return None
-    score, sep, job_id = str(cursor).partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return float(score), job_id
-    except ValueError:
-        raise EventValidationError(
-            f"invalid cursor {cursor!r}: pass a job's 'cursor' value from get_failed_jobs()"
-        ) from None
-
-
-def _loads(raw: bytes | None) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _iso(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def _status(deadline: float, beat: Any, interval: Any, now_ms: float) -> str:
-    """``alive``; ``late`` (two heartbeats missed: probably dead, its messages not yet handed
-    back); ``dead`` (past its deadline: a live consumer recovers its messages).
-
-    >>> _status(10_000, 9_000, 0.5, 9_500), _status(10_000, 8_000, 0.5, 9_500)
-    ('alive', 'late')
-    >>> _status(10_000, 8_000, 0.5, 10_001)
-    'dead'
-    """
-    if deadline < now_ms:
-        return "dead"
-    if isinstance(beat, (int, float)) and isinstance(interval, (int, float)) and (
-            now_ms - beat > 2 * interval * 1000):
-        return "late"
-    return "alive"
-
-
-def _parse_iso(value: str) -> float | None:
-    """Unix ms of an ISO-8601 header value (naive = UTC), None if it is not one."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-    except ValueError:
-        return None
-    if parsed is None:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000
-
-
-def _latency_s(snap: dict[str, Any], now_ms: float) -> float | None:
-    """Age of the oldest event that is ready to run: the tail of each ready list (since its eta,
-    or its publish time), and a due but not yet promoted delayed event."""
-    since: list[float] = []
-    for eta, timestamp in snap["oldest_ready"]:
-        # e.g. from Celery's send_task, neither: nothing tells when it was sent
-        for value in (eta, timestamp):
-            stamp = _parse_iso(value)
-            if stamp is not None:
-                since.append(stamp)
-                break
-    due = snap["next_delayed_ms"]
-    if due is not None and due <= now_ms:
-        since.append(due)
-    if not since:
-        return None if not snap["oldest_ready"] else 0.0
-    return round(max(now_ms - min(since), 0.0) / 1000, 3)

@@ -30,10 +30,10 @@ from typing import Any, TextIO
 import orjson
 
 from earnorm._errors import BrokerConnectionError, EarnORMError, JobNotFound
-from earnorm.events._broker import TRANSIENT_ERRORS
 from earnorm.events._bus import EventBus
 from earnorm.events._embedded import start_local_redis
 from earnorm.events._records import FailedJob, QueueStats
+from earnorm.events._redis_errors import TRANSIENT_ERRORS
 from earnorm.events._redis_url import mask_url, unreachable
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 
 
 class ServerClock:
@@ -43,3 +44,12 @@ class ServerClock:
     def now_ms(self) -> float:
         """Now, in unix ms by Redis's clock."""
         return time.time() * 1000 + self.offset_ms
+
+
+def iso_ms(ms: float) -> str:
+    """Unix ms as ISO-8601 UTC, to the millisecond.
+
+    >>> iso_ms(0)
+    '1970-01-01T00:00:00.000+00:00'
+    """
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")

@@ -1,4 +1,5 @@
-"""Failed-job records: what the dead-letter hash stores about a message that could not run."""
+"""Failed-job records: what the dead-letter hash stores about a message that could not run,
+and reading one back (as ``get_failed_jobs`` shows it, and to run it again)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from enum import StrEnum
 
 import orjson
 
+from earnorm._errors import EventValidationError
+from earnorm.events import _protocol as protocol
+from earnorm.events._clock import iso_ms
+from earnorm.events._keys import Keys
 from earnorm.events._protocol import Message
 from earnorm.events._records import FailedJob, HandlerError
 from earnorm.events._wiretypes import to_wire
@@ -116,3 +121,56 @@ def _merge_previous(record: FailedJob, previous: bytes) -> None:
         record["errors"]
     )
     record["first_failed_at"] = old.get("first_failed_at") or record["first_failed_at"]
+
+def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJob:
+    """A stored record as users see it. Records written inside Redis (``too_large``) carry the
+    failure time in ms only: the ISO forms are filled in here."""
+    job: FailedJob = orjson.loads(record)
+    job["job_id"] = job_id
+    ms = job.get("failed_at_ms") or failed_ms or 0.0
+    job["failed_at_ms"] = ms
+    if not job.get("last_failed_at"):
+        job["last_failed_at"] = iso_ms(ms)
+    if not job.get("first_failed_at"):
+        job["first_failed_at"] = job["last_failed_at"]
+    return job
+
+
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    score, sep, job_id = str(cursor).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(score), job_id
+    except ValueError:
+        raise EventValidationError(
+            f"invalid cursor {cursor!r}: pass a job's 'cursor' value from get_failed_jobs()"
+        ) from None
+
+
+def requeue_message(job: FailedJob, keys: Keys) -> tuple[bytes, int]:
+    """A failed job's message made fresh to run again (retries reset), and its ready list."""
+    job_id = job["job_id"]
+    raw = job.get("envelope")
+    if not isinstance(raw, str):
+        raise EventValidationError(
+            f"failed job {job_id!r} cannot be retried: its message was not valid UTF-8"
+        )
+    try:
+        message = protocol.decode(raw.encode())
+    except Exception as exc:
+        raise EventValidationError(
+            f"failed job {job_id!r} cannot be retried: its message is undecodable ({exc})"
+        ) from exc
+    handlers = job.get("handlers") or []
+    reason = job.get("reason")
+    fresh = protocol.encode_reset(
+        message,
+        # only the handlers that gave up run again; the others already succeeded
+        pending=list(handlers) if reason == "handler_error" and handlers else None,
+        # asked to run it anyway: it must not expire again at once
+        clear_expires=reason == "expired",
+    )
+    return fresh, keys.ready_index(message.priority)

@@ -118,7 +118,7 @@ class OutboxRelay:
             await task
         from pymongo.errors import PyMongoError
 
-        from earnorm.events._broker import RETRYABLE_ERRORS
+        from earnorm.events._redis_errors import RETRYABLE_ERRORS
 
         with contextlib.suppress(PyMongoError, *RETRYABLE_ERRORS, TimeoutError):
             async with asyncio.timeout(drain_timeout):
@@ -128,7 +128,7 @@ class OutboxRelay:
     async def run(self) -> None:
         from pymongo.errors import PyMongoError
 
-        from earnorm.events._broker import RETRYABLE_ERRORS
+        from earnorm.events._redis_errors import RETRYABLE_ERRORS
 
         errors: tuple[type[BaseException], ...] = (PyMongoError, *RETRYABLE_ERRORS)
         with contextlib.suppress(PyMongoError):

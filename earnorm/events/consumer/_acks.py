@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from earnorm.events._broker import RETRYABLE_ERRORS, Broker
+from earnorm.events._broker import Broker
+from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import anyio
 
 from earnorm._errors import HandlerTimeout
-from earnorm.events._broker import RETRYABLE_ERRORS
 from earnorm.events._event import Event
 from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
+from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._decide import Failures
 from earnorm.events.consumer._idempotency import DoneMarks
 

@@ -42,7 +42,7 @@ from earnorm.events import _http as http
 from earnorm.events import _protocol as protocol
 from earnorm.events import _topology as topology
 from earnorm.events import _tracing as tracing
-from earnorm.events._broker import RETRYABLE_ERRORS, TRANSIENT_ERRORS, Broker, Redelivery
+from earnorm.events._broker import Broker, Redelivery
 from earnorm.events._bus import EventBus
 from earnorm.events._celery_presence import CeleryPresence
 from earnorm.events._clock import ServerClock
@@ -52,6 +52,7 @@ from earnorm.events._keys import Keys
 from earnorm.events._metrics import Metrics
 from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._periodic import Schedule, default_schedules
+from earnorm.events._redis_errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
 from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
 from earnorm.events.consumer import _decide as decide

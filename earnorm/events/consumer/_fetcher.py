@@ -8,7 +8,7 @@ such a lost fetch wrote are found (``held`` says which ones we know) and handed 
 Recovered messages (taken back from a consumer that died holding them) come first. One held at
 ``ALONE_AT`` or more deaths is fetched alone into an empty buffer, and nothing else is fetched
 until it is settled: the consumer runs it alone, so a message that kills its process again takes
-no other message's delivery count up with it (see ``_broker._FETCH``).
+no other message's delivery count up with it (see ``_scripts.FETCH``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections import deque
 
 import anyio
 
-from earnorm.events._broker import RETRYABLE_ERRORS, Broker, Redelivery
+from earnorm.events._broker import Broker, Redelivery
+from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.consumer")

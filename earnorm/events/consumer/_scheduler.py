@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
 from earnorm._config import EventConfig
 from earnorm.events import _protocol as protocol
-from earnorm.events._broker import RETRYABLE_ERRORS, Broker
-from earnorm.events._clock import ServerClock
+from earnorm.events._broker import Broker
+from earnorm.events._clock import ServerClock, iso_ms
 from earnorm.events._event import Event
 from earnorm.events._periodic import Schedule
+from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events._schedule_store import ScheduleStore
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.scheduler")
 
 _MAX_SLEEP = 1.0
-
-
-def _iso(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 class Scheduler:
@@ -87,12 +83,12 @@ class Scheduler:
         envelopes: list[bytes] = []
         if on_time:
             envelopes.append(self._envelope(schedule, schedule.event_id(queue, tick), {
-                "schedule": schedule.name, "tick": _iso(tick)}))
+                "schedule": schedule.name, "tick": iso_ms(tick)}))
         if missed and schedule.missed == "catch_up" and last is not None:
             envelopes.append(self._envelope(schedule, schedule.event_id(
                 queue, tick, f"catch_up:{last}"), {
                 "schedule": schedule.name, "catch_up": True, "missed": missed,
-                "from": _iso(float(last)), "to": _iso(tick)}))
+                "from": iso_ms(float(last)), "to": iso_ms(tick)}))
         info = {"schedule": schedule.describe(), "missed_policy": schedule.missed,
                 "last_tick_ms": tick, "last_tick_fired": on_time, "missed": missed,
                 "next_ms": nxt, "updated_ms": now}
@@ -103,7 +99,7 @@ class Scheduler:
         if missed and schedule.missed == "skip":
             self.skipped += missed
             log.warning("schedule %s: %d tick(s) missed while no consumer ran them, skipped "
-                        "(missed='skip'); up to %s", schedule.name, missed, _iso(tick))
+                        "(missed='skip'); up to %s", schedule.name, missed, iso_ms(tick))
         elif missed:
             log.info("schedule %s: one catch-up event for %d missed tick(s)", schedule.name,
                      missed)

@@ -8,8 +8,9 @@ import contextlib
 import logging
 
 from earnorm._config import EventConfig
-from earnorm.events._broker import REFUSED_ERRORS, Broker
+from earnorm.events._broker import Broker
 from earnorm.events._clock import ServerClock
+from earnorm.events._redis_errors import REFUSED_ERRORS
 from earnorm.events._server import ServerInfo, check_eviction, eviction_refusal
 
 log = logging.getLogger("earnorm.consumer")

@@ -1,0 +1,46 @@
+"""Which Redis errors are worth waiting out, and which are Redis refusing a write for now."""
+
+from __future__ import annotations
+
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ExecAbortError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Errors that mean "Redis could not be reached or did not answer in time": the operation may
+# succeed if tried again later, and callers back off and retry.
+# On a cluster, a slot without a master during a failover (CLUSTERDOWN, TRYAGAIN, uncovered
+# slots, redirections the client gave up following) is the same: wait and try again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, OSError,
+    ClusterError, TryAgainError, SlotNotCoveredError, AskError,
+)
+# Redis answered but refused a write it may accept later: out of memory (maxmemory with
+# noeviction), a replica during failover. A consumer backs off and retries; a publisher raises.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (OutOfMemoryError, ReadOnlyError, ExecAbortError)
+RETRYABLE_ERRORS = TRANSIENT_ERRORS + REFUSED_ERRORS
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection-level failure worth retrying (see ``TRANSIENT_ERRORS``).
+
+    >>> is_transient(RedisConnectionError("refused")), is_transient(OutOfMemoryError("OOM"))
+    (True, False)
+    """
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether Redis refused a write it may accept later (``REFUSED_ERRORS``).
+
+    >>> is_refused(OutOfMemoryError("OOM command not allowed")), is_refused(ValueError())
+    (True, False)
+    """
+    return isinstance(exc, REFUSED_ERRORS)

@@ -1,0 +1,283 @@
+"""The queue's Lua scripts: each one atomic step of a message's life, on one queue's keys
+(one hash slot on a cluster). ``_broker`` registers and calls them.
+
+Scripts whose writes do not grow memory carry Redis 7's ``allow-oom`` flag (see ``_broker``);
+``for_server`` drops the flag line for a Redis older than 7.
+"""
+
+from __future__ import annotations
+
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+_NOW_MS = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Diverting a message larger than ARGV[4] bytes into the failed store, inside Redis, so that it
+# never reaches a client: a small JSON record (size, preview, SHA-1), the message itself kept
+# aside in Q:failed:oversized. Expects KEYS[5..8] = failed, failed index, oversized, stats.
+_DIVERT = _NOW_MS + """
+local max_bytes = tonumber(ARGV[4])
+local diverted = 0
+local function ascii(s) return (string.gsub(s, '[^\\32-\\126]', '?')) end
+local function divert(v, deliveries, died)
+  local sha = redis.sha1hex(v)
+  local id, task = nil, nil
+  local h = string.find(v, '"headers"', 1, true)
+  if h then
+    local head = string.sub(v, h, h + 8192)
+    id = string.match(head, '"id"%s*:%s*"([^"\\\\]+)"')
+    task = string.match(head, '"task"%s*:%s*"([^"\\\\]+)"')
+  end
+  local job = id and ascii(id) or ('too-large-' .. sha)
+  local record = '{"job_id":' .. cjson.encode(job)
+    .. ',"reason":"too_large","detail":' .. cjson.encode('message of ' .. #v
+      .. ' bytes exceeds max_message_bytes (' .. max_bytes .. '); kept aside, not fetched')
+    .. ',"name":' .. (task and cjson.encode(ascii(task)) or 'null')
+    .. ',"data":null,"metadata":{},"attempts":0,"first_failed_at":null,"last_failed_at":null'
+    .. ',"failed_at_ms":' .. now .. ',"handlers":[],"errors":[],"error_type":null'
+    .. ',"error":' .. cjson.encode('too large: ' .. #v .. ' bytes') .. ',"traceback":null'
+    .. ',"size":' .. #v .. ',"sha1":"' .. sha .. '","preview":'
+    .. cjson.encode(ascii(string.sub(v, 1, 200)))
+    .. ',"deliveries":' .. deliveries .. ',"died_holding":' .. died .. '}'
+  redis.call('HSET', KEYS[5], job, record)
+  redis.call('ZADD', KEYS[6], now, job)
+  redis.call('HSET', KEYS[7], job, v)
+  redis.call('HINCRBY', KEYS[8], 'failed', 1)
+  diverted = diverted + 1
+end
+"""
+
+# Publishing at most once per key: KEYS dedup key, ready list, delayed set; ARGV job id, TTL ms,
+# envelope, due ms ('' for now), ready index. Returns the first publish's job id if the key is
+# set (and writes nothing), else nil. Due now or in the past (an outbox entry relayed late):
+# straight to the ready list, by Redis's clock.
+PUSH_ONCE = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local due = tonumber(ARGV[4])
+if due then
+""" + _NOW_MS + """
+  if due > now then
+    redis.call('ZADD', KEYS[3], due, ARGV[5] .. ':' .. ARGV[3])
+    return false
+  end
+end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return false
+"""
+
+# KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
+#       ready lists in serving order.
+# ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
+#       deliveries from which a recovered message runs alone.
+# Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
+#          run alone else 0, recovered still waiting, diverted}.
+# The landing list goes first: it holds what the blocking wait already moved to us. Recovered
+# messages come next, before any ready list. One held at fewer than ARGV[5] deaths is taken
+# like any other (a crash's in-flight messages come back fast, in parallel). One held at more
+# is taken alone, only into an empty buffer (ARGV[3] = 1), and nothing is taken while it waits
+# at the head: so a message that kills its consumer again takes no unstarted message's count
+# up with it, and an innocent message stays well below max_deliveries.
+FETCH = _ALLOW_OOM + _DIVERT + """
+local want = tonumber(ARGV[1])
+local seq = tonumber(ARGV[2])
+local alone_at = tonumber(ARGV[5])
+local out, fields, infos = {}, {}, {}
+local function keep(v)
+  if #v > max_bytes then divert(v, 1, '[]'); return false end
+  out[#out + 1] = v
+  fields[#fields + 1] = seq + #out
+  fields[#fields + 1] = v
+  return true
+end
+local function ids_json(ids)
+  local list = {}
+  for id in string.gmatch(ids, '[^,]+') do list[#list + 1] = id end
+  return #list > 0 and cjson.encode(list) or '[]'
+end
+local landed = redis.call('RPOP', KEYS[2], want)
+if landed then for _, v in ipairs(landed) do keep(v) end end
+local alone = 0
+local waiting = redis.call('LLEN', KEYS[3])
+while waiting > 0 and #out < want do
+  local m = redis.call('LINDEX', KEYS[3], 0)
+  local a = string.find(m, ':', 1, true)
+  local b = string.find(m, ':', a + 1, true)
+  local n, ids, v = tonumber(string.sub(m, 1, a - 1)), string.sub(m, a + 1, b - 1),
+    string.sub(m, b + 1)
+  if n >= alone_at and (#out > 0 or ARGV[3] ~= '1') then break end
+  redis.call('LPOP', KEYS[3])
+  waiting = waiting - 1
+  if #v > max_bytes then
+    divert(v, n, ids_json(ids))
+  elseif keep(v) then
+    redis.call('HSET', KEYS[4], seq + #out, n .. ':' .. ids)
+    infos[#infos + 1] = {#out, n, ids}
+    if n >= alone_at then alone = 1; break end
+  end
+end
+if waiting == 0 then
+  for i = 9, #KEYS do
+    if #out >= want then break end
+    local got = redis.call('RPOP', KEYS[i], want - #out)
+    if got then for _, v in ipairs(got) do keep(v) end end
+  end
+end
+if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+return {out, infos, alone, waiting, diverted}
+"""
+
+# KEYS: inflight, stats, deliveries. ARGV: fields. Counts only what it removed, so an ack sent
+# twice (a lost reply) or for a message another consumer recovered meanwhile counts once.
+ACK = _ALLOW_OOM + """
+local removed = redis.call('HDEL', KEYS[1], unpack(ARGV))
+if removed > 0 then redis.call('HINCRBY', KEYS[2], 'processed', removed) end
+redis.call('HDEL', KEYS[3], unpack(ARGV))
+return removed
+"""
+
+# KEYS: inflight, deliveries, delayed, failed, failed index, stats, then lists to LPUSH to.
+# ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
+#       job id ('' = none), record, failed ms, count as processed (0/1), then one envelope per
+#       list (a canvas's follow-ups: the next chain step, callbacks, errbacks).
+# Only if the field is still ours: a consumer that another one declared dead and recovered must
+# not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
+# so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
+SETTLE = """#!lua
+if ARGV[1] ~= '' then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[6], 'retried', 1) end
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
+  redis.call('HINCRBY', KEYS[6], 'failed', 1)
+end
+if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[6], 'processed', 1) end
+for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 2]) end
+return 1
+"""
+
+# KEYS: delayed, ready lists by index. ARGV: max count.
+# Returns {moved, next due ms or -1, now ms}. Due messages go to the consuming (right) end so a
+# backlog does not delay them further; pushed latest-first so the earliest is taken first.
+PROMOTE = _ALLOW_OOM + _NOW_MS + """
+now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000  -- to the microsecond, like due times
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #due > 0 then
+  redis.call('ZREM', KEYS[1], unpack(due))
+  for i = #due, 1, -1 do
+    local m = due[i]
+    local sep = string.find(m, ':', 1, true)
+    local index = tonumber(string.sub(m, 1, sep - 1)) or 0
+    local key = KEYS[2 + index] or KEYS[2]
+    redis.call('RPUSH', key, string.sub(m, sep + 1))
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or '-1', string.format('%.3f', now)}
+"""
+
+# KEYS: consumers, stats. ARGV: consumer id, timeout ms.
+# Returns {now ms, expired ids...}. Also dates the counters (since_ms) the first time.
+HEARTBEAT = _ALLOW_OOM + _NOW_MS + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSETNX', KEYS[2], 'since_ms', now)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 16)
+local out = {now}
+for _, id in ipairs(dead) do out[#out + 1] = id end
+return out
+"""
+
+# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries.
+# ARGV: consumer id, force (0/1).
+# Hands every message the consumer holds back, but only if it is still dead (or force, for a
+# consumer returning its own work): two live consumers racing to recover the same one cannot
+# both move its messages. What a dead consumer held counts as one more delivery and goes to
+# Q:recovered with the count and the consumers that died holding it; what a consumer returns
+# itself (graceful stop) and what it had not fetched (landing) go back unchanged.
+RECOVER = _ALLOW_OOM + _NOW_MS + """
+local force = ARGV[2] == '1'
+if not force then
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if deadline and tonumber(deadline) >= now then return -1 end
+end
+local moved = 0
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local info = redis.call('HGET', KEYS[7], held[i])
+  if force then
+    if info then redis.call('RPUSH', KEYS[6], info .. ':' .. held[i + 1])
+    else redis.call('RPUSH', KEYS[4], held[i + 1]) end
+  else
+    local n, ids = 1, ''
+    if info then
+      local a = string.find(info, ':', 1, true)
+      n, ids = tonumber(string.sub(info, 1, a - 1)), string.sub(info, a + 1)
+    end
+    if ids ~= '' then ids = ids .. ',' end
+    redis.call('RPUSH', KEYS[6], (n + 1) .. ':' .. ids .. ARGV[1] .. ':' .. held[i + 1])
+  end
+  moved = moved + 1
+end
+local landed = redis.call('LRANGE', KEYS[3], 0, -1)
+for i = #landed, 1, -1 do redis.call('RPUSH', KEYS[4], landed[i]); moved = moved + 1 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[7])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return moved
+"""
+
+# KEYS: inflight, main ready list, recovered, deliveries. ARGV: fields to hand back.
+RECLAIM = _ALLOW_OOM + """
+local moved = 0
+for _, f in ipairs(ARGV) do
+  local v = redis.call('HGET', KEYS[1], f)
+  if v then
+    local info = redis.call('HGET', KEYS[4], f)
+    if info then redis.call('RPUSH', KEYS[3], info .. ':' .. v)
+    else redis.call('RPUSH', KEYS[2], v) end
+    redis.call('HDEL', KEYS[1], f)
+    redis.call('HDEL', KEYS[4], f)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# KEYS: ready lists. For the oldest message of each (its consuming end), the headers stats()
+# needs for latency, cut out inside Redis so a huge message is never sent: {eta, timestamp}.
+OLDEST = """#!lua flags=no-writes
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('LINDEX', KEYS[i], -1)
+  local eta, stamp = '', ''
+  if v then
+    local h = string.find(v, '"headers"', 1, true)
+    if h then
+      local head = string.sub(v, h, h + 16384)
+      eta = string.match(head, '"eta"%s*:%s*"([^"]*)"') or ''
+      stamp = string.match(head, '"earnorm_timestamp"%s*:%s*"([^"]*)"') or ''
+    end
+    out[#out + 1] = {1, eta, stamp}
+  else
+    out[#out + 1] = {0, '', ''}
+  end
+end
+return out
+"""
+
+
+def for_server(source: str, flags: bool) -> str:
+    """Redis < 7 knows no script flags: there the shebang line is dropped (and a Redis at
+    maxmemory refuses these scripts too)."""
+    if flags or not source.startswith("#!"):
+        return source
+    return source.split("\n", 1)[1]
