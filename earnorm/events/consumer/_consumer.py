@@ -23,8 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import orjson
@@ -57,6 +56,7 @@ from earnorm.events._redis_url import mask_url, open_redis, unreachable
 from earnorm.events._results import ResultBackend
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
+from earnorm.events.consumer._background import RunsInBackground
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
 from earnorm.events.consumer._endpoints import Endpoints
@@ -75,7 +75,7 @@ log = logging.getLogger("earnorm.consumer")
 _Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
 
 
-class Consumer:
+class Consumer(RunsInBackground):
     """Consumes one queue and runs registered handlers.
 
     Foreground::
@@ -308,28 +308,6 @@ class Consumer:
         self._stop_requested = True
         if self._fetcher is not None:
             self._fetcher.stop()
-
-    async def wait_started(self) -> None:
-        await self._started.wait()
-
-    async def __aenter__(self) -> Self:
-        self._background = asyncio.get_running_loop().create_task(self.run())
-        started = asyncio.ensure_future(self._started.wait())
-        done, _ = await asyncio.wait(
-            {self._background, started}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self._background in done:
-            started.cancel()
-            self._background.result()  # raises the startup error
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        if self._background is not None:
-            await self._background
 
     async def _finish(self, broker: Broker, acks: AckBatcher) -> None:
         try:

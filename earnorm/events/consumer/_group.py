@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 
@@ -22,6 +21,7 @@ from earnorm._errors import EarnORMError
 from earnorm.events import _http as http
 from earnorm.events._bus import EventBus
 from earnorm.events._handlers import HandlerRegistry
+from earnorm.events.consumer._background import RunsInBackground
 from earnorm.events.consumer._consumer import Consumer
 
 
@@ -63,7 +63,7 @@ def split_slots(weights: Sequence[int], concurrency: int) -> list[int]:
     return slots
 
 
-class ConsumerGroup:
+class ConsumerGroup(RunsInBackground):
     """Consume several queues in one process::
 
         async with ConsumerGroup("redis://localhost:6379/0", queues=["orders=3", "mail"],
@@ -166,9 +166,6 @@ class ConsumerGroup:
         for consumer in self.consumers:
             consumer.stop()
 
-    async def wait_started(self) -> None:
-        await self._started.wait()
-
     def __iter__(self) -> Iterator[Consumer]:
         return iter(self.consumers)
 
@@ -212,19 +209,3 @@ class ConsumerGroup:
         body, content_type = merged_exposition(
             [c._metrics for c in self.consumers if c._metrics is not None])
         return 200, content_type, body
-
-    async def __aenter__(self) -> Self:
-        self._background = asyncio.get_running_loop().create_task(self.run())
-        started = asyncio.ensure_future(self._started.wait())
-        done, _ = await asyncio.wait({self._background, started},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if self._background in done:
-            started.cancel()
-            self._background.result()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.stop()
-        if self._background is not None:
-            await self._background
