@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -56,8 +57,16 @@ async def redis(redis_url: str, queue_name: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    """A bus on the test's queue with the default config (a test module may define its own)."""
-    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+def bus_config() -> dict[str, Any]:
+    """The ``bus`` fixture's settings beside its queue; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def bus(
+    redis_url: str, queue_name: str, redis: Redis, bus_config: dict[str, Any]
+) -> AsyncIterator[EventBus]:
+    """A bus on the test's queue, with ``bus_config`` (the default config unless overridden)."""
+    bus = await EventBus.connect(redis_url, {"queue_name": queue_name, **bus_config})
     yield bus
     await bus.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -18,10 +18,8 @@ RETRY_ONCE = {"max_retries": 1, "interval_start": 0.05, "interval_step": 0}
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name, "retry_policy": RETRY_ONCE})
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {"retry_policy": RETRY_ONCE}
 
 
 def metrics(n: int, **extra: object) -> list[Event]:

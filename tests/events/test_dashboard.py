@@ -9,7 +9,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,8 @@ async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task[None]]:
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name,
-                                             "retry_policy": {"max_retries": 0}})
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {"retry_policy": {"max_retries": 0}}
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -17,11 +17,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name,
-                                             "retry_policy": {"max_retries": 0}})
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {"retry_policy": {"max_retries": 0}}
 
 
 async def test_pages_follow_failure_order_even_with_ties(bus: EventBus) -> None:

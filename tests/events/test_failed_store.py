@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -22,12 +22,8 @@ FAST_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.1, "in
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(
-        redis_url, {"queue_name": queue_name, "retry_policy": FAST_RETRY}
-    )
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {"retry_policy": FAST_RETRY}
 
 
 async def test_unknown_event_and_garbage_are_kept_and_consumer_goes_on(

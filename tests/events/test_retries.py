@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,10 +23,8 @@ NO_RETRY = {"max_retries": 0}
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name, "retry_policy": NO_RETRY})
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {"retry_policy": NO_RETRY}
 
 
 def gaps(times: list[float]) -> list[float]:

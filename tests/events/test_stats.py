@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
-from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm.events._monitoring import ProcessingTimes, merge, percentiles
@@ -21,13 +19,9 @@ FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 2.0}
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {
-        "queue_name": queue_name, **FAST,
-        "retry_policy": {"max_retries": 1, "interval_start": 0.05, "interval_step": 0},
-    })
-    yield bus
-    await bus.close()
+def bus_config() -> dict[str, Any]:
+    return {**FAST,
+            "retry_policy": {"max_retries": 1, "interval_start": 0.05, "interval_step": 0}}
 
 
 # ---------------------------------------------------------------- the histogram

@@ -77,13 +77,6 @@ def registry(ran: list[str]) -> HandlerRegistry:
     return registry
 
 
-@pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> Any:
-    bus = await EventBus.connect(redis_url, queue_name=queue_name)
-    yield bus
-    await bus.close()
-
-
 @pytest.mark.parametrize(
     ("content_type", "payload"),
     [

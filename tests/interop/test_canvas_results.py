@@ -4,7 +4,6 @@ custom headers reach handlers, chains and errbacks are carried on, results reach
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -37,11 +36,8 @@ def _never_here(*args: Any, **kwargs: Any) -> None:
 
 
 @pytest.fixture
-async def bus(redis_url: str, queue_name: str, redis: Redis) -> AsyncIterator[EventBus]:
-    bus = await EventBus.connect(redis_url, {"queue_name": queue_name, "retry_policy": FAST,
-                                             "result_backend": redis_url})
-    yield bus
-    await bus.close()
+def bus_config(redis_url: str) -> dict[str, Any]:
+    return {"retry_policy": FAST, "result_backend": redis_url}
 
 
 async def test_custom_headers_reach_the_handler_on_every_attempt_and_after_retry_job(
