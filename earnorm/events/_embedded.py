@@ -166,8 +166,9 @@ def start_local_redis(
     same data (with ``appendonly=True``, everything it acknowledged before a SIGTERM, or before
     a crash when ``extra_args`` has ``--appendfsync always``). With ``tls`` the port speaks TLS
     only. ``extra_args`` go to the server as is, e.g. ``("--requirepass", "s3cret")``.
+    ``binary`` is the server to run (default: ``find_server_binary``).
     """
-    binary = find_server_binary(tls=tls is not None)
+    binary = binary or find_server_binary(tls=tls is not None)
     port = port or free_port()
     workdir = workdir or tempfile.mkdtemp(prefix="earnorm-redis-")
     listen = ["--port", str(port)]
