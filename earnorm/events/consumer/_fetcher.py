@@ -167,15 +167,18 @@ class Fetcher:
                 continue
             finally:
                 self._scope = None
+            if fetched is not None:
+                if fetched.diverted:
+                    log.error("%d message(s) over max_message_bytes (%d) moved to the failed "
+                              "store (reason too_large) without being fetched",
+                              fetched.diverted, self.max_bytes)
+                # Held before any reclaim: it hands back what is in flight and not held, and
+                # this fetch's messages are in flight (they would run twice).
+                self._add(first, fetched.messages, fetched.redeliveries)
             if self._orphans_possible:
                 await self._reclaim_orphans()
             if fetched is None:
                 continue
-            if fetched.diverted:
-                log.error("%d message(s) over max_message_bytes (%d) moved to the failed store "
-                          "(reason too_large) without being fetched", fetched.diverted,
-                          self.max_bytes)
-            self._add(first, fetched.messages, fetched.redeliveries)
             if fetched.messages:
                 # Let the woken workers start their handlers before the next fetch is sent:
                 # on an idle queue that send is the time between a message and its handler.
