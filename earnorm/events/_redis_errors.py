@@ -8,6 +8,7 @@ from redis.exceptions import (
     ExecAbortError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -17,10 +18,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # Errors that mean "Redis could not be reached or did not answer in time": the operation may
 # succeed if tried again later, and callers back off and retry.
 # On a cluster, a slot without a master during a failover (CLUSTERDOWN, TRYAGAIN, uncovered
-# slots, redirections the client gave up following) is the same: wait and try again.
+# slots, redirections the client gave up following) is the same: wait and try again. So is
+# ``RedisClusterException``: the cluster client raises it when it cannot reach any node to
+# (re)load the slot map, at start and after every node went away (it is also its class for
+# client-side mistakes such as a cross-slot command, which no script of ours sends).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError,
-    ClusterError, TryAgainError, SlotNotCoveredError, AskError,
+    ClusterError, TryAgainError, SlotNotCoveredError, AskError, RedisClusterException,
 )
 # Redis answered but refused a write it may accept later: out of memory (maxmemory with
 # noeviction), a replica during failover. A consumer backs off and retries; a publisher raises.
