@@ -17,13 +17,16 @@ In a cluster every key of a queue must live in one slot, so the queue name carri
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from earnorm._config import EventConfig
 from earnorm._errors import ConfigError
@@ -134,6 +137,23 @@ def open_cluster(url: str, **options: Any) -> Redis:
     return cast(Redis, client)
 
 
+# How redis-py shows a sentinel's client in MasterNotFoundError: a page of pool settings.
+_CLIENT_REPR = re.compile(
+    r"<redis\.asyncio\.client\.Redis\(.*?\bhost=([^,]+),port=(\d+),.*?\)>\)>\)>")
+
+
+class _Sentinels(Sentinel):
+    """redis-py's ``Sentinel``, whose "no master found" error names each sentinel by its
+    address (redis-py prints each one's whole client settings: ~1 KB a sentinel)."""
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            short = _CLIENT_REPR.sub(lambda m: f"sentinel {m.group(1)}:{m.group(2)}", str(exc))
+            raise MasterNotFoundError(short) from exc
+
+
 class SentinelRedis(Redis):
     """A master client found through Sentinel; closing it closes the sentinel connections too."""
 
@@ -181,12 +201,15 @@ def open_sentinel(url: str, *, master_name: str | None = None, **options: Any) -
     if not master:
         raise ConfigError("a sentinel:// redis_uri needs the master's name: add "
                           "?master_name=<name> (Celery: broker_transport_options master_name)")
-    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": options.get(
-        "socket_connect_timeout", 5)}
+    # A sentinel that does not answer is skipped for the next one, so asking it again (redis-py
+    # retries with backoff by default: ~3.6 s for each refused password) only delays the error.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": options.get("socket_connect_timeout", 5),
+        "socket_timeout": options.get("socket_timeout", 5), "retry": Retry(NoBackoff(), 0)}
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query.pop("sentinel_password")
     merged = {**options, **creds, **query, "db": db}
     if tls:
         merged["ssl"] = True
-    sentinel: Any = cast(Any, Sentinel)(hosts, sentinel_kwargs=sentinel_kwargs, **merged)
+    sentinel: Any = cast(Any, _Sentinels)(hosts, sentinel_kwargs=sentinel_kwargs, **merged)
     return cast(Redis, sentinel.master_for(master, redis_class=SentinelRedis))

@@ -26,31 +26,6 @@ def cluster() -> Iterator[Cluster]:
         yield started
 
 
-def _slot_owner(cluster: Cluster) -> dict[int, int]:
-    """slot -> master port, read from the cluster itself."""
-    from redis import Redis
-
-    owner: dict[int, int] = {}
-    with Redis(port=cluster.nodes[0].port) as client:
-        for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
-            for slot in range(start, end + 1):
-                owner[slot] = int(master[1])
-    return owner
-
-
-def _queues_on_distinct_masters(cluster: Cluster, count: int) -> list[str]:
-    owner = _slot_owner(cluster)
-    tag = uuid.uuid4().hex[:6]
-    chosen: dict[int, str] = {}
-    for i in range(1000):
-        name = f"q{tag}{i}"
-        master = owner[key_slot(("{" + name + "}").encode())]
-        chosen.setdefault(master, name)
-        if len(chosen) == count:
-            return list(chosen.values())
-    raise AssertionError("no queue names found on distinct masters")
-
-
 async def test_a_queues_keys_carry_a_hash_tag_and_share_one_slot(cluster: Cluster) -> None:
     bus = await EventBus.connect(cluster.url, queue_name="orders")
     try:
@@ -69,7 +44,7 @@ async def test_a_queues_keys_carry_a_hash_tag_and_share_one_slot(cluster: Cluste
 async def test_ten_thousand_events_over_three_queues_on_three_shards_each_handled_once(
     cluster: Cluster
 ) -> None:
-    queues = _queues_on_distinct_masters(cluster, 3)
+    queues = cluster.queues_on_distinct_masters(3)
     handled: Counter[str] = Counter()
     registry = HandlerRegistry()
 
@@ -89,7 +64,7 @@ async def test_ten_thousand_events_over_three_queues_on_three_shards_each_handle
                              concurrency=150) as group:
         await wait_until(lambda: len(handled) == len(ids), 120, interval=0.1,
                          message="every event handled")
-        masters = {_slot_owner(cluster)[key_slot(c.config.queue_name.encode())] for c in group}
+        masters = {cluster.slot_owner()[key_slot(c.config.queue_name.encode())] for c in group}
         assert len(masters) == 3  # one queue per shard
         await wait_until(lambda: _all_acked(group), 10, message="acks flushed")
     assert set(handled) == set(ids)
@@ -105,7 +80,7 @@ async def test_a_link_callback_for_a_queue_on_another_shard_is_delivered_there(
     cluster: Cluster
 ) -> None:
     """The settle script cannot reach another slot: the follow-up is pushed before it."""
-    first_queue, second_queue = _queues_on_distinct_masters(cluster, 2)
+    first_queue, second_queue = cluster.queues_on_distinct_masters(2)
     ran: list[tuple[str, object]] = []
     registry = HandlerRegistry()
 
@@ -136,7 +111,7 @@ async def test_a_master_dies_its_replica_takes_over_and_no_acknowledged_publish_
 
 
 async def _failover_story(cluster: Cluster) -> None:
-    queue = _queues_on_distinct_masters(cluster, 1)[0]
+    queue = cluster.queues_on_distinct_masters(1)[0]
     seen: Counter[int] = Counter()
     registry = HandlerRegistry()
 
@@ -182,3 +157,37 @@ async def _failover_story(cluster: Cluster) -> None:
                          message="every acknowledged publish handled")
     await bus.close()
     assert acked <= set(seen)  # no acknowledged publish lost
+
+
+async def test_the_consumer_stays_up_while_every_node_of_the_cluster_is_down() -> None:
+    """With no node to load the slot map from, redis-py's cluster client raises
+    ``RedisClusterException`` (not a connection error): the consumer waits it out like any
+    outage and consumes again once the nodes are back."""
+    seen: list[int] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        seen.append(event.data["i"])
+    registry.register("outage.*", handle)
+    config = {"queue_name": "outage", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
+              "retry_policy": {"max_retries": 30, "interval_start": 0.2,
+                               "interval_step": 0.2, "interval_max": 1.0}}
+    with redis_cluster(masters=3, replicas=0) as small:
+        bus = await EventBus.connect(small.url, config)
+        group = ConsumerGroup(bus=bus, queues=[bus.config.queue_name], registry=registry,
+                              concurrency=10)
+        async with group:
+            await bus.publish(Event(name="outage.x", data={"i": 0}))
+            await wait_until(lambda: seen == [0], 10, message="handled before the outage")
+            for node in list(small.nodes):
+                node.kill()
+            await anyio.sleep(1.5)  # several fetch, heartbeat and promote rounds, all failing
+            assert group._background is not None and not group._background.done()
+            for node in list(small.nodes):
+                small.restart(node)
+            small.wait_healthy()
+            await bus.publish(Event(name="outage.x", data={"i": 1}))
+            await wait_until(lambda: seen == [0, 1], 30, interval=0.1,
+                             message="handled after every node came back")
+            assert not group._background.done()
+        await bus.close()
