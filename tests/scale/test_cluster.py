@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 
 import anyio
 import pytest
 from redis.crc import key_slot
 
-from earnorm import ConsumerGroup, Event, EventBus, HandlerRegistry, NotReplicated
+from earnorm import (
+    Consumer,
+    ConsumerGroup,
+    Event,
+    EventBus,
+    HandlerRegistry,
+    NotReplicated,
+    Schedule,
+)
 from earnorm.events import _protocol as protocol
 from earnorm.events._keys import Keys
 from tests.helpers import wait_until
@@ -195,3 +205,26 @@ async def test_the_consumer_stays_up_while_every_node_of_the_cluster_is_down(
                              message="handled after every node came back")
             assert not group._background.done()
         await bus.close()
+
+
+async def test_periodic_ticks_fire_once_across_consumers_on_a_cluster(cluster: Cluster) -> None:
+    """The schedule's compare-and-set and the push share the queue's slot (its hash tag)."""
+    queue = cluster.queues_on_distinct_masters(1)[0]
+    schedule = Schedule("cluster.tick", every=0.5)
+    ids: Counter[str] = Counter()
+    ticks: list[str] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        ids[event.id] += 1
+        ticks.append(event.metadata["tick"])
+    registry.register("cluster.tick", handle)
+
+    def consumer() -> Consumer:
+        return Consumer(cluster.url, queue_name=queue, registry=registry, schedules=[schedule],
+                        concurrency=4)
+    async with consumer(), consumer(), consumer():
+        await wait_until(lambda: len(ticks) >= 6, 15, message="6 ticks")
+    assert max(ids.values()) == 1 and len(ticks) == len(set(ticks)), "a tick fired twice"
+    stamps = sorted(datetime.fromisoformat(t).timestamp() for t in ticks)
+    assert {round(b - a, 3) for a, b in itertools.pairwise(stamps)} == {0.5}, "a tick missing"
