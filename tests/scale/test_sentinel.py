@@ -8,7 +8,15 @@ from collections import Counter
 import anyio
 import pytest
 
-from earnorm import ConfigError, Consumer, Event, EventBus, HandlerRegistry, NotReplicated
+from earnorm import (
+    ConfigError,
+    Consumer,
+    Event,
+    EventBus,
+    HandlerRegistry,
+    NotReplicated,
+    Schedule,
+)
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._redis_url import open_redis
 from tests.helpers import wait_until
@@ -85,3 +93,31 @@ def _restart(group: SentinelGroup) -> LocalRedis:
     old = group.master
     group.master = start_local_redis(old.port, workdir=old.workdir, binary=SERVER)
     return group.master
+
+
+async def test_periodic_ticks_carry_on_across_a_failover_none_fired_twice() -> None:
+    """Three consumers fire an ``every=0.5`` schedule through Sentinel; the master dies: the
+    ticks go on on the promoted replica, which has every claim the consumers saw handled."""
+    schedule = Schedule("fo.tick", every=0.5)
+    ids: Counter[str] = Counter()
+    ticks: list[str] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        ids[event.id] += 1
+        ticks.append(event.metadata["tick"])
+    registry.register("fo.tick", handle)
+    config = {"queue_name": "fo-ticks", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}
+    with sentinel_group() as group:
+        consumers = [Consumer(group.url, config=config, registry=registry, schedules=[schedule],
+                              concurrency=4) for _ in range(3)]
+        async with consumers[0], consumers[1], consumers[2]:
+            await wait_until(lambda: len(ticks) >= 4, 15, message="4 ticks before")
+            before = len(ticks)
+            old = group.master.port
+            group.master.kill()
+            await wait_until(lambda: group.current_master_port() != old, 30, interval=0.2,
+                             message="a replica promoted")
+            await wait_until(lambda: len(ticks) >= before + 4, 30, message="4 ticks after")
+    assert max(ids.values()) == 1, "an event was handled twice"
+    assert len(ticks) == len(set(ticks)), "a tick fired twice"
