@@ -106,9 +106,9 @@ async def _floor(url: str, events: int) -> dict[str, float]:
 
 
 async def _one_envelope(url: str) -> bytes:
-    from earnorm.events import _protocol as protocol
+    from earnorm.events._encode import encode_event
 
-    return protocol.encode_event(Event(name="budget.noop", data={"i": 0}), "floor")
+    return encode_event(Event(name="budget.noop", data={"i": 0}), "floor")
 
 
 def _split(profile: cProfile.Profile) -> dict[str, float]:

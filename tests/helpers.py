@@ -37,10 +37,11 @@ async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
     """Put a failed job in ``bus``'s store as the consumer would, at a chosen failure time."""
     from earnorm import Event
     from earnorm.events import _protocol as protocol
+    from earnorm.events._encode import encode_event
     from earnorm.events._failures import FailureReason, failure_record
 
     event = Event(name=name, data={"n": failed_ms})
-    raw = protocol.encode_event(event, bus.config.queue_name)
+    raw = encode_event(event, bus.config.queue_name)
     record = failure_record(job_id=event.id, reason=FailureReason.NO_HANDLER, raw=raw,
                             now_ms=failed_ms, message=protocol.decode(raw), detail="nobody")
     await bus.broker.dead_letter(None, None, event.id, record, failed_ms)

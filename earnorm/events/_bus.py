@@ -21,8 +21,8 @@ from earnorm._errors import (
     PublishError,
 )
 from earnorm._transaction import current_transaction
+from earnorm.events import _encode as encode
 from earnorm.events import _outbox as outbox
-from earnorm.events import _protocol as protocol
 from earnorm.events import _tracing as tracing
 from earnorm.events._broker import Broker
 from earnorm.events._clock import ServerClock
@@ -142,7 +142,7 @@ class EventBus:
             )
         due_ms = None if delay_s is None else self.now_ms() + delay_s * 1000
         eta = None if due_ms is None else datetime.fromtimestamp(due_ms / 1000, UTC)
-        raw = protocol.encode_event(
+        raw = encode.encode_event(
             event, cfg.queue_name, serializer=cfg.serializer, compression=cfg.compression,
             eta=eta, priority=priority,
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 from earnorm.events._event import new_uuid4
 
@@ -101,7 +102,7 @@ def _apply(
     if isinstance(countdown, (int, float)) and countdown > 0:
         eta = datetime.now(UTC) + timedelta(seconds=countdown)
     priority = options.get("priority")
-    envelope = protocol.encode_call(
+    envelope = encode.encode_call(
         signature["task"], str(options.get("task_id") or new_uuid4()), args,
         dict(signature.get("kwargs") or {}), str(queue), embed=embed,
         root_id=parent.headers.get("root_id") or parent.id, parent_id=parent.id,

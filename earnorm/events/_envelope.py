@@ -1,6 +1,6 @@
 """The publish hot path: a plain event's Celery envelope written from a byte template.
 
-``_protocol.encode_event`` builds the envelope as a dict and has orjson write it; for the
+``_encode.encode_event`` builds the envelope as a dict and has orjson write it; for the
 common case (JSON body, no compression, no eta, metadata or custom headers) this writes the
 same bytes, key for key, by joining constant parts with the few that vary, which takes about
 half the time. ``tests/events/test_envelope.py`` holds the two to byte equality.

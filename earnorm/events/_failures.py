@@ -12,6 +12,7 @@ from enum import StrEnum
 import orjson
 
 from earnorm._errors import EventValidationError
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 from earnorm.events._clock import iso_ms
 from earnorm.events._keys import Keys
@@ -166,7 +167,7 @@ def requeue_message(job: FailedJob, keys: Keys) -> tuple[bytes, int]:
         ) from exc
     handlers = job.get("handlers") or []
     reason = job.get("reason")
-    fresh = protocol.encode_reset(
+    fresh = encode.encode_reset(
         message,
         # only the handlers that gave up run again; the others already succeeded
         pending=list(handlers) if reason == "handler_error" and handlers else None,

@@ -12,6 +12,7 @@ import pytest
 
 from earnorm import Event
 from earnorm._errors import SerializationError
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 
 CASES: list[dict[str, Any]] = [
@@ -26,7 +27,7 @@ CASES: list[dict[str, Any]] = [
 
 @pytest.fixture
 def fixed_tag(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "new_uuid4", lambda: "11111111-2222-4333-8444-555555555555")
+    monkeypatch.setattr(encode, "new_uuid4", lambda: "11111111-2222-4333-8444-555555555555")
 
 
 @pytest.mark.parametrize("data", CASES, ids=range(len(CASES)))
@@ -35,22 +36,22 @@ def test_template_bytes_equal_the_dict_path(fixed_tag: None, data: dict[str, Any
                                             priority: int) -> None:
     event = Event(name="order.line.added", data=data, id='odd "id" \\ 7', retries=3,
                   version=2)
-    fast = protocol.encode_event(event, "orders", priority=priority)
-    slow = protocol._dict_envelope(event, "orders", "json", None, None, priority, None)
+    fast = encode.encode_event(event, "orders", priority=priority)
+    slow = encode._dict_envelope(event, "orders", "json", None, None, priority, None)
     assert fast == slow
     assert orjson.loads(fast)["headers"]["id"] == 'odd "id" \\ 7'
 
 
 def test_the_template_path_decodes_to_the_event(fixed_tag: None) -> None:
     event = Event(name="user.created", data={"user_id": 7})
-    message = protocol.decode(protocol.encode_event(event, "q"))
+    message = protocol.decode(encode.encode_event(event, "q"))
     assert (message.task, message.id, message.args) == ("user.created", event.id, [{"user_id": 7}])
 
 
 def test_a_lone_surrogate_is_refused_on_both_paths() -> None:
     in_data = Event(name="user.created", data={"s": "\ud800"})
     with pytest.raises(SerializationError, match="cannot be serialized as json"):
-        protocol.encode_event(in_data, "q")
+        encode.encode_event(in_data, "q")
     in_id = Event(name="user.created", data={}, id="\ud800")
     with pytest.raises(SerializationError, match="cannot be encoded"):
-        protocol.encode_event(in_id, "q")
+        encode.encode_event(in_id, "q")

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm._errors import EventValidationError, JobNotFound
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 from tests.helpers import store_failed_job, wait_until
 
@@ -143,7 +144,7 @@ async def test_retrying_an_expired_job_runs_it_instead_of_expiring_it_again(
 
     registry.register("a.b", handle)
     event = Event(name="a.b")
-    raw = orjson.loads(protocol.encode_event(event, queue_name))
+    raw = orjson.loads(encode.encode_event(event, queue_name))
     raw["headers"]["expires"] = "2000-01-01T00:00:00+00:00"
     async with Consumer(bus=bus, registry=registry):
         await redis.lpush(queue_name, orjson.dumps(raw))

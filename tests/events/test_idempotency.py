@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import ConfigError, Consumer, Event, EventBus, EventValidationError, HandlerRegistry
-from earnorm.events import _protocol as protocol
+from earnorm.events import _encode as encode
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +65,7 @@ async def test_an_idempotent_handler_skips_an_event_id_it_already_handled(
     registry.register("dup.x", once, idempotent=True, name="once")
     registry.register("dup.x", every_time, name="every_time")
     event = Event(name="dup.x", data={})
-    raw = protocol.encode_event(event, queue_name)
+    raw = encode.encode_event(event, queue_name)
     await redis.lpush(queue_name, raw, raw)  # at-least-once: the same event delivered twice
     bus = await EventBus.connect(redis_url, queue_name=queue_name)
     async with Consumer(bus=bus, registry=registry, concurrency=1):

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis
 from earnorm.events._embedded import free_port
-from earnorm.events._protocol import encode_call
+from earnorm.events._encode import encode_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

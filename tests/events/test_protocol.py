@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 
 from earnorm._errors import EventValidationError, MessageDecodeError, SerializationError
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 from earnorm.events._event import _NAME_RE, Event
 from earnorm.events._wiretypes import from_wire
@@ -175,7 +176,7 @@ def _event(**data: Any) -> Event:
 
 
 def test_encoded_envelope_has_every_field_celery_writes_in_celery_order() -> None:
-    raw = protocol.encode_event(_event(), "app:events", priority=5)
+    raw = encode.encode_event(_event(), "app:events", priority=5)
     envelope = json.loads(raw)
     assert list(envelope) == ["body", "content-encoding", "content-type", "headers", "properties"]
     assert set(STANDARD_HEADERS) <= set(envelope["headers"])
@@ -205,7 +206,7 @@ RICH: dict[str, Any] = {
 def test_json_event_reaches_a_celery_task_with_exact_python_types(
     compression: str | None,
 ) -> None:
-    raw = protocol.encode_event(_event(**RICH), "q", compression=compression)
+    raw = encode.encode_event(_event(**RICH), "q", compression=compression)
     args, kwargs, embed = decoded_call(raw)
     assert args == [RICH]
     assert repr(args) == repr([RICH])  # same types, not just equal values
@@ -216,7 +217,7 @@ def test_msgpack_event_gives_celery_tags_that_kombu_json_restores() -> None:
     """kombu's msgpack serializer has no type hook: a Celery task sees datetime, date, time,
     Decimal and UUID as ``{"__type__", "__value__"}`` dicts and bytes as bytes. One call to
     ``kombu.utils.json.loads(kombu.utils.json.dumps(x))`` restores the Python values."""
-    raw = protocol.encode_event(_event(**RICH), "q", serializer="msgpack")
+    raw = encode.encode_event(_event(**RICH), "q", serializer="msgpack")
     assert worker_problems(raw) == []
     (data,), _, _ = decoded_call(raw)
     assert data["at"] == {"__type__": "datetime", "__value__": RICH["at"].isoformat()}
@@ -234,14 +235,14 @@ def test_celery_msgpack_cannot_send_datetime_at_all() -> None:
 
 def test_delayed_event_carries_an_aware_iso_eta() -> None:
     due = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=9)))
-    envelope = json.loads(protocol.encode_event(_event(), "q", eta=due))
+    envelope = json.loads(encode.encode_event(_event(), "q", eta=due))
     assert envelope["headers"]["eta"] == "2026-01-01T18:04:05+00:00"
 
 
 def test_retry_message_is_what_celery_self_retry_publishes() -> None:
-    original = protocol.decode(protocol.encode_event(_event(), "q"))
+    original = protocol.decode(encode.encode_event(_event(), "q"))
     due = datetime(2026, 1, 2, tzinfo=UTC)
-    raw = protocol.encode_retry(original, due)
+    raw = encode.encode_retry(original, due)
     assert worker_problems(raw) == []
     retry = protocol.decode(raw)
     assert (retry.id, retry.retries, retry.eta, retry.headers["parent_id"]) == (
@@ -261,18 +262,18 @@ def test_retry_message_is_what_celery_self_retry_publishes() -> None:
 ])
 def test_encoder_refuses_what_a_worker_could_not_read(data: dict[str, Any], where: str) -> None:
     with pytest.raises(SerializationError, match=where.replace(".", r"\.")):
-        protocol.encode_event(Event(name="user.created", data=data), "q")
+        encode.encode_event(Event(name="user.created", data=data), "q")
 
 
 def test_encoder_refuses_tag_shaped_metadata_that_would_crash_kombu() -> None:
     event = Event(name="user.created", metadata={"m": {"__type__": "x", "__value__": 1}})
     with pytest.raises(SerializationError, match="metadata"):
-        protocol.encode_event(event, "q")
+        encode.encode_event(event, "q")
 
 
 def test_encoder_refuses_priority_outside_0_to_9() -> None:
     with pytest.raises(EventValidationError, match="priority"):
-        protocol.encode_event(_event(), "q", priority=10)
+        encode.encode_event(_event(), "q", priority=10)
 
 
 # ------------------------------------------------------------------ property: encoder safety
@@ -326,7 +327,7 @@ def test_encoder_never_emits_a_message_a_worker_would_crash_on_or_lose(
     event: Event, serializer: str, compression: str | None, priority: int, eta: datetime | None,
 ) -> None:
     try:
-        raw = protocol.encode_event(
+        raw = encode.encode_event(
             event, "q", serializer=serializer, compression=compression, eta=eta,
             priority=priority,
         )

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, FailedJob, HandlerRegistry
 from earnorm._errors import EventValidationError, MessageDecodeError
-from earnorm.events._protocol import decode, encode_event
+from earnorm.events._encode import encode_event
+from earnorm.events._protocol import decode
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

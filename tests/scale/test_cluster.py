@@ -22,7 +22,7 @@ from earnorm import (
     NotReplicated,
     Schedule,
 )
-from earnorm.events import _protocol as protocol
+from earnorm.events import _encode as encode
 from earnorm.events._keys import Keys
 from tests.helpers import wait_until
 from tests.topology import Cluster, redis_cluster
@@ -105,7 +105,7 @@ async def test_a_link_callback_for_a_queue_on_another_shard_is_delivered_there(
     link = {"task": "cb.second", "args": ["linked"], "kwargs": {}, "immutable": False,
             "subtask_type": None, "options": {"queue": second_queue}}
     bus = await EventBus.connect(cluster.url, queue_name=first_queue)
-    raw = protocol.encode_call("cb.first", str(uuid.uuid4()), [], {}, bus.config.queue_name,
+    raw = encode.encode_call("cb.first", str(uuid.uuid4()), [], {}, bus.config.queue_name,
                                embed={"callbacks": [link]})
     await bus.redis.lpush(bus.config.queue_name, raw)
     async with ConsumerGroup(bus=bus, queues=[first_queue, second_queue], registry=registry,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from earnorm._config import EventConfig, RetryPolicy
+from earnorm.events import _encode as encode
 from earnorm.events import _protocol as protocol
 from earnorm.events._failures import FailureReason, HandlerFailure
 from earnorm.events._handlers import Handler
@@ -155,7 +156,7 @@ def after_running(
     scheduled = None
     if retry:
         due_ms = now_ms + delay_s * 1000
-        envelope = protocol.encode_retry(
+        envelope = encode.encode_retry(
             message, datetime.fromtimestamp(due_ms / 1000, UTC), [h.name for h, _ in retry]
         )
         scheduled = Retry(envelope, keys.ready_index(message.priority), due_ms)

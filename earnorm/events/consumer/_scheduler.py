@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from earnorm._config import EventConfig
-from earnorm.events import _protocol as protocol
+from earnorm.events import _encode as encode
 from earnorm.events._broker import Broker
 from earnorm.events._clock import ServerClock, iso_ms
 from earnorm.events._event import Event
@@ -107,7 +107,7 @@ class Scheduler:
     def _envelope(self, schedule: Schedule, event_id: str, metadata: dict[str, Any]) -> bytes:
         event = Event(name=schedule.name, data=dict(schedule.data), id=event_id,
                       metadata=metadata)
-        return protocol.encode_event(event, self.config.queue_name,
+        return encode.encode_event(event, self.config.queue_name,
                                      serializer=self.config.serializer,
                                      compression=self.config.compression,
                                      priority=schedule.priority)
