@@ -37,7 +37,7 @@ from earnorm._errors import (
     ValidationError,
 )
 from earnorm._runtime import close, env, event_bus, init
-from earnorm._transaction import transaction
+from earnorm._transaction import run_in_transaction, transaction
 from earnorm.events._bus import EventBus
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._event import Event
@@ -143,6 +143,7 @@ __all__ = [
     "model_event_handler",
     "model_event_name",
     "periodic_event",
+    "run_in_transaction",
     "start_local_redis",
     "transaction",
 ]

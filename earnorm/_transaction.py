@@ -13,11 +13,11 @@ or a sharded cluster (a single-node replica set will do).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from earnorm._environment import current_environment
 from earnorm._errors import DatabaseError, NotInitializedError
@@ -25,6 +25,9 @@ from earnorm._errors import DatabaseError, NotInitializedError
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
     from pymongo.asynchronous.database import AsyncDatabase
+    from pymongo.asynchronous.mongo_client import AsyncMongoClient
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,16 +66,7 @@ async def transaction() -> AsyncIterator[Transaction]:
     if outer is not None:
         yield outer
         return
-    try:
-        environment = current_environment()
-        client = environment.client
-        database = environment.database
-    except NotInitializedError as exc:
-        raise NotInitializedError(
-            "earnorm.transaction() needs MongoDB: call 'await earnorm.init(mongo_uri=..., "
-            "database=..., redis_uri=...)' first") from exc
-    if client is None:
-        raise NotInitializedError("earnorm.transaction() needs MongoDB (init(mongo_uri=...))")
+    client, database = _mongo("transaction()")
     from pymongo.errors import PyMongoError
 
     try:
@@ -87,3 +81,74 @@ async def transaction() -> AsyncIterator[Transaction]:
         raise DatabaseError(f"transaction failed: {type(exc).__name__}: {exc}") from exc
     for callback in tx.on_commit:
         callback()
+
+
+async def run_in_transaction(
+    block: Callable[[], Awaitable[T]], *, max_commit_time_ms: int | None = None
+) -> T:
+    """``await block()`` in a transaction, as ``transaction()`` does, and run it whole again
+    when MongoDB says a retry may succeed: a ``TransientTransactionError`` (a write conflict with
+    another transaction, a primary stepping down) re-runs ``block``, an
+    ``UnknownTransactionCommitResult`` re-sends the commit. It is PyMongo's
+    ``with_transaction``, which keeps trying for up to 120 s; what it raises last is a
+    ``DatabaseError``. Returns what ``block`` returned in the try that committed::
+
+        async def place_order() -> str:
+            order = Order(user_id=user.id, total=42)
+            await order.create()         # and its events, into the outbox
+            await user.write({"orders": user.orders + 1})
+            return order.id
+
+        order_id = await earnorm.run_in_transaction(place_order)
+
+    Each try's ORM writes and published events are rolled back with it (the events wait in
+    the outbox until the commit), so they are safe to repeat; anything else ``block`` does
+    (a call to another service) happens once per try. Inside a transaction it joins it and
+    runs once.
+    """
+    outer = _current.get()
+    if outer is not None:
+        return await block()
+    client, database = _mongo("run_in_transaction()")
+    from pymongo.errors import PyMongoError
+
+    committed: list[Transaction] = []
+
+    async def attempt(session: AsyncClientSession) -> T:
+        tx = Transaction(session, database)
+        token = _current.set(tx)
+        try:
+            result = await block()
+        except DatabaseError as exc:
+            if isinstance(exc.__cause__, PyMongoError):
+                # The ORM's wrapper hides the error labels PyMongo decides the retry by.
+                raise exc.__cause__ from exc
+            raise
+        finally:
+            _current.reset(token)
+        committed[:] = [tx]
+        return result
+
+    try:
+        async with client.start_session() as session:
+            result = await session.with_transaction(
+                attempt, max_commit_time_ms=max_commit_time_ms)
+    except PyMongoError as exc:
+        raise DatabaseError(f"transaction failed: {type(exc).__name__}: {exc}") from exc
+    for callback in committed[0].on_commit:
+        callback()
+    return result
+
+
+def _mongo(what: str) -> tuple[AsyncMongoClient[dict[str, Any]], AsyncDatabase[dict[str, Any]]]:
+    try:
+        environment = current_environment()
+        client = environment.client
+        database = environment.database
+    except NotInitializedError as exc:
+        raise NotInitializedError(
+            f"earnorm.{what} needs MongoDB: call 'await earnorm.init(mongo_uri=..., "
+            "database=..., redis_uri=...)' first") from exc
+    if client is None:
+        raise NotInitializedError(f"earnorm.{what} needs MongoDB (init(mongo_uri=...))")
+    return client, database

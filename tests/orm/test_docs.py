@@ -70,8 +70,8 @@ async def test_models_guide_runs_as_written(
     assert "Email already exists" in printed
     assert "1\nTrue\n" in printed  # the rolled-back invoice, the dropped duplicate publish
     assert len(handlers.default_registry) == 2
-    # member.before_create, .created, .login; invoice.created (committed), one invoice.sent
-    assert await redis.llen(queue_name) == 5
+    # member.before_create, .created, .login; two invoice.created (committed), one invoice.sent
+    assert await redis.llen(queue_name) == 6
 
 
 async def _relay_committed(mongo_uri: str, database: str, redis_url: str, queue: str) -> None:

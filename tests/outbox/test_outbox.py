@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from pymongo.errors import OperationFailure
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -18,6 +19,7 @@ import earnorm
 from earnorm import (
     BaseModel,
     Consumer,
+    DatabaseError,
     Environment,
     Event,
     EventBus,
@@ -265,3 +267,55 @@ async def test_a_relay_that_loses_redis_mid_batch_releases_its_claims_at_once(
         assert await redis.llen(queue_name) == 1
     finally:
         await earnorm.close()
+
+
+def _transient(message: str) -> Exception:
+    return OperationFailure(message, code=112,
+                            details={"errorLabels": ["TransientTransactionError"]})
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["pymongo_error", "orm_database_error"])
+async def test_run_in_transaction_reruns_the_block_on_a_transient_error_and_delivers_once(
+    orm: Environment, redis: Redis, queue_name: str, wrapped: bool
+) -> None:
+    """The first try's document and outbox entry go with its abort; the second commits."""
+    tries = 0
+
+    async def block() -> str | None:
+        nonlocal tries
+        tries += 1
+        member = Member(email=f"try{tries}@example.com")
+        await member.create()  # its after_create hook dispatches member.created (the outbox)
+        if tries == 1:
+            error = _transient("WriteConflict (simulated)")
+            if wrapped:  # what an ORM call raises for it
+                raise DatabaseError("update failed") from error
+            raise error
+        return member.id
+
+    member_id = await earnorm.run_in_transaction(block)
+    assert tries == 2
+    assert [m.email for m in await Member.find({})] == ["try2@example.com"]
+    seen: Counter[str] = Counter()
+    async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+        await wait_until(lambda: len(seen) == 1, 10, message="the committed try's event")
+    assert await redis.llen(queue_name) == 0 and max(seen.values()) == 1
+    assert member_id
+
+
+async def test_run_in_transaction_does_not_retry_other_errors_and_rolls_back(
+    orm: Environment, redis: Redis, queue_name: str
+) -> None:
+    tries = 0
+
+    async def block() -> None:
+        nonlocal tries
+        tries += 1
+        await Member(email="once@example.com").create()
+        raise ValueError("a bug, not a transient error")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await earnorm.run_in_transaction(block)
+    assert tries == 1
+    assert await Member.count() == 0 and await _outbox(orm) == 0
+    assert await redis.llen(queue_name) == 0
