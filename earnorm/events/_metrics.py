@@ -10,7 +10,9 @@ every heartbeat, so every consumer reports the same truth: ``celery_queue_length
 ``earnorm_failed_jobs``, ``earnorm_delayed``, ``earnorm_next_due_seconds``,
 ``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
 process's ``earnorm_dead_letters_total{reason}`` (``delivery_limit``: deliveries past the
-limit) and ``earnorm_recoveries_total``.
+limit), ``earnorm_recoveries_total`` and ``earnorm_schedule_ticks_total{schedule,outcome}``
+(periodic ticks it fired, caught up or skipped: each tick is counted by the one consumer that
+claimed it, so the sum over consumers is the fleet's).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Metrics:
         self.recoveries = counter("earnorm_recoveries", "Messages this consumer took back from "
                                   "consumers that died.", ("queue_name",), registry=registry)
         self.recoveries.labels(queue)  # exported at 0 from the start: alerts see it
+        self.schedule_ticks = counter(
+            "earnorm_schedule_ticks", "Periodic ticks this consumer claimed: outcome fired (an "
+            "on-time event), caught_up (missed ticks covered by one catch-up event) or skipped "
+            "(missed ticks dropped).", ("queue_name", "schedule", "outcome"), registry=registry)
         self.queue_length = gauge("celery_queue_length", "Messages waiting in the queue's "
                                   "ready lists.", ("queue_name",), registry=registry)
         self.worker_up = gauge("celery_worker_up", "1 while a consumer heartbeats.",
@@ -91,6 +97,9 @@ class Metrics:
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(self.queue, reason).inc()
+
+    def schedule_tick(self, schedule: str, outcome: str, count: int = 1) -> None:
+        self.schedule_ticks.labels(self.queue, schedule, outcome).inc(count)
 
     def refresh(self, stats: QueueStats, node_of: dict[str, str]) -> None:
         """Set the queue-wide gauges from a ``stats()`` snapshot; ``node_of`` maps consumer

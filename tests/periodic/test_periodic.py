@@ -38,9 +38,19 @@ class Seen:
         return registry
 
 
-def _consumer(redis_url: str, queue: str, seen: Seen, schedule: Schedule) -> Consumer:
+def _consumer(redis_url: str, queue: str, seen: Seen, schedule: Schedule,
+              metrics: bool = False) -> Consumer:
     return Consumer(redis_url, queue_name=queue, registry=seen.registry(schedule.name),
-                    schedules=[schedule], concurrency=4)
+                    schedules=[schedule], concurrency=4, metrics=metrics)
+
+
+def _ticks_counted(consumer: Consumer, outcome: str) -> float:
+    """``earnorm_schedule_ticks_total{outcome=...}`` in the consumer's /metrics page."""
+    assert consumer._metrics is not None
+    page = consumer._metrics.generate()[0].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith("earnorm_schedule_ticks_total{")
+               and f'outcome="{outcome}"' in line)
 
 
 async def test_three_consumers_fire_each_tick_once_and_a_restart_adds_no_duplicate(
@@ -85,14 +95,22 @@ async def test_after_a_five_second_gap_catch_up_fires_once_and_skip_not_at_all(
         await wait_until(lambda: len(seen.ticks) >= 2, 10, message="2 ticks")
     await _gap(bus, redis, queue_name, schedule.name, 5)
     before = len(seen.ticks)
-    async with _consumer(redis_url, queue_name, seen, schedule):
+    async with _consumer(redis_url, queue_name, seen, schedule, metrics=True) as consumer:
         await wait_until(lambda: len(seen.ticks) >= before + 3, 10, message="3 more ticks")
+    handled = len(seen.ticks) - before
+    fired = _ticks_counted(consumer, "fired")
+    caught_up, skipped = _ticks_counted(consumer, "caught_up"), _ticks_counted(
+        consumer, "skipped")
     await bus.close()
     if missed == "catch_up":
         assert len(seen.catch_ups) == 1, seen.catch_ups
         assert seen.catch_ups[0]["missed"] >= 4
+        assert (caught_up, skipped) == (seen.catch_ups[0]["missed"], 0)
     else:
         assert seen.catch_ups == []
+        assert caught_up == 0 and skipped >= 4
+    # The only consumer running fired every tick handled (and maybe one still queued at stop).
+    assert handled <= fired <= handled + 1
     assert max(seen.ids.values()) == 1
 
 

@@ -270,8 +270,9 @@ class Consumer(RunsInBackground):
                                   self.metrics_port)
                 tg.start_soon(promote_due_forever, broker, self.promote_interval)
                 if self.schedules:
-                    tg.start_soon(Scheduler(broker, self.schedules, self.config, self.clock,
-                                            health).run)
+                    tg.start_soon(Scheduler(
+                        broker, self.schedules, self.config, self.clock, health,
+                        self._metrics.schedule_tick if self._metrics else None).run)
                 tg.start_soon(acks.run)
                 tg.start_soon(self._batch_loop)
                 for _ in range(self.concurrency):

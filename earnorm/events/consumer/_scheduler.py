@@ -17,7 +17,7 @@ the first time starts from now: no history, nothing to catch up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -39,8 +39,10 @@ _MAX_SLEEP = 1.0
 
 class Scheduler:
     def __init__(self, broker: Broker, schedules: Sequence[Schedule], config: EventConfig,
-                 clock: ServerClock, health: RedisHealth) -> None:
+                 clock: ServerClock, health: RedisHealth,
+                 on_ticks: Callable[[str, str, int], None] | None = None) -> None:
         self.broker = broker
+        self._on_ticks = on_ticks  # (schedule, outcome, count): the metrics' counter
         self.schedules = list(schedules)
         self.config = config
         self.clock = clock
@@ -96,6 +98,7 @@ class Scheduler:
         if not await self.store.advance(schedule.name, last, tick, info, envelopes, ready):
             return  # another consumer handled this tick
         self.fired += len(envelopes)
+        self._count(schedule.name, on_time, missed, schedule.missed)
         if missed and schedule.missed == "skip":
             self.skipped += missed
             log.warning("schedule %s: %d tick(s) missed while no consumer ran them, skipped "
@@ -103,6 +106,15 @@ class Scheduler:
         elif missed:
             log.info("schedule %s: one catch-up event for %d missed tick(s)", schedule.name,
                      missed)
+
+    def _count(self, name: str, on_time: bool, missed: int, policy: str) -> None:
+        report = self._on_ticks
+        if report is None:
+            return
+        if on_time:
+            report(name, "fired", 1)
+        if missed:
+            report(name, "caught_up" if policy == "catch_up" else "skipped", missed)
 
     def _envelope(self, schedule: Schedule, event_id: str, metadata: dict[str, Any]) -> bytes:
         event = Event(name=schedule.name, data=dict(schedule.data), id=event_id,
