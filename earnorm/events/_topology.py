@@ -30,6 +30,7 @@ from redis.retry import Retry
 
 from earnorm._config import EventConfig
 from earnorm._errors import ConfigError
+from earnorm.events._torn import TornSafeCluster
 
 Kind = Literal["single", "cluster", "sentinel"]
 _CLUSTER = ("redis+cluster", "rediss+cluster")
@@ -131,7 +132,7 @@ def open_cluster(url: str, **options: Any) -> Redis:
     if tls:
         merged["ssl"] = True
     try:
-        client = RedisCluster(startup_nodes=nodes, **merged)
+        client = TornSafeCluster(startup_nodes=nodes, **merged)
     except TypeError as exc:
         raise ConfigError(f"invalid redis_uri option: {exc}") from None
     return cast(Redis, client)
