@@ -54,10 +54,12 @@ class ServerWatch:
             lost = info.persistence == "none"
             if await self._failed_over(previous, info):
                 lost = False
+                moved = ", or the queue's slot moved to another master" if (
+                    self.broker.cluster) else ""
                 log.warning("Redis master changed (run_id %s -> %s, up %d s): a replica took "
-                            "over; writes it had not received yet are lost, and their "
+                            "over%s; writes it had not received yet are lost, and their "
                             "messages come again or not at all (see min_replicas_ack)",
-                            previous.run_id[:8], info.run_id[:8], info.uptime_s)
+                            previous.run_id[:8], info.run_id[:8], info.uptime_s, moved)
             elif lost:
                 log.error("Redis restarted (run_id %s -> %s) with persistence off: every queued, "
                           "delayed, in-flight and failed event it held is lost, and the "
@@ -81,12 +83,14 @@ class ServerWatch:
             await self._record(info, restarted_from=None, lost_data=False)
 
     async def _failed_over(self, previous: ServerInfo, info: ServerInfo) -> bool:
-        """A new run_id that kept our own record of the old one, on a server that was up long
-        before this: a replica promoted by Sentinel or the cluster, not a restart."""
+        """A new run_id that kept our own record of the old one: a replica promoted by Sentinel
+        or the cluster (or, on a cluster, the slot migrated), not a restart. A server that
+        reloaded its data from disk keeps the record too; it tells itself apart by a short
+        uptime, and only if it has persistence (without, the record could not have survived)."""
         with contextlib.suppress(*REFUSED_ERRORS):
             recorded = await self.broker.server.recorded_run_id()
-            return recorded == previous.run_id and info.uptime_s > max(
-                10, 3 * self.config.heartbeat_timeout)
+            return recorded == previous.run_id and (info.persistence == "none" or (
+                info.uptime_s > max(10, 3 * self.config.heartbeat_timeout)))
         return False
 
     def _warn_persistence(self, info: ServerInfo) -> None:
