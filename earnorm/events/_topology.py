@@ -30,7 +30,11 @@ from redis.retry import Retry
 
 from earnorm._config import EventConfig
 from earnorm._errors import ConfigError
-from earnorm.events._torn import TornSafeCluster
+from earnorm.events._torn import (
+    TornSafeCluster,
+    TornSafeSentinelConnection,
+    TornSafeSentinelSSLConnection,
+)
 
 Kind = Literal["single", "cluster", "sentinel"]
 _CLUSTER = ("redis+cluster", "rediss+cluster")
@@ -213,4 +217,6 @@ def open_sentinel(url: str, *, master_name: str | None = None, **options: Any) -
     if tls:
         merged["ssl"] = True
     sentinel: Any = cast(Any, _Sentinels)(hosts, sentinel_kwargs=sentinel_kwargs, **merged)
-    return cast(Redis, sentinel.master_for(master, redis_class=SentinelRedis))
+    connection = TornSafeSentinelSSLConnection if tls else TornSafeSentinelConnection
+    return cast(Redis, sentinel.master_for(master, redis_class=SentinelRedis,
+                                           connection_class=connection))

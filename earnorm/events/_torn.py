@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Where the leaked errors are raised: the connection's write, or the transport under it.
@@ -79,6 +80,14 @@ class TornSafeUnixConnection(_TornWrites, UnixDomainSocketConnection):
     pass
 
 
+class TornSafeSentinelConnection(_TornWrites, SentinelManagedConnection):
+    pass
+
+
+class TornSafeSentinelSSLConnection(_TornWrites, SentinelManagedSSLConnection):
+    pass
+
+
 def connection_class(scheme: str) -> type[Connection] | type[UnixDomainSocketConnection]:
     """The connection class for a ``redis://``, ``rediss://`` or ``unix://`` URL."""
     if scheme == "rediss":
@@ -111,3 +120,10 @@ class _TornSafePipeline(ClusterPipeline):
         result: list[Any] = await _converted(lambda: super(_TornSafePipeline, self).execute(
             raise_on_error, allow_redirections))
         return result
+
+
+def torn_safe(cls: type[Any]) -> type[Any]:
+    """The torn-safe class for a cluster node's ``connection_class`` (plain or TLS)."""
+    if issubclass(cls, _TornWrites):
+        return cls
+    return TornSafeSSLConnection if issubclass(cls, SSLConnection) else TornSafeConnection

@@ -7,11 +7,21 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from earnorm.events._redis_url import open_redis
 from earnorm.events._topology import open_cluster
-from earnorm.events._torn import ConnectionTorn, TornSafeCluster, TornSafeConnection, torn
+from earnorm.events._torn import (
+    ConnectionTorn,
+    TornSafeCluster,
+    TornSafeConnection,
+    TornSafeSentinelConnection,
+    TornSafeSentinelSSLConnection,
+    TornSafeSSLConnection,
+    torn,
+    torn_safe,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +63,14 @@ async def test_every_client_earnorm_opens_converts_torn_writes(redis_url: str) -
     assert issubclass(client.connection_pool.connection_class, TornSafeConnection)
     await client.aclose()
     assert isinstance(open_cluster("redis+cluster://127.0.0.1:1"), TornSafeCluster)
+    for node_class, safe in ((Connection, TornSafeConnection),
+                             (SSLConnection, TornSafeSSLConnection)):
+        assert torn_safe(node_class) is safe  # the idle wait's own cluster connection
+    for url, kind in (("redis+sentinel://127.0.0.1:1/m/0", TornSafeSentinelConnection),
+                      ("rediss+sentinel://127.0.0.1:1/m/0", TornSafeSentinelSSLConnection)):
+        sentinel = open_redis(url)
+        assert sentinel.connection_pool.connection_class is kind
+        await sentinel.aclose()
 
 
 def test_only_errors_raised_in_the_write_path_count() -> None:
