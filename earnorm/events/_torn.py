@@ -61,11 +61,16 @@ async def _converted(call: Callable[[], Any]) -> Any:
 
 
 class _TornWrites:
-    """Mixed into a redis-py connection class, before it."""
+    """Mixed into a redis-py connection class, before it. Every command's write passes here
+    (the publish hot path too), so no closure: one frame and a try that costs nothing."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        parent: Any = super()
-        await _converted(lambda: parent.send_packed_command(command, check_health))
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except (AttributeError, TypeError) as exc:
+            if torn(exc):
+                raise _as_connection_error(exc) from exc
+            raise
 
 
 class TornSafeConnection(_TornWrites, Connection):
