@@ -121,3 +121,33 @@ async def test_periodic_ticks_carry_on_across_a_failover_none_fired_twice() -> N
             await wait_until(lambda: len(ticks) >= before + 4, 30, message="4 ticks after")
     assert max(ids.values()) == 1, "an event was handled twice"
     assert len(ticks) == len(set(ticks)), "a tick fired twice"
+
+
+async def test_an_idle_consumer_follows_a_failover_from_its_blocking_wait() -> None:
+    """The consumer sits in its blocking wait on the old master when it dies: the wait's own
+    connection finds the new master through the sentinels, and the next event is handled."""
+    seen: list[int] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        seen.append(event.data["i"])
+    registry.register("idle.*", handle)
+    config = {"queue_name": "idle", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
+              "retry_policy": {"max_retries": 30, "interval_start": 0.2,
+                               "interval_step": 0.2, "interval_max": 1.0}}
+    with sentinel_group() as group:
+        bus = await EventBus.connect(group.url, config)
+        async with Consumer(bus=bus, registry=registry, concurrency=4) as consumer:
+            await bus.publish(Event(name="idle.x", data={"i": 0}))
+            await wait_until(lambda: seen == [0], 10, message="handled before the failover")
+            await wait_until(lambda: consumer._broker is not None
+                             and consumer._broker._waiter.connected, 10,
+                             message="the consumer's blocking wait connected")
+            old = group.master.port
+            group.master.kill()
+            await wait_until(lambda: group.current_master_port() != old, 30, interval=0.2,
+                             message="a replica promoted")
+            await bus.publish(Event(name="idle.x", data={"i": 1}))
+            await wait_until(lambda: seen == [0, 1], 30, interval=0.05,
+                             message="the next event handled on the new master")
+        await bus.close()
