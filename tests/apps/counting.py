@@ -12,6 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from earnorm import Event, event_handler
+from earnorm.events._redis_url import open_redis
 
 _QUEUE = os.environ["EARNORM_QUEUE"]
 _SLEEP = float(os.environ.get("EARNORM_TEST_HANDLER_SLEEP", "0"))
@@ -20,7 +21,7 @@ _clients: list[Redis] = []
 
 def _redis() -> Redis:
     if not _clients:
-        _clients.append(Redis.from_url(os.environ["EARNORM_REDIS_URI"]))
+        _clients.append(open_redis(os.environ["EARNORM_REDIS_URI"]))  # a cluster URL too
     return _clients[0]
 
 
