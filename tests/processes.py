@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +55,21 @@ def consumer_process(redis_url: str, queue: str, **kwargs: object) -> Iterator[
         yield process
     finally:
         stop(process)
+
+
+def counting_env(handler_sleep: float) -> dict[str, str]:
+    """Environment for ``tests.apps.counting`` consumers: each handler sleeps
+    ``handler_sleep`` s; fast heartbeats, so a killed one's messages come back in ~1 s."""
+    return {"EARNORM_TEST_HANDLER_SLEEP": str(handler_sleep),
+            "EARNORM_HEARTBEAT_INTERVAL": "0.2", "EARNORM_HEARTBEAT_TIMEOUT": "1.0"}
+
+
+async def publish_counted(bus: Any, count: int, batch: int = 500) -> list[str]:
+    """Publish ``count`` ``test.counted`` events in batches; their ids."""
+    from earnorm import Event
+
+    ids: list[str] = []
+    for start in range(0, count, batch):
+        ids += await bus.publish_batch([Event(name="test.counted", data={"i": i})
+                                        for i in range(start, min(start + batch, count))])
+    return ids

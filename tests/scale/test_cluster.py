@@ -25,7 +25,7 @@ from earnorm import (
 from earnorm.events import _encode as encode
 from earnorm.events._keys import Keys, text
 from tests.helpers import wait_until
-from tests.processes import consumer_process, stop
+from tests.processes import consumer_process, counting_env, publish_counted, stop
 from tests.topology import Cluster, redis_cluster
 
 pytestmark = pytest.mark.anyio
@@ -310,12 +310,8 @@ async def test_a_consumer_killed_on_a_cluster_hands_its_messages_to_the_next(
     held, with the recovery scripts running in the queue's slot."""
     queue = cluster.queues_on_distinct_masters(1)[0]
     bus = await EventBus.connect(cluster.url, queue_name=queue)
-    ids: list[str] = []
-    for start in range(0, 600, 300):
-        ids += await bus.publish_batch([Event(name="test.counted", data={"i": i})
-                                        for i in range(start, start + 300)])
-    env = {"EARNORM_TEST_HANDLER_SLEEP": "0.02", "EARNORM_HEARTBEAT_INTERVAL": "0.2",
-           "EARNORM_HEARTBEAT_TIMEOUT": "1.0"}
+    ids = await publish_counted(bus, 600)
+    env = counting_env(0.02)
     handled = f"{queue}:handled"
 
     async def counted() -> int:

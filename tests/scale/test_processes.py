@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from earnorm import Event, EventBus
+from earnorm import EventBus
 from earnorm.events._keys import text
 from tests.helpers import wait_until
-from tests.processes import ROOT, consumer_process, stop
+from tests.processes import ROOT, consumer_process, counting_env, publish_counted, stop
 
 pytestmark = pytest.mark.anyio
 
@@ -35,12 +35,8 @@ async def test_two_processes_show_as_two_consumers_and_a_killed_one_is_replaced(
 ) -> None:
     bus = await EventBus.connect(redis_url, queue_name=queue_name, heartbeat_interval=0.2,
                                  heartbeat_timeout=1.0)
-    ids: list[str] = []
-    for start in range(0, 2000, 500):
-        ids += await bus.publish_batch([Event(name="test.counted", data={"i": i})
-                                        for i in range(start, start + 500)])
-    env = {"EARNORM_TEST_HANDLER_SLEEP": "0.01", "EARNORM_HEARTBEAT_INTERVAL": "0.2",
-           "EARNORM_HEARTBEAT_TIMEOUT": "1.0"}
+    ids = await publish_counted(bus, 2000)
+    env = counting_env(0.01)
     with consumer_process(redis_url, queue_name, concurrency=10, extra_env=env,
                           args=("--processes", "2")) as supervisor:
         await wait_until(lambda: len(_children(supervisor.pid)) == 2, 15, message="2 children")
