@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import orjson
+
+from earnorm import Event, HandlerRegistry
 
 
 def loads(raw: object) -> Any:
@@ -46,3 +49,52 @@ async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
                             now_ms=failed_ms, message=protocol.decode(raw), detail="nobody")
     await bus.broker.dead_letter(None, None, event.id, record, failed_ms)
     return event.id
+
+
+def counting_registry(pattern: str, seen: Counter[str]) -> HandlerRegistry:
+    """A registry whose one handler (for ``pattern``) counts each event id it runs."""
+    registry = HandlerRegistry()
+
+    async def count(event: Event) -> None:
+        seen[event.id] += 1
+    registry.register(pattern, count)
+    return registry
+
+
+def recording_registry(pattern: str, seen: list[int]) -> HandlerRegistry:
+    """A registry whose one handler (for ``pattern``) records each event's ``data["i"]``."""
+    registry = HandlerRegistry()
+
+    async def record(event: Event) -> None:
+        seen.append(event.data["i"])
+    registry.register(pattern, record)
+    return registry
+
+
+def riding_out(queue: str, interval_start: float = 0.2) -> dict[str, Any]:
+    """Config for a bus and consumer meant to ride out an outage or a failover: fast heartbeats,
+    and a publish retry policy that keeps trying for well over ten seconds."""
+    return {"queue_name": queue, "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
+            "retry_policy": {"max_retries": 30, "interval_start": interval_start,
+                             "interval_step": interval_start, "interval_max": 1.0}}
+
+
+class Seen:
+    """What a periodic schedule's handler saw: each event id's count, tick times, catch-ups."""
+
+    def __init__(self) -> None:
+        self.ids: Counter[str] = Counter()
+        self.ticks: list[str] = []
+        self.catch_ups: list[dict[str, Any]] = []
+
+    def registry(self, name: str) -> HandlerRegistry:
+        registry = HandlerRegistry()
+
+        async def handle(event: Event) -> None:
+            self.ids[event.id] += 1
+            if event.metadata.get("catch_up"):
+                self.catch_ups.append(event.metadata)
+            else:
+                self.ticks.append(event.metadata["tick"])
+        registry.register(name, handle)
+        return registry

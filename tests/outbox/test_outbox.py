@@ -23,14 +23,13 @@ from earnorm import (
     Environment,
     Event,
     EventBus,
-    HandlerRegistry,
     after_create,
     dispatch_model_event,
 )
 from earnorm._transaction import session_options
 from earnorm.events import _protocol as protocol
 from earnorm.events._outbox import COLLECTION, OutboxRelay
-from tests.helpers import wait_until
+from tests.helpers import counting_registry, wait_until
 from tests.processes import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -46,15 +45,6 @@ class Member(BaseModel):
         await dispatch_model_event(earnorm.event_bus, Member, "created", self.id, self)
         if self.fail_after_create:
             raise RuntimeError("hook failed after the event was dispatched")
-
-
-def _counting(seen: Counter[str]) -> HandlerRegistry:
-    registry = HandlerRegistry()
-
-    async def count(event: Event) -> None:
-        seen[event.id] += 1
-    registry.register("#", count)
-    return registry
 
 
 async def _outbox(env: Environment, state: str | None = None) -> int:
@@ -73,7 +63,7 @@ async def test_a_committed_create_is_delivered_through_the_outbox(
         assert await _outbox(orm) == 1  # inside the transaction, in the outbox only
         assert await redis.llen(queue_name) == 0
     assert await earnorm.env.database[COLLECTION].count_documents({}) == 1  # committed
-    async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+    async with Consumer(bus=earnorm.event_bus, registry=counting_registry("#", seen)):
         await wait_until(lambda: len(seen) == 1, 10, message="the event handled")
     assert await Member.count() == 1
     await wait_until(lambda: _none_left(orm), 5, message="the sent entry deleted")
@@ -139,7 +129,7 @@ async def test_a_process_killed_right_after_commit_delivers_its_event_exactly_on
     try:
         env = earnorm.env
         assert await env.database["accounts"].count_documents({}) == 1
-        async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+        async with Consumer(bus=earnorm.event_bus, registry=counting_registry("#", seen)):
             await wait_until(lambda: len(seen) == 1, 15, message="the event delivered")
             await wait_until(lambda: _settled(earnorm.event_bus, env), 10,
                              message="outbox empty, queue drained")
@@ -297,7 +287,7 @@ async def test_run_in_transaction_reruns_the_block_on_a_transient_error_and_deli
     assert tries == 2
     assert [m.email for m in await Member.find({})] == ["try2@example.com"]
     seen: Counter[str] = Counter()
-    async with Consumer(bus=earnorm.event_bus, registry=_counting(seen)):
+    async with Consumer(bus=earnorm.event_bus, registry=counting_registry("#", seen)):
         await wait_until(lambda: len(seen) == 1, 10, message="the committed try's event")
     assert await redis.llen(queue_name) == 0 and max(seen.values()) == 1
     assert member_id

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections import Counter
 from datetime import datetime
-from typing import Any
 
 import anyio
 import orjson
@@ -14,28 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, Schedule
-from tests.helpers import wait_until
+from tests.helpers import Seen, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-class Seen:
-    def __init__(self) -> None:
-        self.ids: Counter[str] = Counter()
-        self.ticks: list[str] = []
-        self.catch_ups: list[dict[str, Any]] = []
-
-    def registry(self, name: str) -> HandlerRegistry:
-        registry = HandlerRegistry()
-
-        async def handle(event: Event) -> None:
-            self.ids[event.id] += 1
-            if event.metadata.get("catch_up"):
-                self.catch_ups.append(event.metadata)
-            else:
-                self.ticks.append(event.metadata["tick"])
-        registry.register(name, handle)
-        return registry
 
 
 def _consumer(redis_url: str, queue: str, seen: Seen, schedule: Schedule,

@@ -24,7 +24,7 @@ from earnorm import (
 )
 from earnorm.events import _encode as encode
 from earnorm.events._keys import Keys, text
-from tests.helpers import wait_until
+from tests.helpers import Seen, recording_registry, riding_out, wait_until
 from tests.processes import consumer_process, counting_env, publish_counted, stop
 from tests.topology import Cluster, redis_cluster
 
@@ -177,16 +177,9 @@ async def test_the_consumer_stays_up_while_every_node_of_the_cluster_is_down(
     ``RedisClusterException`` (not a connection error): the consumer waits it out like any
     outage and consumes again once the nodes are back."""
     seen: list[int] = []
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        seen.append(event.data["i"])
-    registry.register("outage.*", handle)
-    config = {"queue_name": "outage", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
-              "retry_policy": {"max_retries": 30, "interval_start": 0.2,
-                               "interval_step": 0.2, "interval_max": 1.0}}
+    registry = recording_registry("outage.*", seen)
     with redis_cluster(masters=3, replicas=0) as small:
-        bus = await EventBus.connect(small.url, config)
+        bus = await EventBus.connect(small.url, riding_out("outage"))
         group = ConsumerGroup(bus=bus, queues=[bus.config.queue_name], registry=registry,
                               concurrency=10)
         async with group:
@@ -212,14 +205,9 @@ async def test_periodic_ticks_fire_once_across_consumers_on_a_cluster(cluster: C
     """The schedule's compare-and-set and the push share the queue's slot (its hash tag)."""
     queue = cluster.queues_on_distinct_masters(1)[0]
     schedule = Schedule("cluster.tick", every=0.5)
-    ids: Counter[str] = Counter()
-    ticks: list[str] = []
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        ids[event.id] += 1
-        ticks.append(event.metadata["tick"])
-    registry.register("cluster.tick", handle)
+    seen = Seen()
+    registry = seen.registry("cluster.tick")
+    ids, ticks = seen.ids, seen.ticks
 
     def consumer() -> Consumer:
         return Consumer(cluster.url, queue_name=queue, registry=registry, schedules=[schedule],
@@ -260,21 +248,14 @@ async def test_a_queues_slot_migrates_to_another_master_mid_stream_and_nothing_i
     """Resharding while publishing (immediate and delayed events) and consuming: scripts meet
     ASK/TRYAGAIN while the slot's keys are split, then MOVED; every acknowledged publish is
     handled, and the consumer reports a master change, not a restart that lost data."""
-    seen: Counter[int] = Counter()
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        seen[event.data["i"]] += 1
-    registry.register("reshard.*", handle)
+    seen: list[int] = []
+    registry = recording_registry("reshard.*", seen)
     with redis_cluster(masters=3, replicas=0) as small:
         queue = small.queues_on_distinct_masters(1)[0]
         slot = key_slot(("{" + queue + "}").encode())
         source = small.slot_owner()[slot]
         target = next(port for port in small.masters() if port != source)
-        config = {"queue_name": queue, "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
-                  "retry_policy": {"max_retries": 30, "interval_start": 0.1,
-                                   "interval_step": 0.1, "interval_max": 0.5}}
-        bus = await EventBus.connect(small.url, config)
+        bus = await EventBus.connect(small.url, riding_out(queue, interval_start=0.1))
         acked: set[int] = set()
         moving = anyio.Event()
         async with ConsumerGroup(bus=bus, queues=[bus.config.queue_name], registry=registry,

@@ -19,7 +19,7 @@ from earnorm import (
 )
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._redis_url import open_redis
-from tests.helpers import wait_until
+from tests.helpers import Seen, recording_registry, riding_out, wait_until
 from tests.topology import SERVER, SentinelGroup, sentinel_group
 
 pytestmark = pytest.mark.anyio
@@ -99,14 +99,9 @@ async def test_periodic_ticks_carry_on_across_a_failover_none_fired_twice() -> N
     """Three consumers fire an ``every=0.5`` schedule through Sentinel; the master dies: the
     ticks go on on the promoted replica, which has every claim the consumers saw handled."""
     schedule = Schedule("fo.tick", every=0.5)
-    ids: Counter[str] = Counter()
-    ticks: list[str] = []
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        ids[event.id] += 1
-        ticks.append(event.metadata["tick"])
-    registry.register("fo.tick", handle)
+    seen = Seen()
+    registry = seen.registry("fo.tick")
+    ids, ticks = seen.ids, seen.ticks
     config = {"queue_name": "fo-ticks", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}
     with sentinel_group() as group:
         consumers = [Consumer(group.url, config=config, registry=registry, schedules=[schedule],
@@ -127,16 +122,9 @@ async def test_an_idle_consumer_follows_a_failover_from_its_blocking_wait() -> N
     """The consumer sits in its blocking wait on the old master when it dies: the wait's own
     connection finds the new master through the sentinels, and the next event is handled."""
     seen: list[int] = []
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        seen.append(event.data["i"])
-    registry.register("idle.*", handle)
-    config = {"queue_name": "idle", "heartbeat_interval": 0.2, "heartbeat_timeout": 2.0,
-              "retry_policy": {"max_retries": 30, "interval_start": 0.2,
-                               "interval_step": 0.2, "interval_max": 1.0}}
+    registry = recording_registry("idle.*", seen)
     with sentinel_group() as group:
-        bus = await EventBus.connect(group.url, config)
+        bus = await EventBus.connect(group.url, riding_out("idle"))
         async with Consumer(bus=bus, registry=registry, concurrency=4) as consumer:
             await bus.publish(Event(name="idle.x", data={"i": 0}))
             await wait_until(lambda: seen == [0], 10, message="handled before the failover")

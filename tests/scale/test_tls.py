@@ -18,10 +18,9 @@ from earnorm import (
     ConsumerGroup,
     Event,
     EventBus,
-    HandlerRegistry,
 )
 from earnorm.events._embedded import TLSFiles, supports_tls
-from tests.helpers import wait_until
+from tests.helpers import counting_registry, wait_until
 from tests.topology import SERVER, redis_cluster, sentinel_group
 
 pytestmark = pytest.mark.anyio
@@ -47,15 +46,6 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
                     str(folder / "ca.pem"), require_client_cert=False)
 
 
-def _registry(handled: Counter[str]) -> HandlerRegistry:
-    registry = HandlerRegistry()
-
-    async def handle(event: Event) -> None:
-        handled[event.id] += 1
-    registry.register("tls.*", handle)
-    return registry
-
-
 async def test_a_tls_cluster_serves_three_queues_on_three_masters(tls: TLSFiles) -> None:
     with redis_cluster(masters=3, replicas=0, tls=tls) as cluster:
         assert cluster.url.startswith("rediss+cluster://")
@@ -67,7 +57,8 @@ async def test_a_tls_cluster_serves_three_queues_on_three_masters(tls: TLSFiles)
                                             for i in range(200)])
             await bus.close()
         handled: Counter[str] = Counter()
-        async with ConsumerGroup(cluster.url, queues=queues, registry=_registry(handled),
+        registry = counting_registry("tls.*", handled)
+        async with ConsumerGroup(cluster.url, queues=queues, registry=registry,
                                  concurrency=60) as group:
             await wait_until(lambda: len(handled) == len(ids), 60, interval=0.05,
                              message="every event handled over TLS")
@@ -85,7 +76,8 @@ async def test_a_tls_master_behind_password_protected_sentinels(tls: TLSFiles) -
         assert group.url.startswith("rediss+sentinel://") and "sentinel_password=" in group.url
         handled: Counter[str] = Counter()
         bus = await EventBus.connect(group.url, queue_name="tls-sentinel")
-        async with ConsumerGroup(bus=bus, queues=["tls-sentinel"], registry=_registry(handled)):
+        registry = counting_registry("tls.*", handled)
+        async with ConsumerGroup(bus=bus, queues=["tls-sentinel"], registry=registry):
             ids = await bus.publish_batch([Event(name="tls.y", data={"i": i})
                                            for i in range(300)])
             await wait_until(lambda: len(handled) == len(ids), 30, interval=0.05,
