@@ -112,10 +112,11 @@ async def run_in_transaction(
     client, database = _mongo("run_in_transaction()")
     from pymongo.errors import PyMongoError
 
-    committed: list[Transaction] = []
+    last: Transaction | None = None  # the try's; after with_transaction, the committed one
 
     async def attempt(session: AsyncClientSession) -> T:
-        tx = Transaction(session, database)
+        nonlocal last
+        tx = last = Transaction(session, database)
         token = _current.set(tx)
         try:
             result = await block()
@@ -126,7 +127,6 @@ async def run_in_transaction(
             raise
         finally:
             _current.reset(token)
-        committed[:] = [tx]
         return result
 
     try:
@@ -135,7 +135,8 @@ async def run_in_transaction(
                 attempt, max_commit_time_ms=max_commit_time_ms)
     except PyMongoError as exc:
         raise DatabaseError(f"transaction failed: {type(exc).__name__}: {exc}") from exc
-    for callback in committed[0].on_commit:
+    assert last is not None  # with_transaction ran ``attempt`` at least once
+    for callback in last.on_commit:
         callback()
     return result
 

@@ -123,6 +123,7 @@ def _merge_previous(record: FailedJob, previous: bytes) -> None:
     )
     record["first_failed_at"] = old.get("first_failed_at") or record["first_failed_at"]
 
+
 def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJob:
     """A stored record as users see it. Records written inside Redis (``too_large``) carry the
     failure time in ms only: the ISO forms are filled in here."""

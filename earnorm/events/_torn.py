@@ -129,6 +129,4 @@ class _TornSafePipeline(ClusterPipeline):
 
 def torn_safe(cls: type[Any]) -> type[Any]:
     """The torn-safe class for a cluster node's ``connection_class`` (plain or TLS)."""
-    if issubclass(cls, _TornWrites):
-        return cls
     return TornSafeSSLConnection if issubclass(cls, SSLConnection) else TornSafeConnection

@@ -98,23 +98,21 @@ class Scheduler:
         if not await self.store.advance(schedule.name, last, tick, info, envelopes, ready):
             return  # another consumer handled this tick
         self.fired += len(envelopes)
-        self._count(schedule.name, on_time, missed, schedule.missed)
+        if on_time:
+            self._report(schedule.name, "fired", 1)
         if missed and schedule.missed == "skip":
             self.skipped += missed
+            self._report(schedule.name, "skipped", missed)
             log.warning("schedule %s: %d tick(s) missed while no consumer ran them, skipped "
                         "(missed='skip'); up to %s", schedule.name, missed, iso_ms(tick))
         elif missed:
+            self._report(schedule.name, "caught_up", missed)
             log.info("schedule %s: one catch-up event for %d missed tick(s)", schedule.name,
                      missed)
 
-    def _count(self, name: str, on_time: bool, missed: int, policy: str) -> None:
-        report = self._on_ticks
-        if report is None:
-            return
-        if on_time:
-            report(name, "fired", 1)
-        if missed:
-            report(name, "caught_up" if policy == "catch_up" else "skipped", missed)
+    def _report(self, name: str, outcome: str, count: int) -> None:
+        if self._on_ticks is not None:
+            self._on_ticks(name, outcome, count)
 
     def _envelope(self, schedule: Schedule, event_id: str, metadata: dict[str, Any]) -> bytes:
         event = Event(name=schedule.name, data=dict(schedule.data), id=event_id,
