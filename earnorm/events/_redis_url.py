@@ -22,7 +22,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._errors import BrokerConnectionError, ConfigError
 from earnorm.events import _topology as topology
-from earnorm.events import _torn as torn
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
 _SECRET_PARAMS = frozenset({"password", "ssl_password", "sentinel_password"})
@@ -81,7 +80,6 @@ def open_redis(url: str, **options: Any) -> Redis:
         # (MaxConnectionsError); this one makes it wait for a connection to come back, so
         # many concurrent publishes queue instead of failing.
         options.setdefault("max_connections", 100)  # redis-py 8's own default
-        options.setdefault("connection_class", torn.connection_class(scheme))
         return Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
     except ValueError as exc:
         raise ConfigError(f"invalid redis_uri {mask_url(url)}: {exc}") from None

@@ -17,24 +17,21 @@ In a cluster every key of a queue must live in one slot, so the queue name carri
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
 from earnorm._errors import ConfigError
-from earnorm.events._torn import (
-    TornSafeCluster,
-    TornSafeSentinelConnection,
-    TornSafeSentinelSSLConnection,
-)
 
 Kind = Literal["single", "cluster", "sentinel"]
 _CLUSTER = ("redis+cluster", "rediss+cluster")
@@ -136,27 +133,39 @@ def open_cluster(url: str, **options: Any) -> Redis:
     if tls:
         merged["ssl"] = True
     try:
-        client = TornSafeCluster(startup_nodes=nodes, **merged)
+        client = RedisCluster(startup_nodes=nodes, **merged)
     except TypeError as exc:
         raise ConfigError(f"invalid redis_uri option: {exc}") from None
     return cast(Redis, client)
 
 
-# How redis-py shows a sentinel's client in MasterNotFoundError: a page of pool settings.
-_CLIENT_REPR = re.compile(
-    r"<redis\.asyncio\.client\.Redis\(.*?\bhost=([^,]+),port=(\d+),.*?\)>\)>\)>")
-
-
 class _Sentinels(Sentinel):
-    """redis-py's ``Sentinel``, whose "no master found" error names each sentinel by its
-    address (redis-py prints each one's whole client settings: ~1 KB a sentinel)."""
+    """redis-py's ``Sentinel``, whose "no master found" error names each sentinel by its address
+    and says in one line why it did not help (redis-py's own message repeats each sentinel's
+    whole error text: ~1 KB a sentinel behind a password). Built on ``Sentinel``'s public
+    ``sentinels``, ``sentinel_masters`` and ``check_master_state``."""
+
+    def __init__(self, hosts: list[tuple[str, int]], **kwargs: Any) -> None:
+        super().__init__(hosts, **kwargs)
+        self.addresses = {id(s): f"{h}:{p}" for s, (h, p) in zip(self.sentinels, hosts,
+                                                                 strict=True)}
 
     async def discover_master(self, service_name: str) -> Any:
-        try:
-            return await super().discover_master(service_name)
-        except MasterNotFoundError as exc:
-            short = _CLIENT_REPR.sub(lambda m: f"sentinel {m.group(1)}:{m.group(2)}", str(exc))
-            raise MasterNotFoundError(short) from exc
+        why: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            address = self.addresses.get(id(sentinel), "?")
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, ResponseError, RedisTimeoutError) as exc:
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                why.append(f"sentinel {address} - {type(exc).__name__}: {first_line[:120]}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            why.append(f"sentinel {address} - knows no healthy master {service_name!r}")
+        raise MasterNotFoundError(f"no master {service_name!r} found: {'; '.join(why)}")
 
 
 class SentinelRedis(Redis):
@@ -217,6 +226,4 @@ def open_sentinel(url: str, *, master_name: str | None = None, **options: Any) -
     if tls:
         merged["ssl"] = True
     sentinel: Any = cast(Any, _Sentinels)(hosts, sentinel_kwargs=sentinel_kwargs, **merged)
-    connection = TornSafeSentinelSSLConnection if tls else TornSafeSentinelConnection
-    return cast(Redis, sentinel.master_for(master, redis_class=SentinelRedis,
-                                           connection_class=connection))
+    return cast(Redis, sentinel.master_for(master, redis_class=SentinelRedis))

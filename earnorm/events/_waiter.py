@@ -22,7 +22,6 @@ from redis.exceptions import ReadOnlyError, ResponseError
 
 from earnorm.events._own_connection import OwnConnection
 from earnorm.events._topology import is_cluster
-from earnorm.events._torn import torn_safe
 
 _CHUNK = 64 * 1024
 _CLUSTER_MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
@@ -37,7 +36,7 @@ class BlockingWait(OwnConnection):
         if is_cluster(self._redis):
             node: Any = cast(Any, self._redis).get_node_from_key(key)
             kwargs = {**node.connection_kwargs, "socket_timeout": None}
-            return torn_safe(node.connection_class)(**kwargs)
+            return node.connection_class(**kwargs)
         return cast(Any, self._redis.connection_pool).make_connection()
 
     async def move_then(self, source: str, destination: str, timeout: float,
