@@ -16,6 +16,7 @@ from earnorm._errors import ConfigError
 Serializer = Literal["json", "msgpack"]
 Compression = Literal["zlib"] | None
 DelayMode = Literal["redis", "eta"]
+UnhandledEvents = Literal["skip", "dead_letter"]
 
 
 def _number(section: str, key: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
@@ -163,6 +164,11 @@ class EventConfig:
     outbox_claim_timeout: float = 10.0
     outbox_retention: float = 0.0
     outbox_dedup_ttl: float = 86400.0
+    # An event EarnORM published that no handler subscribes to (the spec's before_save events,
+    # say): "skip" acknowledges it, counts it (stats' counters.unhandled, /metrics) and logs
+    # one WARNING per event name; "dead_letter" keeps it in the failed store (no_handler). A
+    # Celery task no handler knows always goes to the failed store: it was sent to be run.
+    unhandled_events: UnhandledEvents = "skip"
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -178,7 +184,7 @@ class EventConfig:
             "delay_mode", "max_deliveries", "max_delay", "allow_eviction",
             "celery_visibility_timeout", "result_backend", "result_expires",
             "min_replicas_ack", "min_replicas_timeout", "outbox_relay", "outbox_poll_interval",
-            "outbox_claim_timeout", "outbox_retention", "outbox_dedup_ttl",
+            "outbox_claim_timeout", "outbox_retention", "outbox_dedup_ttl", "unhandled_events",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -232,6 +238,10 @@ class EventConfig:
                 "event_config.result_backend must be a redis://, rediss:// or unix:// URL or "
                 f"None, got {result_backend!r}"
             )
+        unhandled = raw.get("unhandled_events", cls.unhandled_events)
+        if unhandled not in ("skip", "dead_letter"):
+            raise ConfigError("event_config.unhandled_events must be 'skip' or 'dead_letter', "
+                              f"got {unhandled!r}")
         outbox_relay = raw.get("outbox_relay", cls.outbox_relay)
         if not isinstance(outbox_relay, bool):
             raise ConfigError(
@@ -283,6 +293,7 @@ class EventConfig:
             )),
             outbox_relay=outbox_relay,
             **outbox,
+            unhandled_events=unhandled,
             celery_visibility_timeout=float(_number(
                 "event_config", "celery_visibility_timeout",
                 raw.get("celery_visibility_timeout", cls.celery_visibility_timeout), minimum=1,

@@ -269,11 +269,12 @@ class Broker:
         dead: tuple[str, bytes, float] | None = None,
         count_retry: bool = True,
         pushes: Sequence[tuple[str, bytes]] = (),
-        count_processed: bool = False,
+        count: str = "",
     ) -> bool:
         """Ack ``field`` and, in the same script, schedule ``retry`` (envelope, ready index, due
         ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the failed
-        store, and LPUSH each of ``pushes`` (list key, envelope); the counters follow. False if
+        store, and LPUSH each of ``pushes`` (list key, envelope); the counters follow (and
+        ``count``, a counter to add one to: "processed", "unhandled"). False if
         the field was no longer ours (another consumer recovered it): then nothing is
         written."""
         k = self.keys
@@ -290,7 +291,7 @@ class Broker:
                 *(key for key, _ in pushes)]
         args: list[Any] = [
             "" if field is None or consumer_id is None else field, member, due,
-            1 if count_retry else 0, job_id, record, failed_ms, 1 if count_processed else 0,
+            1 if count_retry else 0, job_id, record, failed_ms, count,
             *(raw for _, raw in pushes),
         ]
         return bool(await self._settle(keys=keys, args=args))

@@ -10,7 +10,8 @@ every heartbeat, so every consumer reports the same truth: ``celery_queue_length
 ``earnorm_failed_jobs``, ``earnorm_delayed``, ``earnorm_next_due_seconds``,
 ``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
 process's ``earnorm_dead_letters_total{reason}`` (``delivery_limit``: deliveries past the
-limit), ``earnorm_recoveries_total`` and ``earnorm_schedule_ticks_total{schedule,outcome}``
+limit), ``earnorm_unhandled_events_total{name}`` (events nobody subscribes to, skipped),
+``earnorm_recoveries_total`` and ``earnorm_schedule_ticks_total{schedule,outcome}``
 (periodic ticks it fired, caught up or skipped: each tick is counted by the one consumer that
 claimed it, so the sum over consumers is the fleet's).
 """
@@ -59,6 +60,10 @@ class Metrics:
         self.recoveries = counter("earnorm_recoveries", "Messages this consumer took back from "
                                   "consumers that died.", ("queue_name",), registry=registry)
         self.recoveries.labels(queue)  # exported at 0 from the start: alerts see it
+        self.unhandled_events = counter(
+            "earnorm_unhandled_events", "Events no handler subscribes to, acknowledged "
+            "(event_config unhandled_events='skip'), by event name.", ("queue_name", "name"),
+            registry=registry)
         self.schedule_ticks = counter(
             "earnorm_schedule_ticks", "Periodic ticks this consumer claimed: outcome fired (an "
             "on-time event), caught_up (missed ticks covered by one catch-up event) or skipped "
@@ -94,6 +99,9 @@ class Metrics:
 
     def recovered(self, count: int) -> None:
         self.recoveries.labels(self.queue).inc(count)
+
+    def unhandled(self, name: str) -> None:
+        self.unhandled_events.labels(self.queue, name).inc()
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(self.queue, reason).inc()

@@ -102,6 +102,12 @@ class Message:
     priority: int
     embed: dict[str, Any] | None = None
 
+    @property
+    def published_as_event(self) -> bool:
+        """Whether EarnORM published it as an ``Event`` (it carries our version header), as
+        opposed to a task call from a Celery producer."""
+        return H_VERSION in self.headers
+
     def celery_extras(self) -> dict[str, Any]:
         """Celery workflow fields EarnORM does not act on, kept so handlers can see them: the
         body's ``callbacks``/``errbacks``/``chain``/``chord`` (a ``link=``) and ``group`` /

@@ -66,7 +66,8 @@ async def queue_stats(
     }
     counters: Counters = {"processed": totals.get("processed", 0),
                           "failed": totals.get("failed", 0),
-                          "retried": totals.get("retried", 0)}
+                          "retried": totals.get("retried", 0),
+                          "unhandled": totals.get("unhandled", 0)}
     p = percentiles(merge(histograms))
     processing: ProcessingSummary = {
         "count": int(p["count"] or 0), "p50": p["p50"], "p95": p["p95"], "p99": p["p99"],

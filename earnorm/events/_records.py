@@ -55,6 +55,7 @@ class Counters(TypedDict):
     processed: int
     failed: int
     retried: int
+    unhandled: int  # events nobody subscribes to, acknowledged (unhandled_events="skip")
 
 
 class ProcessingSummary(TypedDict):

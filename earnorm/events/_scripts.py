@@ -160,7 +160,7 @@ if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
 end
-if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[6], 'processed', 1) end
+if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[8], 1) end
 for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 2]) end
 return 1
 """

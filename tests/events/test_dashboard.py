@@ -41,7 +41,7 @@ async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task[None]]:
 
 @pytest.fixture
 def bus_config() -> dict[str, Any]:
-    return {"retry_policy": {"max_retries": 0}}
+    return {"retry_policy": {"max_retries": 0}, "unhandled_events": "dead_letter"}
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None

@@ -23,7 +23,9 @@ FAST_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.1, "in
 
 @pytest.fixture
 def bus_config() -> dict[str, Any]:
-    return {"retry_policy": FAST_RETRY}
+    # Events nobody subscribes to are kept too (the default skips them: tests/events/
+    # test_unhandled.py).
+    return {"retry_policy": FAST_RETRY, "unhandled_events": "dead_letter"}
 
 
 async def test_unknown_event_and_garbage_are_kept_and_consumer_goes_on(

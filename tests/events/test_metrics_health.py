@@ -64,7 +64,9 @@ async def test_metrics_count_exactly_with_celery_exporter_names(
     async with Consumer(bus=bus, registry=registry(), metrics_port=port) as consumer:
         await bus.publish_batch([Event(name="metric.ok") for _ in range(GOOD)])
         await bus.publish_batch([Event(name="metric.bad") for _ in range(BAD)])
-        await bus.publish(Event(name="metric.unknown"))
+        await bus.publish(Event(name="metric.unknown"))  # an event nobody subscribes to
+        await bus.redis.lpush(queue_name, encode_call(  # a Celery task nobody runs
+            "metric.unknown_task", "no-such-task", [], {}, queue_name))
         await bus.redis.lpush(queue_name, encode_call(
             "metric.ok", "with-a-link", [], {}, queue_name,
             embed={"callbacks": [{"task": "metric.next", "args": [], "kwargs": {},
@@ -91,7 +93,9 @@ async def test_metrics_count_exactly_with_celery_exporter_names(
     assert task("metric.next", "celery_task_sent_total") == 1  # the link it published
     assert task("metric.bad", "celery_task_failed_total", exception="ValueError") == BAD
     assert task("metric.ok", "celery_task_runtime_count") == GOOD + 1
-    assert task("metric.unknown", "celery_task_rejected_total") == 1
+    assert task("metric.unknown_task", "celery_task_rejected_total") == 1
+    assert samples[("earnorm_unhandled_events_total", (("name", "metric.unknown"),
+                                                       ("queue_name", queue_name)))] == 1
     assert samples[("celery_queue_length", (("queue_name", queue_name),))] == 0
     assert samples[("celery_worker_up", (("hostname", node),))] == 1
     assert samples[("earnorm_dead_letters_total", (("queue_name", queue_name),

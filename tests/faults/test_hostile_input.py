@@ -32,9 +32,12 @@ class _RunsCommandWhenUnpickled:
 
 
 def _envelope(queue: str, task: str, args: list[Any]) -> dict[str, Any]:
-    """A valid Celery message for ``task(*args)``, as a dict to tamper with."""
+    """A valid Celery message for ``task(*args)``, as a Celery producer sends it (none of
+    EarnORM's own event headers), as a dict to tamper with."""
     raw = encode_event(Event(name="fault.fine", data={}), queue)
     envelope: dict[str, Any] = orjson.loads(raw)
+    envelope["headers"] = {k: v for k, v in envelope["headers"].items()
+                           if not k.startswith("earnorm_")}
     envelope["headers"]["task"] = task
     body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     envelope["body"] = base64.b64encode(orjson.dumps(body)).decode()

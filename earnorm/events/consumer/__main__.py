@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
                         default=env("EARNORM_ALLOW_EVICTION", "") in ("1", "true", "yes"),
                         help="run even if Redis's maxmemory-policy may evict queued events "
                              "[EARNORM_ALLOW_EVICTION=1]")
+    parser.add_argument("--unhandled-events", choices=["skip", "dead_letter"],
+                        default=env("EARNORM_UNHANDLED_EVENTS", "skip"),
+                        help="an event EarnORM published that no handler subscribes to: "
+                             "skip (acknowledge, count, warn once per name) or dead_letter "
+                             "(failed store); Celery tasks with no handler always go to the "
+                             "failed store [EARNORM_UNHANDLED_EVENTS] (default: skip)")
     parser.add_argument("--result-backend", default=env("EARNORM_RESULT_BACKEND"),
                         help="redis:// URL: store handlers' results for Celery clients' "
                              "AsyncResult.get() [EARNORM_RESULT_BACKEND]")
@@ -155,6 +161,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "celery_visibility_timeout": args.celery_visibility_timeout,
         "allow_eviction": args.allow_eviction,
         "result_backend": args.result_backend or None,
+        "unhandled_events": args.unhandled_events,
     })
     url = args.redis_uri
     if not url:
@@ -183,8 +190,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await earnorm_close()
         if local is not None:
             local.stop()
-    log.info("stopped: processed=%d failed=%d retried=%d",
-             consumer.processed, consumer.failed, consumer.retried)
+    log.info("stopped: processed=%d failed=%d retried=%d unhandled=%d",
+             consumer.processed, consumer.failed, consumer.retried, consumer.unhandled)
     return OK
 
 

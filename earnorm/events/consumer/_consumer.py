@@ -545,6 +545,9 @@ class Consumer(RunsInBackground):
         self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
     ) -> None:
         assert self._settler is not None
+        if self._metrics is not None and isinstance(outcome, decide.Unhandled):
+            assert message is not None
+            self._metrics.unhandled(message.task)
         if self._events is not None and isinstance(outcome, decide.DeadLetter):
             if outcome.reason is not FailureReason.HANDLER_ERROR:
                 self._events.rejected(message.task if message else outcome.name)
@@ -585,6 +588,10 @@ class Consumer(RunsInBackground):
     @property
     def retried(self) -> int:
         return self._settler.retried if self._settler else 0
+
+    @property
+    def unhandled(self) -> int:
+        return self._settler.unhandled if self._settler else 0
 
 
 def _decode_or_none(raw: bytes) -> protocol.Message | None:

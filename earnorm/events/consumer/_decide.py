@@ -1,8 +1,9 @@
 """What happens to a message: pure decisions, no Redis, no clock of their own (like h11's state
 machine). The consumer does the I/O an ``Outcome`` asks for.
 
-- ``before_running``: dead-letter it (no handler, expired), defer it (a future Celery ``eta``),
-  or run it (``None``), and which handlers (a retry names the ones still pending);
+- ``before_running``: dead-letter it (no handler, expired), skip it (an event nobody
+  subscribes to), defer it (a future Celery ``eta``), or run it (``None``), and which handlers
+  (a retry names the ones still pending);
 - ``after_running``: given the handlers' failures and their retry policies, ack it, retry it at
   a time, or dead-letter it (and possibly retry the handlers that may still retry).
 """
@@ -30,6 +31,12 @@ class Ack:
     ``result``, where those apply)."""
 
     result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """An event nobody subscribes to (``event_config.unhandled_events="skip"``): acknowledge
+    it and count it as unhandled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +71,7 @@ class DeadLetter:
     name: str | None = None  # likewise, its task name
 
 
-Outcome = Ack | Defer | Retry | DeadLetter
+Outcome = Ack | Unhandled | Defer | Retry | DeadLetter
 
 
 def handlers_to_run(
@@ -96,8 +103,12 @@ def before_running(
     message: protocol.Message, handlers: tuple[Handler, ...], now_ms: float, keys: Keys,
     config: EventConfig,
 ) -> Outcome | None:
-    """Whether the message runs now (``None``) or what to do instead."""
+    """Whether the message runs now (``None``) or what to do instead. An event nobody
+    subscribes to is skipped, if the queue says so; a Celery task nobody runs is never
+    dropped (it was sent to be run, and its client may wait for a result)."""
     if not handlers:
+        if config.unhandled_events == "skip" and message.published_as_event:
+            return Unhandled()
         return DeadLetter(FailureReason.NO_HANDLER, f"no handler registered for {message.task!r}")
     if message.expires is not None and message.expires.timestamp() * 1000 <= now_ms:
         return DeadLetter(

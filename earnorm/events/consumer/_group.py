@@ -181,6 +181,10 @@ class ConsumerGroup(RunsInBackground):
     def retried(self) -> int:
         return sum(c.retried for c in self.consumers)
 
+    @property
+    def unhandled(self) -> int:
+        return sum(c.unhandled for c in self.consumers)
+
     # ------------------------------------------------------------------ HTTP
 
     def http_routes(self) -> dict[str, http.Route]:

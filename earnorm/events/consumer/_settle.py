@@ -52,7 +52,8 @@ _NotRegistered.__module__ = "celery.exceptions"
 
 
 class Settler:
-    """Applies outcomes for one consumer; ``processed``/``failed``/``retried`` count them."""
+    """Applies outcomes for one consumer; ``processed``/``failed``/``retried``/``unhandled``
+    count them."""
 
     def __init__(
         self, broker: Broker, consumer_id: str, clock: ServerClock, acks: AckBatcher,
@@ -73,6 +74,8 @@ class Settler:
         self.processed = 0
         self.failed = 0
         self.retried = 0
+        self.unhandled = 0
+        self._unhandled_names: set[str] = set()
 
     def carries_on(self, message: protocol.Message) -> bool:
         """Whether a success needs more than an ack: a canvas to carry on, a result to store."""
@@ -99,7 +102,13 @@ class Settler:
             else:
                 await self._succeeded(field, message, outcome.result)
             return
-        if isinstance(outcome, decide.Defer):
+        if isinstance(outcome, decide.Unhandled):
+            assert message is not None
+            self._warn_unhandled(message.task)
+            ours = await until_done("settle", lambda: broker.settle(
+                self.consumer_id, field, count="unhandled"), self._health)
+            self.unhandled += ours
+        elif isinstance(outcome, decide.Defer):
             ours = await until_done("settle", lambda: broker.defer(
                 self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms), self._health)
         elif isinstance(outcome, decide.Retry):
@@ -114,6 +123,15 @@ class Settler:
                         "held it; its redelivered copy settles it", field)
         self._forget(field)
 
+    def _warn_unhandled(self, name: str) -> None:
+        if name in self._unhandled_names:
+            return
+        self._unhandled_names.add(name)
+        log.warning("no handler subscribes to %r: its events are acknowledged and counted as "
+                    "unhandled (stats() counters.unhandled); register a handler for it, or set "
+                    "event_config unhandled_events='dead_letter' to keep them in the failed "
+                    "store. Said once per event name.", name)
+
     async def _succeeded(self, field: int, message: protocol.Message, result: Any) -> None:
         await self._store_result(message, lambda: result_meta.success_meta(
             message.id, result, _group(message)))
@@ -125,7 +143,7 @@ class Settler:
             self.ack_handled(field)
         else:
             ours = await until_done("settle", lambda: self._broker.settle(
-                self.consumer_id, field, pushes=pushes, count_processed=True), self._health)
+                self.consumer_id, field, pushes=pushes, count="processed"), self._health)
             self.processed += ours
             self._forget(field)
         await self._release_chord(chord)
