@@ -34,6 +34,23 @@ def redis_server() -> Iterator[LocalRedis | None]:
 
 
 @pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """The MongoDB-wire server for ORM tests: jongodb (``tests/orm/jongodb.py``), started on
+    first use, or the real mongod ``MONGODB_URI`` names."""
+    given = os.environ.get("MONGODB_URI")
+    if given:
+        yield given
+        return
+    from tests.orm import jongodb
+
+    server = jongodb.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_url(redis_server: LocalRedis | None) -> str:
     return os.environ.get("REDIS_URL") or (redis_server.url if redis_server else "")
 

@@ -33,7 +33,7 @@ def start_consumer(
     )
 
 
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+def stop(process: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
     if process.poll() is None:
         try:
             os.killpg(process.pid, sig)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from bson import ObjectId
@@ -25,7 +26,7 @@ from bson import ObjectId
 from earnorm._environment import Environment, current_environment, register_model
 from earnorm._errors import ConfigError, DocumentNotFound, ValidationError
 from earnorm._transaction import current_transaction, session_options
-from earnorm.base._fields import MISSING, Field, collect_fields
+from earnorm.base._fields import MISSING, Field, collect_fields, conforms
 from earnorm.base._hooks import collect_hooks, run_hooks
 from earnorm.base._query import Filter, Query, Sort, mongo_errors, mongo_filter, to_object_id
 
@@ -181,6 +182,23 @@ class BaseModel:
                     f"{type(self).__name__}.{name} is required (no default, not Optional)"
                 )
 
+    def _stamp(self, names: tuple[str, ...], *, replace: bool = False) -> bool:
+        """Keep the timestamps a model declares, as Rails does: a ``created_at`` or
+        ``updated_at`` field that takes a datetime is set to now (UTC) on create when the
+        hooks left it unset, and ``updated_at`` on every update that did not set it itself
+        (``replace``). True if a field was set."""
+        fields = self._get_fields()
+        now = datetime.now(UTC)
+        stamped = False
+        for name in names:
+            field = fields.get(name)
+            if field is None or not conforms(field.annotation, now):
+                continue
+            if replace or self.__dict__.get(name) is None:
+                object.__setattr__(self, name, now)
+                stamped = True
+        return stamped
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self._field_values().items())
         return f"{type(self).__name__}(id={self.id!r}, {shown})"
@@ -254,6 +272,7 @@ class BaseModel:
         hooks = self._model_hooks
         await run_hooks(self, hooks["before_write"])
         await run_hooks(self, hooks["before_create"])
+        self._stamp(("created_at", "updated_at"))
         self._check_before_write()
         document = {
             name: value for name, value in self._field_values().items()
@@ -284,6 +303,8 @@ class BaseModel:
         changes = self.get_changes()
         if not changes:
             return
+        if "updated_at" not in changes and self._stamp(("updated_at",), replace=True):
+            changes = self.get_changes()
         self._check_before_write()
         fields = self._get_fields()
         unset = {n: "" for n, (_, new) in changes.items()

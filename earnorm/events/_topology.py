@@ -155,7 +155,7 @@ class _Sentinels(Sentinel):
         for index, sentinel in enumerate(self.sentinels):
             address = self.addresses.get(id(sentinel), "?")
             try:
-                masters = await sentinel.sentinel_masters()
+                masters = cast(dict[str, Any], await sentinel.sentinel_masters())
             except (RedisConnectionError, ResponseError, RedisTimeoutError) as exc:
                 first_line = str(exc).splitlines()[0] if str(exc) else ""
                 why.append(f"sentinel {address} - {type(exc).__name__}: {first_line[:120]}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from pymongo.errors import PyMongoError
@@ -17,20 +17,6 @@ from redis.asyncio import Redis
 
 import earnorm
 from earnorm._environment import Environment, current_environment
-from tests.orm import jongodb
-
-
-@pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
-    given = os.environ.get("MONGODB_URI")
-    if given:
-        yield given
-        return
-    server = jongodb.start()
-    try:
-        yield server.uri
-    finally:
-        server.stop()
 
 
 @pytest.fixture
