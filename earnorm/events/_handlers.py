@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,7 +31,10 @@ class Handler:
     timeout: float | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     no_retry_on: tuple[type[BaseException], ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
+    # The user's own labels for the handler (``metadata={"team": "billing"}``): never read by
+    # EarnORM. Any other keyword a decorator does not know is refused (a typo, or an option
+    # from another task queue, would otherwise be accepted and do nothing).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     # With batch_size the handler receives a list of up to batch_size events, flushed when
     # full or batch_timeout seconds after its first event arrived.
     batch_size: int | None = None
@@ -38,6 +42,23 @@ class Handler:
     # Skip an event id this handler already handled successfully within idempotency_ttl s.
     idempotent: bool = False
     idempotency_ttl: float = 86400.0
+
+
+def _known_options() -> list[str]:
+    parameters = inspect.signature(HandlerRegistry.register).parameters.values()
+    return sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _unknown_options(pattern: str, unknown: Mapping[str, Any]) -> str:
+    """The error for handler options nobody reads, naming the known ones (and the likeliest
+    meant, for a typo)."""
+    known = _known_options()
+    named = []
+    for option in sorted(unknown):
+        close = difflib.get_close_matches(option, known, n=1)
+        named.append(f"{option} (did you mean {close[0]}?)" if close else option)
+    return (f"unknown handler option(s) for {pattern!r}: {', '.join(named)}; known: "
+            f"{', '.join(known)} (metadata={{...}} carries labels of your own)")
 
 
 def _check_pattern(pattern: str) -> bool:
@@ -91,8 +112,13 @@ class HandlerRegistry:
         batch_timeout: float = 1.0,
         idempotent: bool = False,
         idempotency_ttl: float = 86400.0,
-        **options: Any,
+        metadata: Mapping[str, Any] | None = None,
+        **unknown: Any,
     ) -> Handler:
+        if unknown:
+            raise ConfigError(_unknown_options(pattern, unknown))
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
         if not inspect.iscoroutinefunction(func):
             raise ConfigError(
                 f"handler {getattr(func, '__qualname__', func)!r} for {pattern!r} must be an "
@@ -132,7 +158,7 @@ class HandlerRegistry:
             timeout=timeout,
             retry_on=tuple(retry_on),
             no_retry_on=tuple(no_retry_on),
-            options=options,
+            metadata=dict(metadata or {}),
             batch_size=batch_size,
             batch_timeout=float(batch_timeout),
             idempotent=idempotent,
