@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -414,20 +415,33 @@ def _dashboard(args: argparse.Namespace, out: TextIO) -> int:
     return OK
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the server stops with us."""
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def _local_redis(port: int, out: TextIO) -> int:
     try:
         server = start_local_redis(port)
     except EarnORMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
-    print(f"serving {server.url} (data is not kept; Ctrl-C stops it)", file=out, flush=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
+    print(f"serving {server.url} (data is not kept; Ctrl-C, SIGTERM or SIGHUP stops it)",
+          file=out, flush=True)
     try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
+        code = server.process.wait()
+    except (KeyboardInterrupt, _Stopped):
+        return OK
     finally:
         server.stop()
-    return OK
+    print(f"error: the server exited by itself with code {code} (log: {server.log_file})",
+          file=sys.stderr)
+    return USAGE
 
 
 def _unreachable(why: str, started: float, args: argparse.Namespace, out: TextIO) -> int:

@@ -96,6 +96,18 @@ def find_server_binary(*, tls: bool = False) -> str:
     )
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (bound as a server binds, with
+    SO_REUSEADDR, so a port a stopped server left in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,6 +181,10 @@ def start_local_redis(
     ``binary`` is the server to run (default: ``find_server_binary``).
     """
     binary = binary or find_server_binary(tls=tls is not None)
+    if port and port_in_use(port):
+        # Else the server fails to bind and exits, while the one already there answers PING.
+        raise EarnORMError(f"port {port} on 127.0.0.1 is in use (another server?): "
+                           "choose another port")
     port = port or free_port()
     workdir = workdir or tempfile.mkdtemp(prefix="earnorm-redis-")
     listen = ["--port", str(port)]

@@ -179,13 +179,14 @@ async def test_redis_url_from_env_flags_and_unreachable(cli: Cli, bus: EventBus)
     assert "cannot reach Redis" in err and "hunter2" not in err
 
 
-def test_local_redis_serves_until_interrupted() -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_local_redis_serves_until_a_signal_and_stops_its_server(sig: str) -> None:
     import signal
     import subprocess
 
     import redis
 
-    from earnorm.events._embedded import free_port
+    from earnorm.events._embedded import free_port, port_in_use
 
     port = free_port()
     process = subprocess.Popen(
@@ -199,8 +200,27 @@ def test_local_redis_serves_until_interrupted() -> None:
         client = redis.Redis(port=port)
         assert client.ping()
         client.close()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, sig))
         assert process.wait(10) == 0
+        assert not port_in_use(port), "the server outlived local-redis"
     finally:
         process.kill()
         process.wait()
+
+
+def test_local_redis_on_a_busy_port_says_so_in_one_line_and_fails() -> None:
+    import subprocess
+
+    from earnorm import start_local_redis
+
+    taken = start_local_redis()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "earnorm.events", "local-redis", "--port", str(taken.port)],
+            capture_output=True, text=True, timeout=30)
+    finally:
+        taken.stop()
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"error: port {taken.port} on 127.0.0.1 is in use (another server?): choose another "
+        "port"]
