@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
+
+from redis.exceptions import ResponseError as RedisResponseError
 
 from earnorm._config import EventConfig
 from earnorm._environment import Environment, activate, connect_mongo, current_environment
 from earnorm._errors import ConfigError, NotInitializedError
 from earnorm.events._bus import EventBus
+
+log = logging.getLogger("earnorm")
 
 
 class _BusProxy:
@@ -106,6 +111,7 @@ async def init(
     except BaseException:
         await bus.close()
         raise
+    await _announce(bus)
     _bus_proxy._bind(bus)
     environment = Environment(event_bus=bus, client=client, database=db)
     if db is not None and config.outbox_relay:
@@ -116,6 +122,15 @@ async def init(
         bus.outbox.start()
     activate(environment)
     return bus
+
+
+async def _announce(bus: EventBus) -> None:
+    """Tell consumers which queue this app uses (they warn when theirs was never used while
+    others were). Best effort: a full Redis or a user not allowed that key costs nothing."""
+    try:
+        await bus.broker.announce_app()
+    except RedisResponseError as exc:
+        log.debug("could not record the app's queue: %s", exc)
 
 
 async def close() -> None:

@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,49 @@ def consumer_process(redis_url: str, queue: str, **kwargs: object) -> Iterator[
         yield process
     finally:
         stop(process)
+
+
+@dataclass
+class CliConsumer:
+    """``python -m earnorm.events.consumer`` as a user runs it, and the lines it printed."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def printed(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+@contextmanager
+def run_cli_consumer(app_dir: Path, app: str, *args: str,
+                     env: dict[str, str] | None = None) -> Iterator[CliConsumer]:
+    """The CLI consumer for ``--app app`` (a module in ``app_dir``), with none of the test
+    run's own Redis settings in its environment; SIGTERM when done."""
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("REDIS_URL", "EARNORM_REDIS_URI", "EARNORM_QUEUE")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "earnorm.events.consumer", "--app", app, *args],
+        cwd=app_dir, env={**inherited, "PYTHONPATH": os.pathsep.join([str(app_dir), str(ROOT)]),
+                          "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    consumer = CliConsumer(process)
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            consumer.lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield consumer
+    finally:
+        stop(process, signal.SIGTERM)
+        reader.join(timeout=10)
 
 
 def counting_env(handler_sleep: float) -> dict[str, str]:

@@ -30,7 +30,7 @@ from earnorm._errors import NotReplicated
 from earnorm.events import _scripts as scripts
 from earnorm.events._celery_unacked import UNACKED_INDEX, CeleryUnacked
 from earnorm.events._failed_store import FailedStore
-from earnorm.events._keys import Keys, delayed_member, text
+from earnorm.events._keys import APP_QUEUES, Keys, delayed_member, text
 from earnorm.events._lane import PublishLane
 from earnorm.events._server import ServerProbe
 from earnorm.events._topology import is_cluster, same_slot
@@ -105,6 +105,19 @@ class Broker:
         await self._waiter.close()
         if self._lane is not None:
             await self._lane.close()
+
+    async def announce_app(self) -> None:
+        """Record that an app called ``init()`` for this queue (``APP_QUEUES``)."""
+        await self.redis.hset(APP_QUEUES, self.keys.queue, int(time.time() * 1000))
+
+    async def app_queues(self) -> dict[str, float]:
+        """Queue -> unix ms of the latest ``init()`` an app called for it."""
+        raw = await self.redis.hgetall(APP_QUEUES)
+        return {text(queue): float(ms) for queue, ms in raw.items()}
+
+    async def queue_used(self) -> bool:
+        """Whether any key of this queue exists (anything published, consumed or failed)."""
+        return bool(await self.redis.exists(*self.keys.telltales))
 
     async def server_time_ms(self) -> float:
         """Redis's clock, in unix ms."""
@@ -385,7 +398,7 @@ class Broker:
             pipe.hgetall(k.server)
             pipe.llen(k.recovered)
             pipe.zcard(UNACKED_INDEX)
-            pipe.exists(*k.ready, k.delayed, k.consumers, k.failed, k.stats, k.monitor)
+            pipe.exists(*k.telltales)
             results = await pipe.execute()
         oldest = await self._oldest(keys=list(k.ready))
         n = len(k.ready)

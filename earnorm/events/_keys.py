@@ -15,6 +15,8 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
 - ``Q:stats``: counters; ``Q:monitor``: consumer id -> summary; ``Q:server``: what consumers saw
   of the Redis server (restarts, persistence);
+- beside them, ``earnorm:app-queues`` (one hash for every queue): queue name -> when an app
+  last called ``init()`` for it;
 - ``Q:schedules``: schedule name -> the last tick fired (unix ms), the compare-and-set that lets
   one consumer fire each tick; ``Q:schedules:info``: name -> JSON (last fire, next tick, what
   the schedule is), for ``python -m earnorm.events schedules``.
@@ -25,6 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from earnorm._config import EventConfig
+
+# Not a queue's key: the queues apps called init() for (queue -> unix ms of the latest), so a
+# consumer can tell that the queue it was given was never used while others are.
+APP_QUEUES = "earnorm:app-queues"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,12 @@ class Keys:
             schedules=f"{q}:schedules",
             schedules_info=f"{q}:schedules:info",
         )
+
+    @property
+    def telltales(self) -> tuple[str, ...]:
+        """The keys one of which exists once the queue was used at all."""
+        return (*self.ready, self.delayed, self.consumers, self.failed, self.stats,
+                self.monitor)
 
     def inflight(self, consumer_id: str) -> str:
         return f"{self.queue}:inflight:{consumer_id}"

@@ -10,14 +10,9 @@ servers.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +22,7 @@ from pymongo import AsyncMongoClient
 
 import earnorm
 from earnorm import LocalRedis, start_local_redis
-from tests.processes import stop
+from tests.processes import CliConsumer, run_cli_consumer
 from tests.spec.blocks import Block
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -90,43 +85,10 @@ async def servers(spec_redis: LocalRedis, mongo_uri: str) -> AsyncIterator[Serve
         await earnorm.close()
 
 
-@dataclass
-class CliConsumer:
-    """``python -m earnorm.events.consumer`` as a user runs it, and the lines it printed."""
-
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    def printed(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
 @contextmanager
 def cli_consumer(app_dir: Path, app: str, redis_url: str, *args: str) -> Iterator[CliConsumer]:
     """The CLI consumer for ``--app app`` (a module in ``app_dir``) on the spec's queue."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(app_dir), str(ROOT)]),
-           "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "earnorm.events.consumer", "--app", app, "--redis-uri",
-         redis_url, "--queue", SPEC_QUEUE, "--heartbeat-interval", "0.2",
-         "--heartbeat-timeout", "2", *args],
-        cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    consumer = CliConsumer(process)
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            consumer.lines.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+    with run_cli_consumer(app_dir, app, "--redis-uri", redis_url, "--queue", SPEC_QUEUE,
+                          "--heartbeat-interval", "0.2", "--heartbeat-timeout", "2",
+                          *args) as consumer:
         yield consumer
-    finally:
-        stop(process, signal.SIGTERM)
-        reader.join(timeout=10)

@@ -22,8 +22,9 @@ from redis.asyncio import Redis
 import earnorm
 from earnorm import LocalRedis
 from tests.helpers import wait_until
+from tests.processes import CliConsumer
 from tests.spec.blocks import block
-from tests.spec.conftest import SPEC_QUEUE, CliConsumer, Servers, cli_consumer, default_database
+from tests.spec.conftest import SPEC_QUEUE, Servers, cli_consumer, default_database
 
 pytestmark = pytest.mark.anyio
 

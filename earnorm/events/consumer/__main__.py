@@ -28,6 +28,7 @@ from earnorm._runtime import close as earnorm_close
 from earnorm._runtime import init as earnorm_init
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
+from earnorm.events.consumer._app_settings import AppSettings
 from earnorm.events.consumer._consumer import Consumer
 from earnorm.events.consumer._group import ConsumerGroup, parse_queue
 from earnorm.events.consumer._supervisor import Supervisor, die_with_supervisor
@@ -46,15 +47,19 @@ def _parser() -> argparse.ArgumentParser:
                "4 --app could not be imported, 5 consumer processes kept dying",
     )
     parser.add_argument("--app", default=env("EARNORM_APP"),
-                        help="module that registers handlers, e.g. myproject.handlers "
-                             "[EARNORM_APP]")
+                        help="module that registers handlers, e.g. myproject.handlers; if it "
+                             "defines EARNORM_SETTINGS (the keyword arguments the app gives "
+                             "init()), the consumer uses its Redis, queue and event_config "
+                             "unless an option here says otherwise [EARNORM_APP]")
     parser.add_argument("--redis-uri", default=env("EARNORM_REDIS_URI") or env("REDIS_URL"),
-                        help="redis:// or rediss:// URL; none starts a local server "
+                        help="redis:// or rediss:// URL; without one (here or in the app's "
+                             "EARNORM_SETTINGS) a private local server is started "
                              "[EARNORM_REDIS_URI, REDIS_URL]")
     parser.add_argument("--queue", action="append", default=None,
                         help="queue name, NAME or NAME=WEIGHT; repeat it for several queues "
                              "in one process, handler slots split by weight [EARNORM_QUEUE, "
-                             "comma-separated] (default: earnorm:events)")
+                             "comma-separated] (default: the app's EARNORM_SETTINGS "
+                             "event_config queue_name, else earnorm:events)")
     parser.add_argument("--processes", type=int,
                         default=int(env("EARNORM_PROCESSES", "1")),
                         help="consumer processes under one supervisor that restarts any that "
@@ -70,32 +75,33 @@ def _parser() -> argparse.ArgumentParser:
                         default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
                         help="seconds running handlers get to finish on SIGTERM (default: 30)")
     parser.add_argument("--heartbeat-interval", type=float,
-                        default=float(env("EARNORM_HEARTBEAT_INTERVAL", "2")),
+                        default=_env_number("EARNORM_HEARTBEAT_INTERVAL", float),
                         help="seconds between heartbeats [EARNORM_HEARTBEAT_INTERVAL]")
     parser.add_argument("--heartbeat-timeout", type=float,
-                        default=float(env("EARNORM_HEARTBEAT_TIMEOUT", "15")),
+                        default=_env_number("EARNORM_HEARTBEAT_TIMEOUT", float),
                         help="seconds without a heartbeat before a consumer's messages are "
                              "recovered by others [EARNORM_HEARTBEAT_TIMEOUT]")
-    parser.add_argument("--serializer", default=env("EARNORM_SERIALIZER", "json"),
+    parser.add_argument("--serializer", default=env("EARNORM_SERIALIZER"),
                         choices=["json", "msgpack"])
     parser.add_argument("--max-deliveries", type=int,
-                        default=int(env("EARNORM_MAX_DELIVERIES", "5")),
+                        default=_env_number("EARNORM_MAX_DELIVERIES", int),
                         help="deliveries to consumers that died holding a message before it "
                              "is dead-lettered [EARNORM_MAX_DELIVERIES] (default: 5)")
     parser.add_argument("--max-message-bytes", type=int,
-                        default=int(env("EARNORM_MAX_MESSAGE_BYTES", str(16 * 1024 * 1024))),
+                        default=_env_number("EARNORM_MAX_MESSAGE_BYTES", int),
                         help="larger messages go to the failed store without being fetched "
                              "[EARNORM_MAX_MESSAGE_BYTES] (default: 16 MiB)")
     parser.add_argument("--celery-visibility-timeout", type=float,
-                        default=float(env("EARNORM_CELERY_VISIBILITY_TIMEOUT", "3600")),
+                        default=_env_number("EARNORM_CELERY_VISIBILITY_TIMEOUT", float),
                         help="Celery unacked entries older than this are restored "
                              "[EARNORM_CELERY_VISIBILITY_TIMEOUT] (default: 3600)")
     parser.add_argument("--allow-eviction", action="store_true",
-                        default=env("EARNORM_ALLOW_EVICTION", "") in ("1", "true", "yes"),
+                        default=True if env("EARNORM_ALLOW_EVICTION", "") in (
+                            "1", "true", "yes") else None,
                         help="run even if Redis's maxmemory-policy may evict queued events "
                              "[EARNORM_ALLOW_EVICTION=1]")
     parser.add_argument("--unhandled-events", choices=["skip", "dead_letter"],
-                        default=env("EARNORM_UNHANDLED_EVENTS", "skip"),
+                        default=env("EARNORM_UNHANDLED_EVENTS"),
                         help="an event EarnORM published that no handler subscribes to: "
                              "skip (acknowledge, count, warn once per name) or dead_letter "
                              "(failed store); Celery tasks with no handler always go to the "
@@ -125,19 +131,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _queues(args: argparse.Namespace) -> list[str]:
+def _env_number(name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = os.environ.get(name)
+    return None if raw is None else kind(raw)
+
+
+def _queues(args: argparse.Namespace, app: AppSettings) -> list[str]:
     if args.queue:
         return list(args.queue)
-    raw = os.environ.get("EARNORM_QUEUE", "earnorm:events")
+    raw = os.environ.get("EARNORM_QUEUE") or app.queue_name or EventConfig.queue_name
     return [q.strip() for q in raw.split(",") if q.strip()]
 
 
-async def _supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _event_config(args: argparse.Namespace, app: AppSettings, queue: str) -> EventConfig:
+    """The app's event_config (EARNORM_SETTINGS), with what the command line or the
+    environment says explicitly on top; EventConfig's defaults for the rest."""
+    given = {
+        "queue_name": queue, "serializer": args.serializer,
+        "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout, "max_deliveries": args.max_deliveries,
+        "max_message_bytes": args.max_message_bytes,
+        "celery_visibility_timeout": args.celery_visibility_timeout,
+        "allow_eviction": args.allow_eviction, "result_backend": args.result_backend or None,
+        "unhandled_events": args.unhandled_events,
+    }
+    return app.event_config({k: v for k, v in given.items() if v is not None})
+
+
+def _private_redis() -> LocalRedis:
+    local = start_local_redis()
+    log.warning("no Redis URL configured (--redis-uri, EARNORM_REDIS_URI, REDIS_URL, or "
+                "redis_uri in the --app module's EARNORM_SETTINGS): started a private server "
+                "at %s that only this process uses, so events your app publishes elsewhere "
+                "are not served here; give --redis-uri to consume them", local.url)
+    return local
+
+
+async def _supervise(args: argparse.Namespace, argv: Sequence[str], app: AppSettings) -> int:
     child_args = list(argv)
     local: LocalRedis | None = None
-    if not args.redis_uri:
-        local = start_local_redis()
-        log.info("no Redis URL configured: started a local server at %s", local.url)
+    if not (args.redis_uri or app.redis_uri):
+        local = _private_redis()
         child_args += ["--redis-uri", local.url]
     try:
         return await Supervisor(child_args, args.processes, metrics_port=args.metrics_port,
@@ -148,26 +182,14 @@ async def _supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
             local.stop()
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, app: AppSettings) -> int:
     local: LocalRedis | None = None
-    queues = [parse_queue(q) for q in _queues(args)]
-    config = EventConfig.from_dict({
-        "queue_name": queues[0][0],
-        "serializer": args.serializer,
-        "heartbeat_interval": args.heartbeat_interval,
-        "heartbeat_timeout": args.heartbeat_timeout,
-        "max_deliveries": args.max_deliveries,
-        "max_message_bytes": args.max_message_bytes,
-        "celery_visibility_timeout": args.celery_visibility_timeout,
-        "allow_eviction": args.allow_eviction,
-        "result_backend": args.result_backend or None,
-        "unhandled_events": args.unhandled_events,
-    })
-    url = args.redis_uri
+    queues = [parse_queue(q) for q in _queues(args, app)]
+    config = _event_config(args, app, queues[0][0])
+    url = args.redis_uri or app.redis_uri
     if not url:
-        local = start_local_redis()
+        local = _private_redis()
         url = local.url
-        log.info("no Redis URL configured: started a local server at %s", url)
     consumer: Consumer | ConsumerGroup
     options: dict[str, Any] = {
         "config": config, "registry": default_registry, "concurrency": args.concurrency,
@@ -181,10 +203,11 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, consumer.stop)
+    mongo_uri = args.mongo_uri or app.mongo_uri
     try:
-        if args.mongo_uri:  # earnorm.env for handlers, and an outbox relay
-            await earnorm_init(redis_uri=url, event_config=config, mongo_uri=args.mongo_uri,
-                               database=args.database)
+        if mongo_uri:  # earnorm.env for handlers, and an outbox relay
+            await earnorm_init(redis_uri=url, event_config=config, mongo_uri=mongo_uri,
+                               database=args.database or app.database)
         await consumer.run()
     finally:
         await earnorm_close()
@@ -211,28 +234,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.processes < 1:
         return _fail(USAGE, f"--processes must be >= 1, got {args.processes}", ValueError())
-    try:
-        for spec in _queues(args):
-            parse_queue(spec)
-    except EarnORMError as exc:
-        return _fail(USAGE, str(exc), exc)
-    if args.processes > 1:  # the children import --app and report its errors (exit 4)
-        try:
-            return asyncio.run(_supervise(args, argv))
-        except EarnORMError as exc:
-            return _fail(USAGE, str(exc), exc)
+    app = AppSettings()
     if args.app:
         sys.path.insert(0, os.getcwd())
         try:
-            importlib.import_module(args.app)
+            module = importlib.import_module(args.app)
         except Exception as exc:
             return _fail(APP_FAILED, f"--app {args.app!r} could not be imported: "
                                      f"{type(exc).__name__}: {exc}", exc)
+        try:
+            app = AppSettings.of(module)
+        except ConfigError as exc:
+            return _fail(USAGE, str(exc), exc)
+    try:
+        for spec in _queues(args, app):
+            parse_queue(spec)
+    except EarnORMError as exc:
+        return _fail(USAGE, str(exc), exc)
+    if args.processes > 1:  # each child imports --app as well, and reports its errors
+        try:
+            return asyncio.run(_supervise(args, argv, app))
+        except EarnORMError as exc:
+            return _fail(USAGE, str(exc), exc)
     if not len(default_registry):
         log.warning("no handlers registered: every message will go to the failed store "
                     "(give --app with a module that uses @event_handler)")
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(_serve(args, app))
     except BrokerConnectionError as exc:
         return _fail(UNREACHABLE, str(exc), exc)
     except ConfigError as exc:

@@ -236,6 +236,7 @@ class Consumer(RunsInBackground):
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
                               health, self._metrics.recovered if self._metrics else None)
         try:
+            await self._warn_if_unused(broker)  # before our own writes make it used
             await heartbeat.watch.start()  # ConfigError for a Redis that may evict our keys
             await heartbeat.once()
         except TRANSIENT_ERRORS as exc:
@@ -329,6 +330,20 @@ class Consumer(RunsInBackground):
             await self._broker.close()
         if self._given_bus is None and self._redis is not None:
             await self._redis.aclose()
+
+    async def _warn_if_unused(self, broker: Broker) -> None:
+        """A queue nobody ever used, on a Redis where apps called init() for other queues:
+        this consumer is probably serving the wrong one, and would do so in silence."""
+        if await broker.queue_used():
+            return
+        mine = self.config.queue_name
+        others = sorted(q for q in await broker.app_queues() if q != mine)
+        if others:
+            log.warning("queue %r has never been used on %s, but apps called init() for %s: "
+                        "this consumer may be serving the wrong queue; start it with --queue "
+                        "%s (or EARNORM_QUEUE, or the app's EARNORM_SETTINGS: see --help)",
+                        mine, mask_url(self.redis_url), ", ".join(map(repr, others)),
+                        others[0])
 
     def _log_startup(self) -> None:
         names = sorted({h.pattern for h in self.registry.all()})
