@@ -400,7 +400,8 @@ def test_consumer_accounts_for_every_fuzzed_message_and_survives(
     fuzz_target: tuple[ThreadedConsumer, sync_redis.Redis, str], raw: bytes,
 ) -> None:
     """Each message is handled once, held for a future eta, skipped as an event nobody
-    subscribes to, or dead-lettered: never lost, never looped, never fatal. (A hypothesis run may replay an example: counts are deltas.)"""
+    subscribes to, or dead-lettered: never lost, never looped, never fatal. (A hypothesis run
+    may replay an example: counts are deltas.)"""
     target, client, queue = fuzz_target
     before = (len(target.handled), client.hlen(f"{queue}:failed"),
               client.zcard(f"{queue}:delayed"), target.consumer.unhandled)
