@@ -429,15 +429,18 @@ def _local_redis(port: int, out: TextIO) -> int:
     except EarnORMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_on_signal)
-    print(f"serving {server.url} (data is not kept; Ctrl-C, SIGTERM or SIGHUP stops it)",
-          file=out, flush=True)
-    try:
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    try:  # a signal from here on (even before the line is out) stops the server with us
+        for sig in stops:
+            signal.signal(sig, _stop_on_signal)
+        print(f"serving {server.url} (data is not kept; Ctrl-C, SIGTERM or SIGHUP stops it)",
+              file=out, flush=True)
         code = server.process.wait()
     except (KeyboardInterrupt, _Stopped):
         return OK
     finally:
+        for sig in stops:  # a second signal must not cut the server's stop short
+            signal.signal(sig, signal.SIG_IGN)
         server.stop()
     print(f"error: the server exited by itself with code {code} (log: {server.log_file})",
           file=sys.stderr)

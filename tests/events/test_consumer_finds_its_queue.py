@@ -111,3 +111,20 @@ async def test_bad_app_settings_are_one_line_and_exit_2(
     await wait_until(lambda: consumer.lines, 5, message="the error line")
     assert len(consumer.lines) == 1 and consumer.lines[0].startswith(f"error: {why}"), \
         consumer.lines
+
+
+async def test_a_supervisor_of_processes_uses_the_redis_the_app_declares(
+    server: LocalRedis, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, server.url, "shop:events")
+    with run_cli_consumer(tmp_path, app, "--processes", "2") as consumer:
+        bus = await earnorm.init(redis_uri=server.url, event_config={"queue_name":
+                                                                     "shop:events"})
+        try:
+            await bus.publish_batch([Event(name="order.placed", data={"n": n})
+                                     for n in range(10)])
+            await wait_until(lambda: all(consumer.printed(f"handled {n}") for n in range(10)),
+                             30, message=f"the app's events handled:\n{consumer.output()}")
+        finally:
+            await earnorm.close()
+    assert "private server" not in consumer.output()

@@ -28,7 +28,7 @@ from earnorm._runtime import close as earnorm_close
 from earnorm._runtime import init as earnorm_init
 from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
-from earnorm.events.consumer._app_settings import AppSettings
+from earnorm.events.consumer._app_settings import AppSettings, probe_redis_uri
 from earnorm.events.consumer._consumer import Consumer
 from earnorm.events.consumer._group import ConsumerGroup, parse_queue
 from earnorm.events.consumer._supervisor import Supervisor, die_with_supervisor
@@ -234,6 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.processes < 1:
         return _fail(USAGE, f"--processes must be >= 1, got {args.processes}", ValueError())
+    if args.processes > 1:
+        # The children import --app and report its errors (exit 4); this process only needs
+        # to know whether the app declares a Redis (else it starts a private one for them).
+        declared = AppSettings(redis_uri=probe_redis_uri(args.app)) if args.app else None
+        try:
+            for spec in _queues(args, declared or AppSettings()):
+                parse_queue(spec)
+            return asyncio.run(_supervise(args, argv, declared or AppSettings()))
+        except EarnORMError as exc:
+            return _fail(USAGE, str(exc), exc)
     app = AppSettings()
     if args.app:
         sys.path.insert(0, os.getcwd())
@@ -251,11 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_queue(spec)
     except EarnORMError as exc:
         return _fail(USAGE, str(exc), exc)
-    if args.processes > 1:  # each child imports --app as well, and reports its errors
-        try:
-            return asyncio.run(_supervise(args, argv, app))
-        except EarnORMError as exc:
-            return _fail(USAGE, str(exc), exc)
     if not len(default_registry):
         log.warning("no handlers registered: every message will go to the failed store "
                     "(give --app with a module that uses @event_handler)")

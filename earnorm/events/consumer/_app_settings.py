@@ -17,10 +17,15 @@ What the command line or the environment says explicitly wins over it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+import orjson
 
 from earnorm._config import EventConfig
 from earnorm._errors import ConfigError
@@ -82,3 +87,27 @@ class AppSettings:
             checked = EventConfig.from_dict(dict(overrides))
             return dataclasses.replace(raw, **{k: getattr(checked, k) for k in overrides})
         return EventConfig.from_dict({**(raw or {}), **overrides})
+
+
+_PROBE = """
+import importlib, json, sys
+settings = getattr(importlib.import_module(sys.argv[1]), "EARNORM_SETTINGS", None)
+uri = settings.get("redis_uri") if isinstance(settings, dict) else None
+print(json.dumps(uri if isinstance(uri, str) else None))
+"""
+
+
+def probe_redis_uri(app: str) -> str | None:
+    """The ``redis_uri`` that ``app`` declares, read in a child interpreter (the supervisor of
+    ``--processes`` does not import the app itself: an app that kills its process at import
+    must take down a child, not the supervisor). None if it declares none or cannot be
+    imported (the children then report why)."""
+    done = subprocess.run([sys.executable, "-c", _PROBE, app], capture_output=True, text=True,
+                          cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))},
+                          check=False, timeout=60)
+    if done.returncode != 0:
+        return None
+    uri = done.stdout.strip().splitlines()[-1:] or ["null"]
+    value = orjson.loads(uri[0])
+    return value if isinstance(value, str) else None
