@@ -16,7 +16,7 @@ while it refuses the writes that would grow it (publish, retry, dead-letter): th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,11 @@ from earnorm.events._server import ServerProbe
 from earnorm.events._topology import is_cluster, same_slot
 from earnorm.events._waiter import BlockingWait
 
+# Bytes one fetch script moves at most (plus one message): a message costs the script ~6 ms a
+# MB on this machine (docs/latency.md), so small batches and one large message at a time.
+FETCH_CAP_BYTES = 1 << 20
+# Messages one recovery slice hands back at most (~20 us each inside the script).
+HAND_BACK_MOST = 500
 
 @dataclass(frozen=True, slots=True)
 class Redelivery:
@@ -227,30 +232,34 @@ class Broker:
     # ------------------------------------------------------------------ consuming
 
     def _fetch_call(self, consumer_id: str, count: int, first_field: int, may_take_alone: bool,
-                    max_bytes: int, alone_at: int) -> tuple[list[str], list[Any]]:
+                    max_bytes: int, alone_at: int, cap_bytes: int,
+                    ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [
             k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
             k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
         ]
-        return keys, [count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at]
+        return keys, [count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at,
+                      max(cap_bytes, 1)]
 
     async def fetch(
         self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,
-        max_bytes: int, alone_at: int,
+        max_bytes: int, alone_at: int, cap_bytes: int = FETCH_CAP_BYTES,
     ) -> Fetched:
-        """Move up to ``count`` messages into the consumer's in-flight hash, atomically.
+        """Move up to ``count`` messages, and about ``cap_bytes`` (one more message at most;
+        at least one), into the consumer's in-flight hash, atomically.
 
         The i-th message returned is stored under field ``first_field + i + 1``. Messages over
         ``max_bytes`` never leave Redis: they go to the failed store (``too_large``).
         """
         keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
-                                      max_bytes, alone_at)
+                                      max_bytes, alone_at, cap_bytes)
         return _fetched(await self._fetch(keys=keys, args=args))
 
     async def wait_and_fetch(
         self, consumer_id: str, timeout: float, count: int, first_field: int, *,
         may_take_alone: bool, max_bytes: int, alone_at: int,
+        cap_bytes: int = FETCH_CAP_BYTES,
     ) -> Fetched:
         """Block until a message is on the main ready list and move it to our landing list
         (``BLMOVE``: the message is never only in this process's memory, and its bytes are
@@ -258,7 +267,7 @@ class Broker:
         the same connection, so Redis runs it the moment the BLMOVE returns: one round trip
         from an idle wait to the messages, as if the two had been sent one after the other."""
         keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
-                                      max_bytes, alone_at)
+                                      max_bytes, alone_at, cap_bytes)
         try:
             _moved, result = await self._waiter.move_then(
                 self.keys.ready[0], self.keys.landing(consumer_id), timeout,
@@ -266,7 +275,7 @@ class Broker:
         except NoScriptError:  # a restarted Redis forgot it: the BLMOVE ran, fetch again
             return await self.fetch(consumer_id, count, first_field,
                                     may_take_alone=may_take_alone, max_bytes=max_bytes,
-                                    alone_at=alone_at)
+                                    alone_at=alone_at, cap_bytes=cap_bytes)
         return _fetched(result)
 
     async def ack(self, consumer_id: str, fields: Sequence[int]) -> int:
@@ -338,7 +347,7 @@ class Broker:
         """Move due delayed messages to the ready lists. Returns (moved, next due ms, now ms)."""
         keys = [self.keys.delayed, *self.keys.ready]
         sent = time.monotonic()
-        moved, next_due, now = await self._promote(keys=keys, args=[limit])
+        moved, next_due, now = await self._promote(keys=keys, args=[limit, FETCH_CAP_BYTES])
         nxt = float(next_due)
         # Redis's time as the reply arrives: read mid-way, on average, through the round trip.
         now_ms = float(now) + (time.monotonic() - sent) * 500
@@ -352,23 +361,38 @@ class Broker:
         return float(result[0]), [text(x) for x in result[1:]]
 
     async def recover(self, consumer_id: str, *, force: bool = False) -> int:
-        """Hand a dead consumer's messages back; -1 if it is alive again."""
+        """Hand a dead consumer's messages back; -1 if it is alive again. In slices of about
+        ``FETCH_CAP_BYTES`` each (one script each), so no slice blocks Redis for long."""
         k = self.keys
         keys = [
             k.consumers, k.inflight(consumer_id), k.landing(consumer_id), k.ready[0],
             k.monitor, k.recovered, k.deliveries(consumer_id),
         ]
-        return int(await self._recover(keys=keys, args=[consumer_id, "1" if force else "0"]))
+        args = [consumer_id, "1" if force else "0", FETCH_CAP_BYTES, HAND_BACK_MOST]
+        total = 0
+        while True:
+            result = await self._recover(keys=keys, args=args)
+            if not isinstance(result, list):
+                return -1 if total == 0 else total  # alive again between two slices
+            moved, more = (int(x) for x in result)
+            total += moved
+            if not more:
+                return total
 
-    async def reclaim(self, consumer_id: str, known: set[int]) -> int:
-        """Hand back fields of our own in-flight hash that we do not know about."""
+    async def reclaim(self, consumer_id: str, known: Collection[int]) -> int:
+        """Hand back fields of our own in-flight hash that we do not know about (in slices,
+        as ``recover`` does)."""
         k = self.keys
         fields = [int(f) for f in await self.redis.hkeys(k.inflight(consumer_id))]
         orphans = [f for f in fields if f not in known]
-        if not orphans:
-            return 0
         keys = [k.inflight(consumer_id), k.ready[0], k.recovered, k.deliveries(consumer_id)]
-        return int(await self._reclaim(keys=keys, args=orphans))
+        moved = 0
+        while orphans:
+            seen, handed = (int(x) for x in await self._reclaim(
+                keys=keys, args=[FETCH_CAP_BYTES, HAND_BACK_MOST, *orphans]))
+            moved += handed
+            orphans = orphans[max(seen, 1):]
+        return moved
 
     async def unregister(self, consumer_id: str) -> None:
         await self.redis.zrem(self.keys.consumers, consumer_id)

@@ -6,7 +6,9 @@ retried,rejected}_total`` and ``celery_task_sent_total`` (canvas follow-ups it p
 labelled ``name``, ``hostname``, ``queue_name`` (and ``exception`` on failed), and the
 ``celery_task_runtime`` histogram in seconds. Queue-wide gauges come from Redis, refreshed on
 every heartbeat, so every consumer reports the same truth: ``celery_queue_length``,
-``celery_worker_up`` and ``celery_worker_tasks_active`` per consumer, and EarnORM's own
+``celery_worker_up`` and ``celery_worker_tasks_active`` per consumer (with EarnORM's
+``earnorm_inflight_bytes``, ``earnorm_max_inflight_bytes``, ``earnorm_largest_message_bytes``),
+and EarnORM's own
 ``earnorm_failed_jobs``, ``earnorm_delayed``, ``earnorm_next_due_seconds``,
 ``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
 process's ``earnorm_dead_letters_total{reason}`` (``delivery_limit``: deliveries past the
@@ -74,6 +76,15 @@ class Metrics:
                                ("hostname",), registry=registry)
         self.tasks_active = gauge("celery_worker_tasks_active", "Tasks a consumer is running.",
                                   ("hostname",), registry=registry)
+        self.inflight_bytes = {
+            key: gauge(f"earnorm_{key}", help_text, ("hostname",), registry=registry)
+            for key, help_text in (
+                ("inflight_bytes", "Bytes of the messages a consumer holds (fetched, not "
+                                   "settled)."),
+                ("max_inflight_bytes", "A consumer's budget for those bytes."),
+                ("largest_message_bytes", "The largest message a consumer fetched."),
+            )
+        }
         self.gauges = {
             name: gauge(name, help_text, ("queue_name",), registry=registry)
             for name, help_text in (
@@ -118,6 +129,8 @@ class Metrics:
             node = node_of.get(consumer["id"], consumer["id"])
             self.worker_up.labels(node).set(1 if consumer["status"] == "alive" else 0)
             self.tasks_active.labels(node).set(consumer["running"] or 0)
+            for key, metric in self.inflight_bytes.items():
+                metric.labels(node).set(consumer.get(key) or 0)
         next_due = stats.get("next_due_s")
         values = {
             "earnorm_failed_jobs": stats["failed"], "earnorm_delayed": stats["delayed"],

@@ -49,6 +49,9 @@ async def queue_stats(
             "processed": summary.get("processed"),
             "failed": summary.get("failed"),
             "retried": summary.get("retried"),
+            "inflight_bytes": summary.get("inflight_bytes"),
+            "max_inflight_bytes": summary.get("max_inflight_bytes"),
+            "largest_message_bytes": summary.get("largest_message_bytes"),
         })
         if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
             histograms.append(summary["histogram"])

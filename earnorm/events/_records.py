@@ -79,6 +79,9 @@ class ConsumerInfo(TypedDict):
     processed: int | None
     failed: int | None
     retried: int | None
+    inflight_bytes: int | None  # bytes of the messages it holds (fetched, not settled)
+    max_inflight_bytes: int | None  # its budget for those
+    largest_message_bytes: int | None  # the largest message it fetched
 
 
 class ServerStats(TypedDict):

@@ -21,7 +21,9 @@ _DIVERT = _NOW_MS + """
 local max_bytes = tonumber(ARGV[4])
 local diverted = 0
 local function ascii(s) return (string.gsub(s, '[^\\32-\\126]', '?')) end
+local work = 0  -- bytes this call moved or diverted: what its time grows with
 local function divert(v, deliveries, died)
+  work = work + #v
   local sha = redis.sha1hex(v)
   local id, task = nil, nil
   local h = string.find(v, '"headers"', 1, true)
@@ -72,9 +74,14 @@ return false
 # KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
 #       ready lists in serving order.
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
-#       deliveries from which a recovered message runs alone.
+#       deliveries from which a recovered message runs alone, max bytes for this call.
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
 #          run alone else 0, recovered still waiting, diverted}.
+# Messages are taken one at a time until the count or the byte cap is reached (the one that
+# crosses the cap is kept, so at least one always moves): a message's bytes pass through Lua
+# several times (~6 ms a MB here), so the cap bounds how long this script blocks Redis, and how
+# much the consumer holds, whatever the messages weigh. A count-RPOP of 200 messages of 8 MB
+# blocked Redis for 9 s and timed the consumer's read out, again and again.
 # The landing list goes first: it holds what the blocking wait already moved to us. Recovered
 # messages come next, before any ready list. One held at fewer than ARGV[5] deaths is taken
 # like any other (a crash's in-flight messages come back fast, in parallel). One held at more
@@ -85,9 +92,14 @@ FETCH = _ALLOW_OOM + _DIVERT + """
 local want = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
 local alone_at = tonumber(ARGV[5])
+local cap = tonumber(ARGV[6])
 local out, fields, infos = {}, {}, {}
+local function full()
+  return #out >= want or ((#out > 0 or diverted > 0) and work >= cap)
+end
 local function keep(v)
   if #v > max_bytes then divert(v, 1, '[]'); return false end
+  work = work + #v
   out[#out + 1] = v
   fields[#fields + 1] = seq + #out
   fields[#fields + 1] = v
@@ -102,14 +114,16 @@ local landed = redis.call('RPOP', KEYS[2], want)
 if landed then for _, v in ipairs(landed) do keep(v) end end
 local alone = 0
 local waiting = redis.call('LLEN', KEYS[3])
-while waiting > 0 and #out < want do
-  local m = redis.call('LINDEX', KEYS[3], 0)
+while waiting > 0 and not full() do
+  local m = redis.call('LPOP', KEYS[3])
   local a = string.find(m, ':', 1, true)
   local b = string.find(m, ':', a + 1, true)
   local n, ids, v = tonumber(string.sub(m, 1, a - 1)), string.sub(m, a + 1, b - 1),
     string.sub(m, b + 1)
-  if n >= alone_at and (#out > 0 or ARGV[3] ~= '1') then break end
-  redis.call('LPOP', KEYS[3])
+  if n >= alone_at and (#out > 0 or ARGV[3] ~= '1') then
+    redis.call('LPUSH', KEYS[3], m)  -- it waits at the head for an empty buffer
+    break
+  end
   waiting = waiting - 1
   if #v > max_bytes then
     divert(v, n, ids_json(ids))
@@ -121,9 +135,12 @@ while waiting > 0 and #out < want do
 end
 if waiting == 0 then
   for i = 9, #KEYS do
-    if #out >= want then break end
-    local got = redis.call('RPOP', KEYS[i], want - #out)
-    if got then for _, v in ipairs(got) do keep(v) end end
+    while not full() do
+      local v = redis.call('RPOP', KEYS[i])
+      if not v then break end
+      keep(v)
+    end
+    if full() then break end
   end
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
@@ -165,14 +182,23 @@ for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 2]) end
 return 1
 """
 
-# KEYS: delayed, ready lists by index. ARGV: max count.
+# KEYS: delayed, ready lists by index. ARGV: max count, max bytes (one member more at most).
 # Returns {moved, next due ms or -1, now ms}. Due messages go to the consuming (right) end so a
 # backlog does not delay them further; pushed latest-first so the earliest is taken first.
+# Members are read one at a time, so the byte cap bounds the script's time (and 1M events due
+# at once are promoted in bounded slices).
 PROMOTE = _ALLOW_OOM + _NOW_MS + """
 now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000  -- to the microsecond, like due times
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local due, bytes = {}, 0
+while #due < limit and bytes < cap do
+  local next = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
+  if #next == 0 then break end
+  redis.call('ZREM', KEYS[1], next[1])
+  due[#due + 1] = next[1]
+  bytes = bytes + #next[1]
+end
 if #due > 0 then
-  redis.call('ZREM', KEYS[1], unpack(due))
   for i = #due, 1, -1 do
     local m = due[i]
     local sep = string.find(m, ':', 1, true)
@@ -196,60 +222,97 @@ for _, id in ipairs(dead) do out[#out + 1] = id end
 return out
 """
 
-# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries.
-# ARGV: consumer id, force (0/1).
-# Hands every message the consumer holds back, but only if it is still dead (or force, for a
-# consumer returning its own work): two live consumers racing to recover the same one cannot
-# both move its messages. What a dead consumer held counts as one more delivery and goes to
-# Q:recovered with the count and the consumers that died holding it; what a consumer returns
-# itself (graceful stop) and what it had not fetched (landing) go back unchanged.
-RECOVER = _ALLOW_OOM + _NOW_MS + """
-local force = ARGV[2] == '1'
-if not force then
-  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if deadline and tonumber(deadline) >= now then return -1 end
+# Handing one held message back (the field's value moves to the main ready list, or to
+# Q:recovered with its delivery count), measured first with HSTRLEN so that a slice stops
+# before the byte cap ``cap`` or ``most`` messages (after one message at least): a message's
+# bytes pass through Lua, ~6 ms a MB here, and each message costs ~20 us besides, so a slice's
+# time is bounded whatever the messages weigh. Expects the locals inflight, ready, recovered,
+# deliveries, cap and most.
+_HAND_BACK = """
+local moved, bytes = 0, 0
+local function fits(f)
+  local size = redis.call('HSTRLEN', inflight, f)
+  if moved > 0 and (bytes + size > cap or moved >= most) then return false end
+  bytes = bytes + size
+  return true
 end
-local moved = 0
-local held = redis.call('HGETALL', KEYS[2])
-for i = 1, #held, 2 do
-  local info = redis.call('HGET', KEYS[7], held[i])
-  if force then
-    if info then redis.call('RPUSH', KEYS[6], info .. ':' .. held[i + 1])
-    else redis.call('RPUSH', KEYS[4], held[i + 1]) end
-  else
+local function hand_back(f, died)
+  local v = redis.call('HGET', inflight, f)
+  local info = redis.call('HGET', deliveries, f)
+  if died then
     local n, ids = 1, ''
     if info then
       local a = string.find(info, ':', 1, true)
       n, ids = tonumber(string.sub(info, 1, a - 1)), string.sub(info, a + 1)
     end
     if ids ~= '' then ids = ids .. ',' end
-    redis.call('RPUSH', KEYS[6], (n + 1) .. ':' .. ids .. ARGV[1] .. ':' .. held[i + 1])
-  end
+    redis.call('RPUSH', recovered, (n + 1) .. ':' .. ids .. died .. ':' .. v)
+  elseif info then redis.call('RPUSH', recovered, info .. ':' .. v)
+  else redis.call('RPUSH', ready, v) end
+  redis.call('HDEL', inflight, f)
+  redis.call('HDEL', deliveries, f)
   moved = moved + 1
 end
-local landed = redis.call('LRANGE', KEYS[3], 0, -1)
-for i = #landed, 1, -1 do redis.call('RPUSH', KEYS[4], landed[i]); moved = moved + 1 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[7])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-return moved
 """
 
-# KEYS: inflight, main ready list, recovered, deliveries. ARGV: fields to hand back.
-RECLAIM = _ALLOW_OOM + """
-local moved = 0
-for _, f in ipairs(ARGV) do
-  local v = redis.call('HGET', KEYS[1], f)
-  if v then
-    local info = redis.call('HGET', KEYS[4], f)
-    if info then redis.call('RPUSH', KEYS[3], info .. ':' .. v)
-    else redis.call('RPUSH', KEYS[2], v) end
-    redis.call('HDEL', KEYS[1], f)
-    redis.call('HDEL', KEYS[4], f)
-    moved = moved + 1
-  end
+# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries.
+# ARGV: consumer id, force (0/1), byte cap for this slice, most messages in it.
+# Returns {moved, 1 if more is left for another slice else 0}, or -1 if the consumer is alive.
+# Hands the messages the consumer holds back, in slices of about ARGV[3] bytes, but only if it
+# is still dead (or force, for a consumer returning its own work): two live consumers racing
+# to recover the same one cannot both move a message. What a dead consumer held counts as one
+# more delivery and goes to Q:recovered with the count and the consumers that died holding it;
+# what a consumer returns itself (graceful stop) and what it had not fetched (landing) go back
+# unchanged. The consumer's registration goes with the last slice.
+RECOVER = _ALLOW_OOM + _NOW_MS + """
+local force = ARGV[2] == '1'
+if not force then
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if deadline and tonumber(deadline) >= now then return -1 end
 end
-return moved
+local inflight, ready, recovered, deliveries = KEYS[2], KEYS[4], KEYS[6], KEYS[7]
+local cap, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+""" + _HAND_BACK + """
+local died = (not force) and ARGV[1] or nil
+local fields = redis.call('HKEYS', inflight)
+local more = 0
+for _, f in ipairs(fields) do
+  if not fits(f) then more = 1; break end
+  hand_back(f, died)
+end
+while more == 0 do
+  if redis.call('LLEN', KEYS[3]) == 0 then break end
+  if moved > 0 and (bytes >= cap or moved >= most) then more = 1; break end
+  local v = redis.call('LMOVE', KEYS[3], ready, 'RIGHT', 'RIGHT')
+  bytes = bytes + #v
+  moved = moved + 1
+end
+if more == 0 then
+  redis.call('DEL', deliveries)
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
+end
+return {moved, more}
+"""
+
+# KEYS: inflight, main ready list, recovered, deliveries. ARGV: byte cap, most messages,
+# fields to hand back.
+# Returns {fields looked at, messages handed back}; the caller sends the fields after those
+# again (a slice ends before the cap, after one message at least).
+RECLAIM = _ALLOW_OOM + """
+local inflight, ready, recovered, deliveries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cap, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+""" + _HAND_BACK + """
+local seen = 0
+for i = 3, #ARGV do
+  local f = ARGV[i]
+  if redis.call('HEXISTS', inflight, f) == 1 then
+    if not fits(f) then break end
+    hand_back(f, nil)
+  end
+  seen = seen + 1
+end
+return {seen, moved}
 """
 
 # KEYS: ready lists. For the oldest message of each (its consuming end), the headers stats()

@@ -21,7 +21,7 @@ class Worker:
     def __init__(
         self, redis_url: str, queue: str, record: Path, *, concurrency: int = 20,
         heartbeat: tuple[float, float] = (0.2, 1.0), log_level: str = "WARNING",
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, wrapper: tuple[str, ...] = (),
     ) -> None:
         self.record = record
         self.log = record.with_name(f"{record.stem}-consumer-{os.urandom(3).hex()}.log")
@@ -38,7 +38,7 @@ class Worker:
         }
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "earnorm.events.consumer", "--app", APP,
+                [*wrapper, sys.executable, "-m", "earnorm.events.consumer", "--app", APP,
                  "--concurrency", str(concurrency), "--log-level", log_level],
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,

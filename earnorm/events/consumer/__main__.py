@@ -30,6 +30,7 @@ from earnorm.events._embedded import LocalRedis, start_local_redis
 from earnorm.events._handlers import default_registry
 from earnorm.events.consumer._app_settings import AppSettings, probe_redis_uri
 from earnorm.events.consumer._consumer import Consumer
+from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES
 from earnorm.events.consumer._group import ConsumerGroup, parse_queue
 from earnorm.events.consumer._supervisor import Supervisor, die_with_supervisor
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int,
                         default=int(env("EARNORM_CONCURRENCY", "100")),
                         help="handlers running at once [EARNORM_CONCURRENCY] (default: 100)")
+    parser.add_argument("--max-inflight-bytes", type=int,
+                        default=int(env("EARNORM_MAX_INFLIGHT_BYTES", str(MAX_INFLIGHT_BYTES))),
+                        help="bytes of messages held at once (fetched, not yet settled): no "
+                             "fetch while they reach it, one message more at most "
+                             "[EARNORM_MAX_INFLIGHT_BYTES] (default: 64 MiB)")
     parser.add_argument("--shutdown-timeout", type=float,
                         default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
                         help="seconds running handlers get to finish on SIGTERM (default: 30)")
@@ -193,6 +199,7 @@ async def _serve(args: argparse.Namespace, app: AppSettings) -> int:
     consumer: Consumer | ConsumerGroup
     options: dict[str, Any] = {
         "config": config, "registry": default_registry, "concurrency": args.concurrency,
+        "max_inflight_bytes": args.max_inflight_bytes,
         "shutdown_timeout": args.shutdown_timeout, "celery_events": args.celery_events,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host,
     }

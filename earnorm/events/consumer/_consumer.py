@@ -60,7 +60,7 @@ from earnorm.events.consumer._background import RunsInBackground
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import call_handler, run_handlers
 from earnorm.events.consumer._endpoints import Endpoints
-from earnorm.events.consumer._fetcher import Fetcher
+from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._observe import TaskEvents
@@ -102,6 +102,7 @@ class Consumer(RunsInBackground):
         registry: HandlerRegistry | None = None,
         concurrency: int = 100,
         prefetch: int | None = None,
+        max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
         shutdown_timeout: float = 30.0,
         poll_interval: float = 0.5,
         promote_interval: float = 0.1,
@@ -141,6 +142,11 @@ class Consumer(RunsInBackground):
         self.schedules = list(schedules)
         self.concurrency = concurrency
         self.prefetch = max(prefetch or 2 * concurrency, 1)
+        if isinstance(max_inflight_bytes, bool) or not isinstance(max_inflight_bytes, int) \
+                or max_inflight_bytes < 1:
+            raise ConfigError("max_inflight_bytes must be a positive integer, got "
+                              f"{max_inflight_bytes!r}")
+        self.max_inflight_bytes = max_inflight_bytes
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
         self.promote_interval = promote_interval
@@ -224,6 +230,7 @@ class Consumer(RunsInBackground):
         fetcher = self._fetcher = Fetcher(
             broker, self.consumer_id, self.prefetch, self.poll_interval,
             self.config.max_message_bytes, health, self.config.max_deliveries,
+            self.max_inflight_bytes,
         )
         results = None
         if self.config.result_backend is not None:
@@ -354,6 +361,7 @@ class Consumer(RunsInBackground):
         )
 
     def _summary(self, now_ms: float) -> bytes:
+        fetcher = self._fetcher
         return orjson.dumps({
             "consumer_id": self.consumer_id,
             "host": socket.gethostname(),
@@ -367,13 +375,18 @@ class Consumer(RunsInBackground):
             "processed": self.processed,
             "failed": self.failed,
             "retried": self.retried,
+            "inflight_bytes": fetcher.held_bytes if fetcher else 0,
+            "max_inflight_bytes": self.max_inflight_bytes,
+            "largest_message_bytes": fetcher.largest if fetcher else 0,
             "window_s": self._timings.window,
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)
 
     def _forget_acked(self, fields: list[int]) -> None:
         assert self._fetcher is not None
-        self._fetcher.held.difference_update(fields)
+        forget = self._fetcher.forget
+        for field in fields:
+            forget(field)
 
     # ------------------------------------------------------------------ tasks
 
@@ -394,6 +407,9 @@ class Consumer(RunsInBackground):
                     self._running_changed.set()
                 if not self._running:
                     self._idle.set()
+            # An idle worker must not keep its last message alive while it waits for the next:
+            # 20 idle workers kept 20 messages of 8 MB (160 MB) after they were settled.
+            del item, raw
 
     async def _run_alone(self, field: int, raw: bytes, redelivery: Redelivery) -> None:
         """A message whose consumer died holding it runs with nothing else in flight, its

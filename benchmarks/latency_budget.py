@@ -1,0 +1,213 @@
+"""How long one command of ours blocks Redis, at its worst, for the inputs that used to block it
+for seconds: large messages fetched, 1M delayed events due at once, 10k in-flight messages of
+a dead consumer recovered, 100k failed jobs retried and purged.
+
+    .venv/bin/python -m benchmarks.latency_budget           # ~2 min on 2 cores
+    .venv/bin/python -m benchmarks.latency_budget --quick   # smaller inputs
+
+Each case runs on a private ``redis-server`` (Debian's, or EARNORM_REDIS_SERVER) with SLOWLOG
+recording every command; the figure is the slowest command of ours while the operation ran
+(the setup's own commands are not counted: SLOWLOG is reset after it). Results:
+``benchmarks/results/latency_budget.md`` and ``.json``; ``docs/latency.md`` explains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from earnorm import Consumer, Event, EventBus, HandlerRegistry, LocalRedis, start_local_redis
+from earnorm.events._encode import encode_event
+from earnorm.events._failures import FailureReason, failure_record
+from earnorm.events._keys import delayed_member
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MB = 1024 * 1024
+BOUND_MS = 50.0  # the stated bound (docs/latency.md)
+
+
+def _server() -> LocalRedis:
+    return start_local_redis(binary=shutil.which("redis-server") or None)
+
+
+async def _slowest(redis: Redis) -> tuple[float, str]:
+    entries = await redis.slowlog_get(4096)
+    if not entries:
+        return 0.0, ""
+    worst = max(entries, key=lambda e: e["duration"])
+    command = worst["command"]
+    text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
+    return worst["duration"] / 1000, " ".join(text.split()[:2])[:40]
+
+
+async def _measure(setup: Callable[[Redis, str], Awaitable[None]],
+                   operation: Callable[[LocalRedis, str], Awaitable[None]]) -> dict[str, Any]:
+    server = _server()
+    redis = Redis.from_url(server.url)
+    queue = f"lat:{uuid.uuid4().hex[:6]}"
+    try:
+        await setup(redis, queue)
+        await redis.config_set("slowlog-log-slower-than", 0)
+        await redis.config_set("slowlog-max-len", 4096)
+        await redis.slowlog_reset()
+        started = time.perf_counter()
+        await operation(server, queue)
+        took = time.perf_counter() - started
+        slowest, which = await _slowest(redis)
+    finally:
+        await redis.aclose()
+        server.stop()
+    return {"worst_ms": round(slowest, 2), "command": which, "seconds": round(took, 2)}
+
+
+async def _drain(server: LocalRedis, queue: str, count: int) -> None:
+    registry = HandlerRegistry()
+    left = count
+    drained = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            drained.set()
+    registry.register("lat.#", handle)
+    async with Consumer(server.url, queue_name=queue, registry=registry):
+        await drained.wait()
+
+
+def _large(size: int, count: int) -> tuple[Callable[..., Awaitable[None]],
+                                           Callable[..., Awaitable[None]]]:
+    async def setup(redis: Redis, queue: str) -> None:
+        for i in range(count):
+            event = Event(name="lat.large", data={"pad": "x" * size, "i": i})
+            await redis.lpush(queue, encode_event(event, queue))
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        await _drain(server, queue, count)
+    return setup, run
+
+
+def _due_at_once(count: int) -> tuple[Callable[..., Awaitable[None]],
+                                      Callable[..., Awaitable[None]]]:
+    async def setup(redis: Redis, queue: str) -> None:
+        past = time.time() * 1000 - 1000
+        for start in range(0, count, 10_000):
+            members = {delayed_member(encode_event(Event(name="lat.due", data={"i": i}), queue),
+                                      0): past
+                       for i in range(start, min(start + 10_000, count))}
+            await redis.zadd(f"{queue}:delayed", members)
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        bus = await EventBus.connect(server.url, queue_name=queue)
+        try:
+            moved = 0
+            while moved < count:
+                n, _, _ = await bus.broker.promote_due(500)
+                moved += n
+        finally:
+            await bus.close()
+    return setup, run
+
+
+def _recover(count: int) -> tuple[Callable[..., Awaitable[None]],
+                                  Callable[..., Awaitable[None]]]:
+    dead = "c-dead"
+
+    async def setup(redis: Redis, queue: str) -> None:
+        raw = encode_event(Event(name="lat.held", data={"n": 1}), queue)
+        for start in range(0, count, 10_000):
+            await redis.hset(f"{queue}:inflight:{dead}", mapping={
+                str(i): raw for i in range(start, min(start + 10_000, count))})
+        await redis.zadd(f"{queue}:consumers", {dead: 1})  # its deadline long past
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        bus = await EventBus.connect(server.url, queue_name=queue)
+        try:
+            assert await bus.broker.recover(dead) == count
+        finally:
+            await bus.close()
+    return setup, run
+
+
+def _failed(count: int, action: str) -> tuple[Callable[..., Awaitable[None]],
+                                              Callable[..., Awaitable[None]]]:
+    async def setup(redis: Redis, queue: str) -> None:
+        from earnorm.events import _protocol as protocol
+
+        now = time.time() * 1000
+        for start in range(0, count, 5_000):
+            records: dict[str, bytes] = {}
+            index: dict[str, float] = {}
+            for i in range(start, min(start + 5_000, count)):
+                event = Event(name="lat.failed", data={"i": i})
+                raw = encode_event(event, queue)
+                records[event.id] = failure_record(
+                    job_id=event.id, reason=FailureReason.NO_HANDLER, raw=raw, now_ms=now + i,
+                    message=protocol.decode(raw), detail="nobody")
+                index[event.id] = now + i
+            await redis.hset(f"{queue}:failed", mapping=records)
+            await redis.zadd(f"{queue}:failed:index", index)
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        bus = await EventBus.connect(server.url, queue_name=queue)
+        try:
+            if action == "retry":
+                assert await bus.retry_failed() == count
+            else:
+                await bus.purge_failed()
+        finally:
+            await bus.close()
+    return setup, run
+
+
+async def main(quick: bool) -> None:
+    scale = 10 if quick else 1
+    cases: list[tuple[str, str, tuple[Any, Any]]] = [
+        ("fetch large messages", "10 x 8 MB", _large(6 * MB, 10)),
+        ("fetch the largest message", "1 x 16 MB", _large(int(11.9 * MB), 1)),
+        ("promote delayed events due at once", f"{1_000_000 // scale:,} x 0.5 KB",
+         _due_at_once(1_000_000 // scale)),
+        ("recover a dead consumer's in-flight", f"{10_000 // scale:,} x 0.5 KB",
+         _recover(10_000 // scale)),
+        ("retry failed jobs (retry_failed)", f"{100_000 // scale:,}",
+         _failed(100_000 // scale, "retry")),
+        ("purge failed jobs (purge_failed)", f"{100_000 // scale:,}",
+         _failed(100_000 // scale, "purge")),
+    ]
+    rows = []
+    for name, size, (setup, run) in cases:
+        result = await _measure(setup, run)
+        rows.append({"operation": name, "input": size, **result})
+        print(f"{name:40} {size:>16}  worst {result['worst_ms']:8.2f} ms  "
+              f"({result['command']}), {result['seconds']:.1f} s in all", flush=True)
+    machine = f"{platform.machine()}, {platform.python_version()}, {platform.platform()}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latency_budget.json").write_bytes(orjson.dumps(
+        {"machine": machine, "bound_ms": BOUND_MS, "quick": quick, "rows": rows},
+        option=orjson.OPT_INDENT_2))
+    lines = [f"# Worst Redis command per operation ({'quick' if quick else 'full'} run)", "",
+             f"Machine: {machine}. Bound: {BOUND_MS:g} ms.", "",
+             "| operation | input | worst command | which | operation took |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['operation']} | {r['input']} | {r['worst_ms']:.1f} ms | `{r['command']}` "
+              f"| {r['seconds']:.1f} s |" for r in rows]
+    (RESULTS / "latency_budget.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    asyncio.run(main(parser.parse_args().quick))
