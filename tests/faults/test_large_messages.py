@@ -94,7 +94,7 @@ async def test_sixty_8_mb_events_drain_with_default_settings(
     assert slowest < 250, f"{which} blocked Redis {slowest:.0f} ms"
 
 
-async def test_a_message_just_under_max_message_bytes_is_handled_alone(
+async def test_a_message_just_under_max_message_bytes_is_handled_past_a_smaller_budget(
     server: LocalRedis, record: Path
 ) -> None:
     queue = "largest:events"
@@ -103,7 +103,8 @@ async def test_a_message_just_under_max_message_bytes_is_handled_alone(
     raw = encode_event(event, queue)
     assert 15.5 * MB < len(raw) < 16 * MB
     await redis.lpush(queue, raw)
-    worker = Worker(server.url, queue, record)
+    # A budget smaller than the message: it still moves, alone (at least one is always taken).
+    worker = Worker(server.url, queue, record, env={"EARNORM_MAX_INFLIGHT_BYTES": str(8 * MB)})
     try:
         await wait_until(lambda: recorded(record) == {event.id: 1}, 60, interval=0.1,
                          message=f"the 16 MB event handled:\n{worker.output()[-2000:]}")
@@ -167,3 +168,34 @@ async def test_two_hundred_8_mb_events_drain_under_a_512_mb_address_space_limit(
         await redis.aclose()
     assert set(recorded(record)) == set(ids) and max(recorded(record).values()) == 1
     assert "MemoryError" not in worker.output()
+
+
+async def test_a_dead_consumers_messages_come_back_in_bounded_slices(
+    server: LocalRedis,
+) -> None:
+    """1,200 small and three 2 MB messages held by a dead consumer: every one comes back, in
+    slices of at most 500 messages / 1 MiB (plus one), and its registration goes last."""
+    queue = "slices:events"
+    bus = await EventBus.connect(server.url, queue_name=queue)
+    keys, dead = bus.broker.keys, "c-dead"
+    small = encode_event(Event(name="fault.recorded", data={"n": 1}), queue)
+    big = encode_event(Event(name="fault.recorded", data={"pad": "x" * (3 * MB // 2)}), queue)
+    held = {str(i): small for i in range(1200)} | {str(1200 + i): big for i in range(3)}
+    await bus.redis.hset(keys.inflight(dead), mapping=held)
+    await bus.redis.zadd(keys.consumers, {dead: 1})
+    client = SyncRedis(port=server.port)
+
+    def scripts_run() -> int:
+        stats: dict[str, dict[str, int]] = client.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_eval"))
+    try:
+        before = scripts_run()
+        assert await bus.broker.recover(dead) == len(held)
+        slices = scripts_run() - before
+    finally:
+        client.close()
+    assert await bus.redis.llen(keys.recovered) == len(held)
+    assert not await bus.redis.exists(keys.inflight(dead))
+    assert await bus.redis.zscore(keys.consumers, dead) is None
+    assert slices >= 5, slices  # 1,200 small ones: 3 slices at least; each 2 MB one alone
+    await bus.close()
