@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
@@ -180,7 +181,8 @@ async def test_a_dead_consumers_messages_come_back_in_bounded_slices(
     keys, dead = bus.broker.keys, "c-dead"
     small = encode_event(Event(name="fault.recorded", data={"n": 1}), queue)
     big = encode_event(Event(name="fault.recorded", data={"pad": "x" * (3 * MB // 2)}), queue)
-    held = {str(i): small for i in range(1200)} | {str(1200 + i): big for i in range(3)}
+    held: dict[Any, Any] = {
+        **{str(i): small for i in range(1200)}, **{str(1200 + i): big for i in range(3)}}
     await bus.redis.hset(keys.inflight(dead), mapping=held)
     await bus.redis.zadd(keys.consumers, {dead: 1})
     client = SyncRedis(port=server.port)
