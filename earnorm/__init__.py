@@ -17,7 +17,7 @@ owned task per loop).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from earnorm._environment import Cache, Environment
 from earnorm._errors import (
@@ -36,6 +36,7 @@ from earnorm._errors import (
     UnsupportedProtocol,
     ValidationError,
 )
+from earnorm._lazy import lazy_exports
 from earnorm._runtime import close, env, event_bus, init
 from earnorm._transaction import run_in_transaction, transaction
 from earnorm.events._bus import EventBus
@@ -80,19 +81,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'earnorm' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("earnorm", _LAZY, globals())
 
 __all__ = [
     "BaseModel",

@@ -19,8 +19,9 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from earnorm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from earnorm._runtime import event_bus
@@ -71,14 +72,4 @@ __all__ = [  # _WHERE's names; a test holds the two equal
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'earnorm.events' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports("earnorm.events", _WHERE, globals())
