@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
-from redis.exceptions import ResponseError as RedisResponseError
+from redis.exceptions import RedisError
 
 from earnorm._config import EventConfig
 from earnorm._environment import Environment, activate, connect_mongo, current_environment
@@ -126,10 +126,11 @@ async def init(
 
 async def _announce(bus: EventBus) -> None:
     """Tell consumers which queue this app uses (they warn when theirs was never used while
-    others were). Best effort: a full Redis or a user not allowed that key costs nothing."""
+    others were). Best effort: a full Redis, a user not allowed that key, or a cluster node of
+    that key being down costs the app nothing."""
     try:
         await bus.broker.announce_app()
-    except RedisResponseError as exc:
+    except RedisError as exc:
         log.debug("could not record the app's queue: %s", exc)
 
 

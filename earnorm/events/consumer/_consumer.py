@@ -384,9 +384,7 @@ class Consumer(RunsInBackground):
 
     def _forget_acked(self, fields: list[int]) -> None:
         assert self._fetcher is not None
-        forget = self._fetcher.forget
-        for field in fields:
-            forget(field)
+        self._fetcher.forget_many(fields)
 
     # ------------------------------------------------------------------ tasks
 

@@ -26,6 +26,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
+from itertools import repeat
 
 import anyio
 
@@ -131,9 +133,13 @@ class Fetcher:
 
     def forget(self, field: int) -> None:
         """``field`` was settled (acked, retried, dead-lettered, deferred)."""
-        size = self.held.pop(field, None)
-        if size is not None:
-            self.held_bytes -= size
+        self.forget_many((field,))
+
+    def forget_many(self, fields: Iterable[int]) -> None:
+        """``fields`` were settled (the acks of one round trip: C-level loops, hot path)."""
+        freed = sum(map(self.held.pop, fields, repeat(0)))
+        if freed:
+            self.held_bytes -= freed
             if self.held_bytes * MEMORY_PER_WIRE_BYTE < self.max_inflight_bytes:
                 self._bytes_freed.set()
 
@@ -223,11 +229,10 @@ class Fetcher:
         if not batch:
             return
         fields = range(first, first + len(batch))
-        held = self.held
-        for field, raw in zip(fields, batch, strict=True):
-            size = held[field] = len(raw)
-            self.held_bytes += size
-            self.largest = max(self.largest, size)
+        sizes = list(map(len, batch))
+        self.held.update(zip(fields, sizes, strict=True))
+        self.held_bytes += sum(sizes)
+        self.largest = max(self.largest, *sizes)
         if redeliveries:
             self.buffer.extend(
                 (field, raw, redeliveries.get(i))
