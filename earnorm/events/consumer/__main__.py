@@ -74,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="handlers running at once [EARNORM_CONCURRENCY] (default: 100)")
     parser.add_argument("--max-inflight-bytes", type=int,
                         default=int(env("EARNORM_MAX_INFLIGHT_BYTES", str(MAX_INFLIGHT_BYTES))),
-                        help="bytes of messages held at once (fetched, not yet settled): no "
-                             "fetch while they reach it, one message more at most "
+                        help="memory the messages held at once (fetched, not yet settled) "
+                             "may take, counted at 3x their size on the wire: no fetch while "
+                             "it is spent, one message more at most "
                              "[EARNORM_MAX_INFLIGHT_BYTES] (default: 64 MiB)")
     parser.add_argument("--shutdown-timeout", type=float,
                         default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
