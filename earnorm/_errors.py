@@ -24,7 +24,14 @@ class SerializationError(EventValidationError):
 
 
 class MessageDecodeError(EarnORMError, ValueError):
-    """A message read from the broker cannot be decoded into an event."""
+    """A message read from the broker cannot be decoded into an event; ``task_id`` and
+    ``task`` are what its headers could still tell (None when they could not)."""
+
+    def __init__(self, message: str, task_id: str | None = None,
+                 task: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task = task
 
 
 class BrokerConnectionError(EarnORMError):
@@ -37,9 +44,7 @@ class UnsupportedProtocol(MessageDecodeError):
     ``task`` are what it could still tell."""
 
     def __init__(self, message: str, task_id: str | None, task: str | None) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-        self.task = task
+        super().__init__(message, task_id, task)
 
 
 class PublishError(EarnORMError, ConnectionError):

@@ -219,7 +219,10 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
         properties = {}
     elif not isinstance(properties, dict):
         raise MessageDecodeError("envelope 'properties' must be an object")
-    args, kwargs, embed = decode_body(envelope, headers, properties, max_bytes)
+    try:
+        args, kwargs, embed = decode_body(envelope, headers, properties, max_bytes)
+    except MessageDecodeError as exc:  # filed under the id and task its headers name
+        raise MessageDecodeError(str(exc), task_id, task) from exc
     retries = headers.get("retries") or 0
     priority = properties.get("priority")
     eta, expires = headers.get("eta"), headers.get("expires")
@@ -291,7 +294,9 @@ def decode_body_value(
             data = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise MessageDecodeError(f"body is not valid base64: {exc}") from exc
-    elif encoding is None:
+    elif not encoding or (isinstance(encoding, str) and encoding.lower() == "utf-8"):
+        # kombu reads a missing, empty or "utf-8" (any case) body_encoding as plain text
+        # (Channel.decode_body); some non-Python producers label plain JSON that way.
         data = body.encode("utf-8")
     else:
         raise MessageDecodeError(f"unsupported body_encoding {encoding!r}")

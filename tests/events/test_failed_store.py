@@ -133,3 +133,22 @@ async def test_failed_record_is_json_with_the_raw_envelope(
         await wait_until(lambda: redis.hexists(f"{queue_name}:failed", job_id), 10)
     record = loads(await redis.hget(f"{queue_name}:failed", job_id))
     assert orjson.loads(record["envelope"])["headers"]["id"] == job_id
+
+
+async def test_an_undecodable_body_is_filed_under_the_id_and_task_its_headers_name(
+    bus: EventBus, redis: Redis, queue_name: str
+) -> None:
+    """The headers were read, the body was not: the record carries the task's own id and
+    name (a Celery client can look for it), not an ``undecodable-<uuid>`` without a name."""
+    envelope = {
+        "body": "not base64 at all!", "content-type": "application/json",
+        "headers": {"task": "billing.charge", "id": "task-42"},
+        "properties": {"body_encoding": "base64", "delivery_tag": "t"},
+    }
+    async with Consumer(bus=bus, registry=HandlerRegistry()) as consumer:
+        await redis.lpush(queue_name, orjson.dumps(envelope))
+        await wait_until(lambda: consumer.failed == 1, 10, message="dead-lettered")
+    [job] = await bus.get_failed_jobs()
+    assert (job["job_id"], job["name"], job["reason"]) == ("task-42", "billing.charge",
+                                                           "undecodable")
+    assert "base64" in job["detail"]

@@ -369,3 +369,27 @@ def test_compressed_body_within_limit_decodes_and_truncated_stream_is_refused(ki
     envelope["body"] = base64.b64encode(compress(body)[:-4]).decode()
     with pytest.raises(MessageDecodeError, match="decompress"):
         protocol.decode(orjson.dumps(envelope), 1 << 20)
+
+
+@pytest.mark.parametrize("label", ["utf-8", "UTF-8", "", None])
+def test_a_plain_json_body_labelled_as_kombu_reads_text_is_decoded(label: str | None) -> None:
+    """kombu's Channel.decode_body reads a missing, empty or "utf-8" body_encoding as plain
+    text; some non-Python producers label plain JSON "utf-8"."""
+    properties: dict[str, Any] = {"delivery_tag": "t"}
+    if label is not None:
+        properties["body_encoding"] = label
+    envelope = {
+        "body": '[[{"k": "v"}], {}, {}]', "content-type": "application/json",
+        "content-encoding": "utf-8", "headers": {"task": "a.b", "id": "1"},
+        "properties": properties,
+    }
+    assert protocol.decode(orjson.dumps(envelope)).args == [{"k": "v"}]
+
+
+def test_a_body_encoding_kombu_does_not_know_is_refused() -> None:
+    envelope = {
+        "body": "[[], {}, {}]", "content-type": "application/json",
+        "headers": {"task": "a.b", "id": "1"}, "properties": {"body_encoding": "rot13"},
+    }
+    with pytest.raises(MessageDecodeError, match="unsupported body_encoding 'rot13'"):
+        protocol.decode(orjson.dumps(envelope))

@@ -503,8 +503,8 @@ class Consumer(RunsInBackground):
                 FailureReason.UNSUPPORTED_PROTOCOL, str(exc), job_id=exc.task_id, name=exc.task))
             return
         except MessageDecodeError as exc:
-            await self._settle(field, raw, None,
-                              decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
+            await self._settle(field, raw, None, decide.DeadLetter(
+                FailureReason.UNDECODABLE, str(exc), job_id=exc.task_id, name=exc.task))
             return
         handlers = self.registry.handlers_for(message.task)
         early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys,
