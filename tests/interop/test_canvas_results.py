@@ -4,9 +4,11 @@ custom headers reach handlers, chains and errbacks are carried on, results reach
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from celery import Celery, chain
 from redis.asyncio import Redis
@@ -287,3 +289,42 @@ def test_a_chord_split_between_a_celery_worker_and_our_consumer_completes(
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"value": 0 + 2 + 4 + 6}
     assert celery_parts == ["[0]", "[1]"], "two parts ran on the Celery worker"
+
+
+async def test_every_failure_a_client_waits_on_raises_what_a_celery_worker_would(
+    redis_url: str, queue_name: str, bus: EventBus, redis: Redis
+) -> None:
+    """Expired, undecodable with its id in the headers, past the delivery limit: each writes
+    the state a Celery worker would, so ``AsyncResult.get()`` raises (within a second) instead
+    of waiting forever."""
+    import billiard.exceptions
+    import kombu.exceptions
+    from celery.exceptions import TaskRevokedError
+
+    from earnorm.events._encode import encode_call
+
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    expired = app.send_task("results.add", args=[1, 2],
+                            expires=datetime.now(UTC) - timedelta(seconds=5))
+    await redis.lpush(queue_name, orjson.dumps({
+        "body": "not base64!", "content-type": "application/json",
+        "headers": {"task": "results.add", "id": "undecodable-task"},
+        "properties": {"body_encoding": "base64", "delivery_tag": "t"}}))
+    # A message its consumers died holding 9 times (max_deliveries is 5).
+    doomed = encode_call("results.add", "doomed-task", [1, 2], {}, queue_name)
+    await redis.rpush(f"{queue_name}:recovered", b"9:c-a,c-b:" + doomed)
+    registry = HandlerRegistry()
+    registry.register("results.add", _noop)
+    cases = [(expired, TaskRevokedError, "REVOKED"),
+             (app.AsyncResult("undecodable-task"), kombu.exceptions.DecodeError, "FAILURE"),
+             (app.AsyncResult("doomed-task"), billiard.exceptions.WorkerLostError, "FAILURE")]
+    async with Consumer(bus=bus, registry=registry):
+        for result, error, state in cases:
+            with pytest.raises(error):
+                await anyio.to_thread.run_sync(_get_within(result, 5))
+            assert result.state == state
+    app.close()
+
+
+def _get_within(result: Any, seconds: float) -> Any:
+    return lambda: result.get(timeout=seconds)

@@ -18,6 +18,7 @@ from earnorm.events import _canvas as canvas
 from earnorm.events import _protocol as protocol
 from earnorm.events import _results as result_meta
 from earnorm.events._broker import Broker
+from earnorm.events._celery_errors import ChordError, client_failure
 from earnorm.events._chords import ChordJoin, Completed
 from earnorm.events._clock import ServerClock
 from earnorm.events._failures import FailureReason, failure_record
@@ -30,25 +31,6 @@ from earnorm.events.consumer._resilient import RedisHealth, until_done
 
 log = logging.getLogger("earnorm.consumer")
 
-# Failures a Celery client waiting on the result hears of: the task raised, or no worker had it.
-_TASK_FAILURES = frozenset({FailureReason.HANDLER_ERROR, FailureReason.NO_HANDLER})
-
-
-class _ChordError(Exception):
-    """``celery.exceptions.ChordError``: a part of the chord's header failed."""
-
-
-_ChordError.__name__ = _ChordError.__qualname__ = "ChordError"
-_ChordError.__module__ = "celery.exceptions"
-
-
-class _NotRegistered(KeyError):
-    """What Celery stores for a task no worker registered (``celery.exceptions.NotRegistered``
-    is a KeyError too)."""
-
-
-_NotRegistered.__name__ = _NotRegistered.__qualname__ = "NotRegistered"
-_NotRegistered.__module__ = "celery.exceptions"
 
 
 class Settler:
@@ -170,7 +152,7 @@ class Settler:
         failed_id, error = done.failed
         log.error("chord %s failed: part %s raised %s", group_id, failed_id, error)
         if isinstance(body_id, str):
-            chord_error = _ChordError(f"Dependency {failed_id} raised {error!r}")
+            chord_error = ChordError(f"Dependency {failed_id} raised {error!r}")
             await self._store_result(message, lambda: result_meta.failure_meta(
                 body_id, chord_error), task_id=body_id)
         return done, []
@@ -219,6 +201,26 @@ class Settler:
         key = task_id or message.id
         await until_done("result", lambda: backend.store(key, meta()), self._health)
 
+    async def _store_failure(self, job_id: str, message: protocol.Message | None,
+                             outcome: decide.DeadLetter) -> None:
+        """What a Celery client waiting on ``job_id`` sees: the handler's error, or the state
+        and error a Celery worker would store for this failure (a message with no id of its
+        own has no client to tell)."""
+        if self._results is None or (message is None and outcome.job_id is None):
+            return
+        if outcome.failures:
+            error, state = outcome.failures[0].error, "FAILURE"
+        else:
+            known = client_failure(outcome.reason, outcome.detail)
+            if known is None:
+                return
+            error, state = known
+        if message is not None and message.headers.get("ignore_result") is True:
+            return
+        backend = self._results
+        meta = result_meta.failure_meta(job_id, error, state, group_id=_group(message))
+        await until_done("result", lambda: backend.store(job_id, meta), self._health)
+
     async def _dead_letter(
         self, field: int, raw: bytes, message: protocol.Message | None,
         outcome: decide.DeadLetter,
@@ -246,15 +248,12 @@ class Settler:
         scheduled = None if retry is None else (retry.envelope, retry.ready_index, retry.due_ms)
         pushes: list[tuple[str, bytes]] = []
         chord = None
-        if message is not None and outcome.reason in _TASK_FAILURES:
-            error = failures[0].error if failures else _NotRegistered(outcome.detail)
-            await self._store_result(message, lambda: result_meta.failure_meta(
-                message.id, error, group_id=_group(message)))
-            if outcome.reason is FailureReason.HANDLER_ERROR:
-                pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
-                chord, body = await self._chord_part(message, "FAILURE",
-                                                     result_meta.exception_info(error))
-                pushes += body
+        await self._store_failure(job_id, message, outcome)
+        if message is not None and outcome.reason is FailureReason.HANDLER_ERROR:
+            pushes = self._follow_ups(message, lambda q: canvas.on_failure(message, q))
+            chord, body = await self._chord_part(message, "FAILURE",
+                                                 result_meta.exception_info(failures[0].error))
+            pushes += body
         ours = await until_done("settle", lambda: broker.settle(
             self.consumer_id, field, retry=scheduled, dead=(job_id, record, now_ms),
             pushes=pushes), self._health)
@@ -265,6 +264,6 @@ class Settler:
         return ours
 
 
-def _group(message: protocol.Message) -> str | None:
-    group = message.headers.get("group")
+def _group(message: protocol.Message | None) -> str | None:
+    group = message.headers.get("group") if message is not None else None
     return group if isinstance(group, str) else None
