@@ -59,16 +59,18 @@ class Fetched:
     redeliveries: dict[int, Redelivery]  # index in ``messages`` -> its redelivery
     recovered_waiting: int  # recovered messages left waiting (one to run alone, at the head)
     diverted: int  # messages over max_message_bytes moved to the failed store instead
+    diverted_ids: list[str]  # the ids those named in their headers
 
 
 def _fetched(result: Any) -> Fetched:
-    messages, infos, alone, waiting, diverted = result
+    messages, infos, alone, waiting, diverted, diverted_ids = result
     redeliveries = {
         int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
                                    bool(alone))
         for index, n, ids in infos
     }
-    return Fetched(list(messages), redeliveries, int(waiting), int(diverted))
+    return Fetched(list(messages), redeliveries, int(waiting), int(diverted),
+                   [text(i) for i in diverted_ids])
 
 
 

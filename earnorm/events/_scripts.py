@@ -19,7 +19,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # aside in Q:failed:oversized. Expects KEYS[5..8] = failed, failed index, oversized, stats.
 _DIVERT = _NOW_MS + """
 local max_bytes = tonumber(ARGV[4])
-local diverted = 0
+local diverted, diverted_ids = 0, {}
 local function ascii(s) return (string.gsub(s, '[^\\32-\\126]', '?')) end
 local work = 0  -- bytes this call moved or diverted: what its time grows with
 local function divert(v, deliveries, died)
@@ -48,6 +48,7 @@ local function divert(v, deliveries, died)
   redis.call('HSET', KEYS[7], job, v)
   redis.call('HINCRBY', KEYS[8], 'failed', 1)
   diverted = diverted + 1
+  if id then diverted_ids[#diverted_ids + 1] = job end
 end
 """
 
@@ -76,7 +77,8 @@ return false
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
 #       deliveries from which a recovered message runs alone, max bytes for this call.
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
-#          run alone else 0, recovered still waiting, diverted}.
+#          run alone else 0, recovered still waiting, diverted, ids of those diverted that
+#          named one (a Celery client may wait on them)}.
 # Messages are taken one at a time until the count or the byte cap is reached (the one that
 # crosses the cap is kept, so at least one always moves): a message's bytes pass through Lua
 # several times (~6 ms a MB here), so the cap bounds how long this script blocks Redis, and how
@@ -144,7 +146,7 @@ if waiting == 0 then
   end
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-return {out, infos, alone, waiting, diverted}
+return {out, infos, alone, waiting, diverted, diverted_ids}
 """
 
 # KEYS: inflight, stats, deliveries. ARGV: fields. Counts only what it removed, so an ack sent

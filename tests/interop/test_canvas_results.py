@@ -328,3 +328,22 @@ async def test_every_failure_a_client_waits_on_raises_what_a_celery_worker_would
 
 def _get_within(result: Any, seconds: float) -> Any:
     return lambda: result.get(timeout=seconds)
+
+
+async def test_a_message_too_large_to_fetch_tells_its_client(
+    redis_url: str, queue_name: str, redis: Redis
+) -> None:
+    """Diverted inside Redis (never fetched), under the id its headers name: the client's
+    ``get()`` raises kombu's DecodeError, as for a message a worker could not decode."""
+    import kombu.exceptions
+
+    bus = await EventBus.connect(redis_url, queue_name=queue_name, result_backend=redis_url,
+                                 max_message_bytes=64 * 1024)
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    big = app.send_task("results.add", args=["x" * 100_000])
+    async with Consumer(bus=bus, registry=HandlerRegistry()):
+        with pytest.raises(kombu.exceptions.DecodeError, match="max_message_bytes"):
+            await anyio.to_thread.run_sync(_get_within(big, 5))
+    assert (await bus.get_failed_job(big.id))["reason"] == "too_large"
+    app.close()
+    await bus.close()

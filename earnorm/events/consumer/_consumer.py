@@ -230,7 +230,7 @@ class Consumer(RunsInBackground):
         fetcher = self._fetcher = Fetcher(
             broker, self.consumer_id, self.prefetch, self.poll_interval,
             self.config.max_message_bytes, health, self.config.max_deliveries,
-            self.max_inflight_bytes,
+            self.max_inflight_bytes, self._diverted,
         )
         results = None
         if self.config.result_backend is not None:
@@ -337,6 +337,10 @@ class Consumer(RunsInBackground):
             await self._broker.close()
         if self._given_bus is None and self._redis is not None:
             await self._redis.aclose()
+
+    async def _diverted(self, job_ids: list[str]) -> None:
+        if self._settler is not None:
+            await self._settler.diverted(job_ids, self.config.max_message_bytes)
 
     async def _warn_if_unused(self, broker: Broker) -> None:
         """A queue nobody ever used, on a Redis where apps called init() for other queues:

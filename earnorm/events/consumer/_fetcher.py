@@ -26,12 +26,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import repeat
 
 import anyio
 
-from earnorm.events._broker import FETCH_CAP_BYTES, Broker, Redelivery
+from earnorm.events._broker import FETCH_CAP_BYTES, Broker, Fetched, Redelivery
 from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
@@ -56,6 +56,7 @@ class Fetcher:
         self, broker: Broker, consumer_id: str, prefetch: int, poll_interval: float,
         max_bytes: int, health: RedisHealth, max_deliveries: int = 5,
         max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+        on_diverted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
@@ -64,6 +65,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.max_inflight_bytes = max_inflight_bytes
         self.health = health
+        self._on_diverted = on_diverted  # told the ids of messages diverted as too large
         # With a strict limit the isolation starts sooner, so innocents stay under it.
         self.alone_at = min(ALONE_AT, max(max_deliveries, 2))
         self.buffer: deque[Item] = deque()
@@ -188,6 +190,7 @@ class Fetcher:
                         max_bytes=self.max_bytes, alone_at=self.alone_at, cap_bytes=cap,
                     )
                     if not fetched.messages and not fetched.recovered_waiting:
+                        await self._report_diverted(fetched)  # before the wait's replaces it
                         # Nothing took those field numbers: the wait's fetch reuses them.
                         fetched = await broker.wait_and_fetch(
                             self.consumer_id, self.poll_interval, want, first - 1,
@@ -205,10 +208,7 @@ class Fetcher:
             finally:
                 self._scope = None
             if fetched is not None:
-                if fetched.diverted:
-                    log.error("%d message(s) over max_message_bytes (%d) moved to the failed "
-                              "store (reason too_large) without being fetched",
-                              fetched.diverted, self.max_bytes)
+                await self._report_diverted(fetched)
                 # Held before any reclaim: it hands back what is in flight and not held, and
                 # this fetch's messages are in flight (they would run twice).
                 self._add(first, fetched.messages, fetched.redeliveries)
@@ -224,6 +224,14 @@ class Fetcher:
                 # Recovered messages wait for an empty buffer: let the workers drain it.
                 self._empty.clear()
                 await self._wait(self._empty)
+
+    async def _report_diverted(self, fetched: Fetched) -> None:
+        if not fetched.diverted:
+            return
+        log.error("%d message(s) over max_message_bytes (%d) moved to the failed store (reason "
+                  "too_large) without being fetched", fetched.diverted, self.max_bytes)
+        if fetched.diverted_ids and self._on_diverted is not None:
+            await self._on_diverted(fetched.diverted_ids)
 
     def _add(self, first: int, batch: list[bytes], redeliveries: dict[int, Redelivery]) -> None:
         if not batch:

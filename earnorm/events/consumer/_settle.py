@@ -201,6 +201,14 @@ class Settler:
         key = task_id or message.id
         await until_done("result", lambda: backend.store(key, meta()), self._health)
 
+    async def diverted(self, job_ids: list[str], max_bytes: int) -> None:
+        """Messages the fetch diverted as too large, under the ids their headers named: their
+        clients hear of it as from a Celery worker that could not decode them."""
+        for job_id in job_ids:
+            await self._store_failure(job_id, None, decide.DeadLetter(
+                FailureReason.TOO_LARGE, f"message exceeds max_message_bytes ({max_bytes})",
+                job_id=job_id))
+
     async def _store_failure(self, job_id: str, message: protocol.Message | None,
                              outcome: decide.DeadLetter) -> None:
         """What a Celery client waiting on ``job_id`` sees: the handler's error, or the state
