@@ -4,7 +4,8 @@ Both are kombu fanout exchanges, which kombu's Redis transport carries over pub/
 
 - events: ``PUBLISH /<db>.celeryev/<routing key>`` of a kombu envelope whose body is the event
   (``worker-online``, ``worker-heartbeat``, ``worker-offline``, ``task-received``,
-  ``task-started``, ``task-succeeded``, ``task-failed``, ``task-retried``); ``celery events``,
+  ``task-started``, ``task-succeeded``, ``task-failed``, ``task-retried``, ``task-rejected``,
+  ``task-revoked``); ``celery events``,
   Flower and celery-exporter read them;
 - remote control: a client (``celery inspect ping``) PUBLISHes ``{"method", "arguments",
   "destination", "ticket", "reply_to"}`` on ``/<db>.celery.pidbox``; each worker that is
@@ -133,6 +134,17 @@ class CeleryPresence:
         else:
             self._event(f"task-{outcome}", uuid=task_id, exception=repr(error),
                         traceback="")
+
+    def task_rejected(self, task_id: str) -> None:
+        """Not run: it could not be decoded, nobody registered it, or its consumers kept
+        dying (Celery's ``task-rejected``; the message is not requeued)."""
+        self._event("task-rejected", uuid=task_id, requeue=False)
+
+    def task_revoked(self, task_id: str, *, expired: bool) -> None:
+        """Not run because it was revoked, or expired before it could run (``task-revoked``,
+        as Celery 5.7's worker sends for an expired task)."""
+        self._event("task-revoked", uuid=task_id, terminated=False, signum=None,
+                    expired=expired)
 
     async def _send_events(self) -> None:
         while True:

@@ -583,7 +583,10 @@ class Consumer(RunsInBackground):
             self._metrics.unhandled(message.task)
         if self._events is not None and isinstance(outcome, decide.DeadLetter):
             if outcome.reason is not FailureReason.HANDLER_ERROR:
-                self._events.rejected(message.task if message else outcome.name)
+                self._events.rejected(
+                    message.task if message else outcome.name,
+                    message.id if message else outcome.job_id,
+                    expired=outcome.reason is FailureReason.EXPIRED)
             if self._metrics is not None:
                 self._metrics.dead_lettered(str(outcome.reason))
         await self._settler.apply(field, raw, message, outcome)

@@ -45,7 +45,13 @@ class TaskEvents:
             if began is not None:
                 self.metrics.observe_runtime(message.task, time.perf_counter() - began)
 
-    def rejected(self, task: str | None) -> None:
-        """Not run at all: undecodable, no handler, expired, delivery limit."""
+    def rejected(self, task: str | None, task_id: str | None, *, expired: bool = False) -> None:
+        """Not run at all: undecodable, no handler, expired, delivery limit. Celery's
+        ``task-revoked`` for an expired task, ``task-rejected`` for the others."""
         if self.metrics is not None:
             self.metrics.task("rejected", task or "")
+        if self.presence is not None and task_id is not None:
+            if expired:
+                self.presence.task_revoked(task_id, expired=True)
+            else:
+                self.presence.task_rejected(task_id)
