@@ -26,7 +26,7 @@ from earnorm._errors import (
     UnsupportedProtocol,
 )
 from earnorm.events._event import _NO_HEADERS, Event
-from earnorm.events._wiretypes import from_wire
+from earnorm.events._wiretypes import from_wire, to_wire
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"
@@ -210,8 +210,11 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
         )
     task, task_id = headers.get("task"), headers.get("id")
     if not isinstance(task, str) or not task:
-        _refuse_protocol_1(envelope, headers, max_bytes)
-        raise MessageDecodeError("headers.task is missing or not a string")
+        translated = _from_protocol_1(envelope, headers, max_bytes)
+        if translated is None:
+            raise MessageDecodeError("headers.task is missing or not a string")
+        envelope, headers = translated
+        task, task_id = headers["task"], headers["id"]
     if not isinstance(task_id, str) or not task_id:
         raise MessageDecodeError("headers.id is missing or not a string")
     properties = envelope.get("properties")
@@ -242,24 +245,46 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
     )
 
 
-def _refuse_protocol_1(
+def _from_protocol_1(
     envelope: dict[str, Any], headers: dict[str, Any], max_bytes: int | None
-) -> None:
-    """Celery's protocol 1 (``task_protocol=1``) puts the task name, id and call in the body,
-    not the headers: say so, with the id, rather than "headers.task is missing"."""
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Celery's protocol 1 (``task_protocol=1``, still run by Celery 5.7's worker) puts the
+    task name, id and call in the body (``task, id, args, kwargs, eta, expires, retries,
+    callbacks, errbacks, chord, utc``). Translated into the protocol-2 envelope and headers a
+    v2 producer would have sent, so it runs like one and its retry is published as v2. None if
+    the body is not a protocol-1 call either."""
     properties = envelope.get("properties")
     try:
         body = decode_body_value(envelope, headers,
                                  properties if isinstance(properties, dict) else {}, max_bytes)
     except MessageDecodeError:
-        return
-    if isinstance(body, dict) and isinstance(body.get("task"), str) and "id" in body:
-        task_id = body.get("id")
-        raise UnsupportedProtocol(
-            f"Celery protocol 1 message (task {body['task']!r}): EarnORM reads protocol 2, "
-            "Celery's default since 4.0; set task_protocol=2 on the producer",
-            task_id if isinstance(task_id, str) else None, body["task"],
-        )
+        return None
+    if not (isinstance(body, dict) and isinstance(body.get("task"), str) and body["task"]
+            and isinstance(body.get("id"), str) and body["id"]):
+        return None
+    args, kwargs = body.get("args") or [], body.get("kwargs") or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise UnsupportedProtocol("Celery protocol 1 message whose args/kwargs are not a list "
+                                  "and a dict", body["id"], body["task"])
+    task_id = body["id"]
+    v2_headers = {
+        **{k: v for k, v in headers.items() if k != "compression"},
+        "lang": "py", "task": body["task"], "id": task_id, "eta": body.get("eta"),
+        "expires": body.get("expires"), "retries": body.get("retries") or 0,
+        "root_id": headers.get("root_id") or task_id, "parent_id": headers.get("parent_id"),
+        "group": body.get("taskset"),
+    }
+    embed = {"callbacks": body.get("callbacks"), "errbacks": body.get("errbacks"),
+             "chain": None, "chord": body.get("chord")}
+    v2_envelope = {
+        **envelope, "headers": v2_headers, "content-type": JSON, "content-encoding": "utf-8",
+        # Values kombu tagged (datetime, Decimal, ...) were read back: tagged again.
+        "body": base64.b64encode(orjson.dumps(
+            to_wire([args, kwargs, embed], "body", plain=False))).decode(),
+        "properties": {**(properties if isinstance(properties, dict) else {}),
+                       "body_encoding": "base64"},
+    }
+    return v2_envelope, v2_headers
 
 
 def decode_body(

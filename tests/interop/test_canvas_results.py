@@ -1,6 +1,6 @@
 """Celery features that must not fail silently, against a real Celery producer (and worker):
 custom headers reach handlers, chains and errbacks are carried on, results reach
-``AsyncResult.get()``, and protocol-1 messages are refused by name."""
+``AsyncResult.get()``, protocol-1 messages run, and every failure a client waits on is written."""
 
 from __future__ import annotations
 
@@ -201,20 +201,36 @@ def _drained(redis: Redis, queue: str) -> Any:
     return check
 
 
-async def test_a_protocol_1_message_is_dead_lettered_naming_the_protocol_with_its_id(
-    redis_url: str, queue_name: str, bus: EventBus
+async def test_a_protocol_1_message_runs_and_its_result_and_retry_come_back(
+    redis_url: str, queue_name: str, bus: EventBus, redis: Redis
 ) -> None:
-    app = producer_app(redis_url, queue_name, task_protocol=1)
-    task_id = app.send_task("user.created", args=[{"n": 1}]).id
-    app.close()
+    """Celery's own ``send_task`` with ``task_protocol=1`` (a Celery 5.7 worker still runs it):
+    translated into the protocol-2 message it stands for; a retry is published as protocol 2."""
+    app = producer_app(redis_url, queue_name, task_protocol=1, result_backend=redis_url,
+                       task_ignore_result=False)
+    ok = app.send_task("results.add", args=[2, 3])
+    flaky = app.send_task("results.fail", args=[1])
+    raw = await redis.lindex(queue_name, 0)
+    assert raw is not None and "task" not in orjson.loads(raw)["headers"]  # really protocol 1
+    attempts: list[int] = []
     registry = HandlerRegistry()
-    registry.register("user.created", _noop)
+
+    async def add(event: Event) -> int:
+        return int(sum(event.args or ()))
+
+    async def fail_once(event: Event) -> str:
+        attempts.append(event.retries)
+        if not event.retries:
+            raise ConnectionError("try again")
+        return "done on retry"
+    registry.register("results.add", add)
+    registry.register("results.fail", fail_once)
     async with Consumer(bus=bus, registry=registry):
-        await wait_until(lambda: bus.redis.hexists(f"{bus.config.queue_name}:failed", task_id),
-                         5, message="dead-lettered under its own id")
-        job = await bus.get_failed_job(task_id)
-    assert job["reason"] == "unsupported_protocol"
-    assert "protocol 1" in job["detail"] and job["name"] == "user.created"
+        assert await anyio.to_thread.run_sync(_get_within(ok, 10)) == 5
+        assert await anyio.to_thread.run_sync(_get_within(flaky, 10)) == "done on retry"
+    assert attempts == [0, 1]
+    assert await bus.get_failed_jobs() == []
+    app.close()
 
 
 async def _noop(event: Event) -> None:
