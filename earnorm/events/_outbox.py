@@ -190,18 +190,23 @@ class OutboxRelay:
                 await self.collection.update_many({"claim": token, "state": "pending"},
                                                   {"$set": {"claim_until": 0.0}})
             raise
-        await self._mark_sent([e["_id"] for e in mine], token)
-        self.relayed += len(mine)
-        await self.bus.redis.hincrby(self._counters, "relayed", len(mine))
-        return len(mine)
+        # Counted as ours: the entries still under our claim when marked. A server whose
+        # update_many is not atomic per document (jongodb) can let two relays both read a batch
+        # as theirs; the push was deduplicated, and only the claim's holder marks (and counts).
+        sent = await self._mark_sent([e["_id"] for e in mine], token)
+        self.relayed += sent
+        await self.bus.redis.hincrby(self._counters, "relayed", sent)
+        return sent
 
-    async def _mark_sent(self, ids: list[Any], token: str) -> None:
+    async def _mark_sent(self, ids: list[Any], token: str) -> int:
+        """Mark our claimed entries sent (or delete them); how many were still ours."""
         if not self.retention_ms:
-            await self.collection.delete_many({"_id": {"$in": ids}, "claim": token})
-            return
-        await self.collection.update_many(
+            deleted = await self.collection.delete_many({"_id": {"$in": ids}, "claim": token})
+            return int(deleted.deleted_count)
+        updated = await self.collection.update_many(
             {"_id": {"$in": ids}, "claim": token},
             {"$set": {"state": "sent", "sent_ms": time.time() * 1000}})
+        return int(updated.modified_count)
 
     def _broker(self, queue: str) -> Broker:
         broker = self._brokers.get(queue)

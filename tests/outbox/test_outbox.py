@@ -200,7 +200,7 @@ async def test_a_relay_killed_between_push_and_mark_leaves_no_duplicate(
 
 
 class _DiesBeforeMarking(OutboxRelay):
-    async def _mark_sent(self, ids: list[Any], token: str) -> None:
+    async def _mark_sent(self, ids: list[Any], token: str) -> int:
         raise ConnectionError("the relay died after the push, before marking the entry sent")
 
 
