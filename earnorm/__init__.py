@@ -33,6 +33,8 @@ from earnorm._errors import (
     NotReplicated,
     PublishError,
     SerializationError,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
     UnsupportedProtocol,
     ValidationError,
 )
@@ -110,6 +112,8 @@ __all__ = [
     "QueueStats",
     "Schedule",
     "SerializationError",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
     "UnsupportedProtocol",
     "ValidationError",
     "__version__",

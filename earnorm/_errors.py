@@ -73,6 +73,17 @@ class HandlerTimeout(EarnORMError, TimeoutError):
     """A handler ran longer than its timeout."""
 
 
+class TimeLimitExceeded(HandlerTimeout):
+    """A handler ran past its hard time limit (``time_limit=``, or Celery's ``timelimit``
+    header): it was cancelled, and fails like any error (retry policy, then the failed store)."""
+
+
+class SoftTimeLimitExceeded(EarnORMError):
+    """Raised inside a handler at its soft time limit (``soft_time_limit=``, or the first value
+    of Celery's ``timelimit`` header), as Celery raises its own: the handler may catch it,
+    clean up and return (or raise) before the hard limit cancels it."""
+
+
 class ValidationError(EarnORMError, ValueError):
     """A model value has the wrong type or a required field is missing; the message names it."""
 

@@ -42,6 +42,11 @@ class Handler:
     # Skip an event id this handler already handled successfully within idempotency_ttl s.
     idempotent: bool = False
     idempotency_ttl: float = 86400.0
+    # Celery's time limits: SoftTimeLimitExceeded raised inside the handler after
+    # soft_time_limit s; cancelled (TimeLimitExceeded) after time_limit s. A message's own
+    # ``timelimit`` header (apply_async(soft_time_limit=, time_limit=)) wins.
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
 
 
 def _known_options() -> list[str]:
@@ -113,10 +118,17 @@ class HandlerRegistry:
         idempotent: bool = False,
         idempotency_ttl: float = 86400.0,
         metadata: Mapping[str, Any] | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
         **unknown: Any,
     ) -> Handler:
         if unknown:
             raise ConfigError(_unknown_options(pattern, unknown))
+        for limit_name, limit in (("soft_time_limit", soft_time_limit),
+                                  ("time_limit", time_limit)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(
+                    limit, (int, float)) or not limit > 0):
+                raise ConfigError(f"{limit_name} must be a positive number, got {limit!r}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
         if not inspect.iscoroutinefunction(func):
@@ -163,6 +175,8 @@ class HandlerRegistry:
             batch_timeout=float(batch_timeout),
             idempotent=idempotent,
             idempotency_ttl=float(idempotency_ttl),
+            soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
+            time_limit=None if time_limit is None else float(time_limit),
         )
         if any(h.name == handler.name for h in self.all()):
             raise ConfigError(f"a handler named {handler.name!r} is already registered")

@@ -363,3 +363,36 @@ async def test_a_message_too_large_to_fetch_tells_its_client(
     assert (await bus.get_failed_job(big.id))["reason"] == "too_large"
     app.close()
     await bus.close()
+
+
+async def test_time_limits_from_apply_async_reach_async_handlers(
+    redis_url: str, queue_name: str, bus: EventBus
+) -> None:
+    """``send_task(soft_time_limit=, time_limit=)`` writes Celery's ``timelimit`` header: the
+    soft limit is raised inside the handler, which catches it and returns a result; the hard
+    one cancels the handler and the client's ``get()`` raises TimeLimitExceeded."""
+    from earnorm import SoftTimeLimitExceeded
+
+    app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
+    soft = app.send_task("results.add", args=[1], soft_time_limit=0.1, time_limit=5)
+    hard = app.send_task("results.fail", args=[1], time_limit=0.1)
+    registry = HandlerRegistry()
+
+    async def cleans_up(event: Event) -> str:
+        try:
+            await anyio.sleep(5)
+        except SoftTimeLimitExceeded:
+            return "cleaned up"
+        return "finished"
+
+    async def hangs(event: Event) -> None:
+        await anyio.sleep(5)
+    registry.register("results.add", cleans_up)
+    registry.register("results.fail", hangs, retry_policy={"max_retries": 0})
+    async with Consumer(bus=bus, registry=registry):
+        assert await anyio.to_thread.run_sync(_get_within(soft, 5)) == "cleaned up"
+        with pytest.raises(Exception) as raised:
+            await anyio.to_thread.run_sync(_get_within(hard, 5))
+    assert type(raised.value).__name__ == "TimeLimitExceeded"
+    assert (await bus.get_failed_job(hard.id))["error_type"] == "TimeLimitExceeded"
+    app.close()

@@ -1,4 +1,4 @@
-"""Calling handlers, with their timeouts. Stateless: no Redis, no consumer."""
+"""Calling handlers, with their timeouts and time limits. Stateless: no Redis, no consumer."""
 
 from __future__ import annotations
 
@@ -7,13 +7,53 @@ from typing import Any
 
 import anyio
 
-from earnorm._errors import HandlerTimeout
+from earnorm._errors import HandlerTimeout, TimeLimitExceeded
 from earnorm.events._event import Event
 from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
 from earnorm.events._redis_errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._decide import Failures
 from earnorm.events.consumer._idempotency import DoneMarks
+from earnorm.events.consumer._limits import with_soft_limit
+
+# A message's time limits: (soft, hard) seconds, None where not set.
+Limits = tuple[float | None, float | None]
+NO_LIMITS: Limits = (None, None)
+
+
+def message_limits(header: Any) -> Limits:
+    """(soft, hard) from Celery's ``timelimit`` header, which
+    ``apply_async(soft_time_limit=, time_limit=)`` writes as ``[time_limit, soft_time_limit]``
+    (the hard one first: celery/app/amqp.py).
+
+    >>> message_limits([10, 5]), message_limits([None, None]), message_limits("bad")
+    ((5.0, 10.0), (None, None), (None, None))
+    """
+    if not isinstance(header, list) or len(header) != 2:
+        return NO_LIMITS
+    hard, soft = (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and v > 0 else None for v in header)
+    return NO_LIMITS if soft is None and hard is None else (soft, hard)
+
+
+async def _within_limits(handler: Handler, argument: Any, limits: Limits) -> Any:
+    """The handler's return value under its time limits (the message's own win): the soft one
+    raises SoftTimeLimitExceeded inside it, the hard one cancels it (TimeLimitExceeded)."""
+    soft = limits[0] or handler.soft_time_limit
+    hard = limits[1] or handler.time_limit
+    call: Any = handler.func(argument)  # a coroutine: handlers are async def (checked)
+    if soft is not None:
+        call = with_soft_limit(call, soft, handler.name)
+    if hard is None:
+        return await call
+    try:
+        with anyio.fail_after(hard):
+            return await call
+    except TimeoutError as exc:
+        if isinstance(exc, HandlerTimeout):
+            raise
+        raise TimeLimitExceeded(
+            f"handler {handler.name} ran past its time limit of {hard:g}s") from exc
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -47,10 +87,12 @@ async def call_handler(handler: Handler, argument: Any) -> BaseException | None:
 
 
 async def run_handlers(handlers: tuple[Handler, ...], event: Event,
-                       done: DoneMarks | None = None) -> tuple[Failures, Any]:
+                       done: DoneMarks | None = None,
+                       limits: Limits = NO_LIMITS) -> tuple[Failures, Any]:
     """Run ``handlers`` on ``event`` one after another. Returns the ones that failed, and the
     result: the first successful handler's return value (a Celery task's result). An
-    ``idempotent`` handler that already handled this event id (``done``) is skipped."""
+    ``idempotent`` handler that already handled this event id (``done``) is skipped.
+    ``limits``: the message's own time limits (Celery's ``timelimit`` header)."""
     failures: Failures = []
     result: Any = None
     have_result = False
@@ -60,7 +102,9 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event,
                 log.info("handler %s already handled %s %s: skipped", handler.name,
                          event.name, event.id)
                 continue
-            if handler.timeout is None:  # the common case, without the extra await
+            if limits is not NO_LIMITS or handler.soft_time_limit or handler.time_limit:
+                value = await _within_limits(handler, event, limits)
+            elif handler.timeout is None:  # the common case, without the extra await
                 value = await handler.func(event)
             else:
                 value = await _with_timeout(handler, event)

@@ -58,7 +58,7 @@ from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._background import RunsInBackground
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
-from earnorm.events.consumer._calls import call_handler, run_handlers
+from earnorm.events.consumer._calls import call_handler, message_limits, run_handlers
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
@@ -535,12 +535,13 @@ class Consumer(RunsInBackground):
                                          message.properties, self.config.queue_name,
                                          message.retries)
         if now:
+            limits = message_limits(message.headers.get("timelimit"))
             started = time.perf_counter()
             if span is None:
-                failures, result = await run_handlers(now, event, self._done)
+                failures, result = await run_handlers(now, event, self._done, limits)
             else:
                 with tracing.current(span):
-                    failures, result = await run_handlers(now, event, self._done)
+                    failures, result = await run_handlers(now, event, self._done, limits)
             self._timings.record(time.perf_counter() - started)
         if span is not None:
             for _, failure in failures:
