@@ -16,6 +16,8 @@ from earnorm.events.consumer._decide import Failures
 from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._limits import with_soft_limit
 
+log = logging.getLogger("earnorm.consumer")
+
 # A message's time limits: (soft, hard) seconds, None where not set.
 Limits = tuple[float | None, float | None]
 NO_LIMITS: Limits = (None, None)
@@ -36,51 +38,46 @@ def message_limits(header: Any) -> Limits:
     return NO_LIMITS if soft is None and hard is None else (soft, hard)
 
 
-async def _within_limits(handler: Handler, argument: Any, limits: Limits) -> Any:
-    """The handler's return value under its time limits (the message's own win): the soft one
-    raises SoftTimeLimitExceeded inside it, the hard one cancels it (TimeLimitExceeded)."""
+def _limited(handler: Handler, limits: Limits) -> bool:
+    """Whether a call of ``handler`` needs ``_bounded`` (most do not: the hot path)."""
+    return not (limits is NO_LIMITS and handler.timeout is None
+                and handler.soft_time_limit is None and handler.time_limit is None)
+
+
+async def _bounded(handler: Handler, argument: Any, limits: Limits) -> Any:
+    """The handler's return value under its time limits (the message's own win) or its
+    timeout: the soft limit raises SoftTimeLimitExceeded inside it; the hard limit cancels it
+    (TimeLimitExceeded), or else the timeout does (HandlerTimeout)."""
     soft = limits[0] or handler.soft_time_limit
     hard = limits[1] or handler.time_limit
     call: Any = handler.func(argument)  # a coroutine: handlers are async def (checked)
     if soft is not None:
         call = with_soft_limit(call, soft, handler.name)
-    if hard is None:
+    deadline = hard if hard is not None else handler.timeout
+    if deadline is None:
         return await call
     try:
-        with anyio.fail_after(hard):
+        with anyio.fail_after(deadline):
             return await call
     except TimeoutError as exc:
         if isinstance(exc, HandlerTimeout):
             raise
-        raise TimeLimitExceeded(
-            f"handler {handler.name} ran past its time limit of {hard:g}s") from exc
-
-log = logging.getLogger("earnorm.consumer")
-
-
-async def _with_timeout(handler: Handler, argument: Any) -> Any:
-    """The handler's return value; one that overruns its timeout is cancelled and raises
-    ``HandlerTimeout``."""
-    try:
-        with anyio.fail_after(handler.timeout):
-            return await handler.func(argument)
-    except TimeoutError as exc:
-        if isinstance(exc, HandlerTimeout):
-            raise
-        timeout = HandlerTimeout(
+        if hard is not None:
+            raise TimeLimitExceeded(
+                f"handler {handler.name} ran past its time limit of {hard:g}s") from exc
+        raise HandlerTimeout(
             f"handler {handler.name} ran longer than its timeout of {handler.timeout}s"
-        )
-        raise timeout from exc
+        ) from exc
 
 
 async def call_handler(handler: Handler, argument: Any) -> BaseException | None:
-    """Run one handler (an event, or a list of them for a batch handler), with its timeout.
-    Returns the error, or None."""
+    """Run one handler (an event, or a list of them for a batch handler), with its timeout
+    and time limits. Returns the error, or None."""
     try:
-        if handler.timeout is None:
+        if not _limited(handler, NO_LIMITS):
             await handler.func(argument)
         else:
-            await _with_timeout(handler, argument)
+            await _bounded(handler, argument, NO_LIMITS)
     except Exception as exc:
         return exc
     return None
@@ -102,12 +99,10 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event,
                 log.info("handler %s already handled %s %s: skipped", handler.name,
                          event.name, event.id)
                 continue
-            if limits is not NO_LIMITS or handler.soft_time_limit or handler.time_limit:
-                value = await _within_limits(handler, event, limits)
-            elif handler.timeout is None:  # the common case, without the extra await
+            if not _limited(handler, limits):  # the common case, without the extra await
                 value = await handler.func(event)
             else:
-                value = await _with_timeout(handler, event)
+                value = await _bounded(handler, event, limits)
         except Exception as exc:
             log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, exc)
             failures.append((handler, HandlerFailure(handler.name, exc)))

@@ -191,14 +191,16 @@ class Settler:
         return key
 
     async def _store_result(
-        self, message: protocol.Message, meta: Callable[[], bytes], task_id: str | None = None
+        self, message: protocol.Message | None, meta: Callable[[], bytes],
+        task_id: str | None = None,
     ) -> None:
-        """Store ``meta()`` under ``task_id`` (default: the message's own id)."""
-        if self._results is None or (
-                task_id is None and message.headers.get("ignore_result") is True):
+        """Store ``meta()`` under ``task_id`` (default: the message's own id; one of the two
+        is given)."""
+        if self._results is None or (task_id is None and message is not None
+                                     and message.headers.get("ignore_result") is True):
             return
         backend = self._results
-        key = task_id or message.id
+        key = task_id or (message.id if message is not None else "")
         await until_done("result", lambda: backend.store(key, meta()), self._health)
 
     async def diverted(self, job_ids: list[str], max_bytes: int) -> None:
@@ -223,11 +225,9 @@ class Settler:
             if known is None:
                 return
             error, state = known
-        if message is not None and message.headers.get("ignore_result") is True:
-            return
-        backend = self._results
-        meta = result_meta.failure_meta(job_id, error, state, group_id=_group(message))
-        await until_done("result", lambda: backend.store(job_id, meta), self._health)
+        await self._store_result(message, lambda: result_meta.failure_meta(
+            job_id, error, state, group_id=_group(message)),
+            task_id=None if message is not None else job_id)
 
     async def _dead_letter(
         self, field: int, raw: bytes, message: protocol.Message | None,

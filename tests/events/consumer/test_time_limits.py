@@ -96,3 +96,19 @@ def test_limits_must_be_positive_numbers() -> None:
     for bad in (0, -1, "5", True):
         with pytest.raises(ConfigError, match="soft_time_limit must be a positive number"):
             HandlerRegistry().register("a.b", noop, soft_time_limit=bad)  # type: ignore[arg-type]
+
+
+async def test_a_timeout_still_bounds_a_handler_that_has_only_a_soft_limit() -> None:
+    from earnorm._errors import HandlerTimeout
+
+    registry = HandlerRegistry()
+
+    async def ignores_soft(event: Event) -> None:
+        try:
+            await asyncio.sleep(5)
+        except SoftTimeLimitExceeded:
+            await asyncio.sleep(5)
+    _handler(registry, ignores_soft, soft_time_limit=0.05, timeout=0.2)
+    [(_, failure)], _ = await run_handlers(registry.handlers_for("limits.x"),
+                                           Event(name="limits.x"))
+    assert type(failure.error) is HandlerTimeout
