@@ -106,7 +106,7 @@ async def _floor(url: str, events: int) -> dict[str, float]:
 
 
 async def _one_envelope(url: str) -> bytes:
-    from earnorm.events._encode import encode_event
+    from earnorm.events._wire.encode import encode_event
 
     return encode_event(Event(name="budget.noop", data={"i": 0}), "floor")
 

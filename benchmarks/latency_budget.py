@@ -29,9 +29,9 @@ import orjson
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, LocalRedis, start_local_redis
-from earnorm.events._encode import encode_event
-from earnorm.events._failures import FailureReason, failure_record
-from earnorm.events._keys import delayed_member
+from earnorm.events._broker.keys import delayed_member
+from earnorm.events._wire.encode import encode_event
+from earnorm.events._wire.failures import FailureReason, failure_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,7 +41,7 @@ BOUND_MS = 50.0  # the stated bound (docs/latency.md)
 
 def _servers() -> dict[str, str]:
     """Server kind -> binary, for each kind on this machine."""
-    from earnorm.events._embedded import find_server_binary
+    from earnorm.events._tools.embedded import find_server_binary
 
     found = {}
     redis = shutil.which("redis-server")
@@ -167,7 +167,7 @@ def _recover(count: int) -> tuple[Callable[..., Awaitable[None]],
 def _failed(count: int, action: str) -> tuple[Callable[..., Awaitable[None]],
                                               Callable[..., Awaitable[None]]]:
     async def setup(redis: Redis, queue: str) -> None:
-        from earnorm.events import _protocol as protocol
+        from earnorm.events._wire import decode as protocol
 
         now = time.time() * 1000
         for start in range(0, count, 5_000):

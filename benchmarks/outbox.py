@@ -39,7 +39,7 @@ from earnorm import (  # noqa: E402
     dispatch_model_event,
     start_local_redis,
 )
-from earnorm.events._outbox import OutboxRelay  # noqa: E402
+from earnorm._outbox import OutboxRelay  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

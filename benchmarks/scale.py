@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from earnorm import Event, EventBus, start_local_redis  # noqa: E402
-from earnorm.events._redis_url import open_redis  # noqa: E402
+from earnorm.events._broker.connect import open_redis  # noqa: E402
 from tests.topology import SERVER, redis_cluster  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -42,9 +42,6 @@ from earnorm._lazy import lazy_exports
 from earnorm._runtime import close, env, event_bus, init
 from earnorm._transaction import run_in_transaction, transaction
 from earnorm.events._bus import EventBus
-from earnorm.events._embedded import LocalRedis, start_local_redis
-from earnorm.events._event import Event
-from earnorm.events._failures import FailureReason
 from earnorm.events._handlers import (
     Handler,
     HandlerRegistry,
@@ -53,7 +50,10 @@ from earnorm.events._handlers import (
     model_event_name,
 )
 from earnorm.events._periodic import Schedule, periodic_event
-from earnorm.events._records import FailedJob, QueueStats
+from earnorm.events._tools.embedded import LocalRedis, start_local_redis
+from earnorm.events._wire.event import Event
+from earnorm.events._wire.failures import FailureReason
+from earnorm.events._wire.records import FailedJob, QueueStats
 from earnorm.events.consumer import Consumer, ConsumerGroup
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         before_update,
         before_write,
     )
-    from earnorm.events._model_events import after_save, before_save, dispatch_model_event
+    from earnorm.base._events import after_save, before_save, dispatch_model_event
 
 __version__ = "0.1.0"
 
@@ -79,7 +79,7 @@ _LAZY = {
                      "after_write", "before_create", "before_delete", "before_update",
                      "before_write"), "earnorm.base"),
     **dict.fromkeys(("after_save", "before_save", "dispatch_model_event"),
-                    "earnorm.events._model_events"),
+                    "earnorm.base._events"),
 }
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from earnorm._errors import ConfigError, DatabaseError, NotInitializedError
-from earnorm.events._wiretypes import from_wire, to_wire
+from earnorm.events._wire.kombu_types import from_wire, to_wire
 
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient

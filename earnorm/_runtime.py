@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from earnorm._config import EventConfig
 from earnorm._environment import Environment, activate, connect_mongo, current_environment
 from earnorm._errors import ConfigError, NotInitializedError
+from earnorm._outbox import OutboxRelay
 from earnorm.events._bus import EventBus
 
 log = logging.getLogger("earnorm")
@@ -52,6 +53,7 @@ class _BusProxy:
 # Typed as the bus it stands for, so users' type checkers see EventBus's methods.
 event_bus: EventBus = cast(EventBus, _BusProxy())
 _bus_proxy = cast(_BusProxy, event_bus)
+_relays: dict[EventBus, OutboxRelay] = {}  # the outbox relay init() started for each bus
 
 
 class _EnvProxy:
@@ -116,10 +118,10 @@ async def init(
     environment = Environment(event_bus=bus, client=client, database=db)
     if db is not None and config.outbox_relay:
         # Committed outbox entries (events of earnorm.transaction()) go to Redis from here.
-        from earnorm.events._outbox import OutboxRelay
-
-        bus.outbox = OutboxRelay(bus, db)
-        bus.outbox.start()
+        relay = OutboxRelay(bus, db)
+        relay.start()
+        bus.outbox = relay
+        _relays[bus] = relay
     activate(environment)
     return bus
 
@@ -143,8 +145,9 @@ async def close() -> None:
     except NotInitializedError:
         environment = None
     activate(None)
-    if bus is not None and bus.outbox is not None:  # first: it uses both connections
-        relay, bus.outbox = bus.outbox, None
+    relay = _relays.pop(bus, None) if bus is not None else None
+    if relay is not None:  # first: it uses both connections
+        bus.outbox = None  # type: ignore[union-attr]
         await relay.stop()
     try:
         if environment is not None:

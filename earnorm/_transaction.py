@@ -5,7 +5,7 @@ Inside the block every ORM read and write uses the transaction's session, and ev
 published (``event_bus.publish``, ``dispatch_model_event``, ``before_save``/``after_save``) is
 written to the outbox collection in the same transaction instead of Redis. Leaving the block
 normally commits; an exception (a hook's included) aborts: no document, no event, no outbox
-entry. After a commit the outbox relay moves the entries to Redis (``events/_outbox.py``).
+entry. After a commit the outbox relay moves the entries to Redis (``earnorm/_outbox.py``).
 
 A transaction inside a transaction joins the outer one. MongoDB transactions need a replica set
 or a sharded cluster (a single-node replica set will do).
@@ -19,8 +19,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from earnorm import _outbox as outbox
 from earnorm._environment import current_environment
 from earnorm._errors import DatabaseError, NotInitializedError
+from earnorm.events._staging import Staged, staging
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
@@ -36,6 +38,10 @@ class Transaction:
     database: AsyncDatabase[dict[str, Any]]
     # Run after the commit (the relay's wake-up); never after an abort.
     on_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    async def stage(self, queue: str, items: list[Staged]) -> None:
+        """Events published in the transaction: into the outbox, in it (``events._staging``)."""
+        await outbox.stage(self.database, self.session, self.on_commit, queue, items)
 
 
 _current: ContextVar[Transaction | None] = ContextVar("earnorm_transaction", default=None)
@@ -74,7 +80,8 @@ async def transaction() -> AsyncIterator[Transaction]:
             tx = Transaction(session, database)
             token = _current.set(tx)
             try:
-                yield tx
+                with staging(tx):
+                    yield tx
             finally:
                 _current.reset(token)
     except PyMongoError as exc:
@@ -119,7 +126,8 @@ async def run_in_transaction(
         tx = last = Transaction(session, database)
         token = _current.set(tx)
         try:
-            result = await block()
+            with staging(tx):
+                result = await block()
         except DatabaseError as exc:
             if isinstance(exc.__cause__, PyMongoError):
                 # The ORM's wrapper hides the error labels PyMongo decides the retry by.

@@ -39,9 +39,9 @@ async def wait_until(
 async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
     """Put a failed job in ``bus``'s store as the consumer would, at a chosen failure time."""
     from earnorm import Event
-    from earnorm.events import _protocol as protocol
-    from earnorm.events._encode import encode_event
-    from earnorm.events._failures import FailureReason, failure_record
+    from earnorm.events._wire import decode as protocol
+    from earnorm.events._wire.encode import encode_event
+    from earnorm.events._wire.failures import FailureReason, failure_record
 
     event = Event(name=name, data={"n": failed_ms})
     raw = encode_event(event, bus.config.queue_name)

@@ -70,7 +70,7 @@ async def test_init_binds_the_imported_proxy(redis_url: str, queue_name: str) ->
 
 
 async def test_init_with_redis_unreachable_raises_a_connection_error_naming_the_url() -> None:
-    from earnorm.events._embedded import free_port
+    from earnorm.events._tools.embedded import free_port
 
     port = free_port()
     with pytest.raises(earnorm.BrokerConnectionError, match=f"127.0.0.1:{port}") as raised:

@@ -21,7 +21,7 @@ from pathlib import Path
 from redis import Redis
 from redis.crc import key_slot
 
-from earnorm.events._embedded import LocalRedis, TLSFiles, free_port, start_local_redis
+from earnorm.events._tools.embedded import LocalRedis, TLSFiles, free_port, start_local_redis
 
 NODE_TIMEOUT_MS = 1000
 # Debian's redis-server (what the brief names for clusters and sentinels); any server on PATH.

@@ -11,7 +11,7 @@ import time
 from redis.asyncio import Redis
 
 from earnorm import Event, event_handler
-from earnorm.events._redis_url import open_redis
+from earnorm.events._broker.connect import open_redis
 
 _QUEUE = os.environ["EARNORM_QUEUE"].split(",")[0]
 _tally = {"first": 0.0, "last": 0.0, "count": 0}

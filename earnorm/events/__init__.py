@@ -25,9 +25,8 @@ from earnorm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from earnorm._runtime import event_bus
+    from earnorm.base._events import after_save, before_save, dispatch_model_event
     from earnorm.events._bus import EventBus
-    from earnorm.events._event import Event
-    from earnorm.events._failures import FailureReason
     from earnorm.events._handlers import (
         Handler,
         HandlerRegistry,
@@ -35,30 +34,31 @@ if TYPE_CHECKING:
         model_event_handler,
         model_event_name,
     )
-    from earnorm.events._model_events import after_save, before_save, dispatch_model_event
     from earnorm.events._periodic import Schedule, periodic_event
-    from earnorm.events._records import FailedJob, QueueStats
+    from earnorm.events._wire.event import Event
+    from earnorm.events._wire.failures import FailureReason
+    from earnorm.events._wire.records import FailedJob, QueueStats
     from earnorm.events.consumer import Consumer, ConsumerGroup
 
 # Loaded on first use, so that importing one private module of this package (as the consumer,
 # the ORM and ``earnorm`` itself do) does not load them all, and the model-event helpers (which
 # need PyMongo's bson) stay out of an events-only process.
 _WHERE = {
-    "Event": "earnorm.events._event",
+    "Event": "earnorm.events._wire.event",
     "EventBus": "earnorm.events._bus",
-    "FailureReason": "earnorm.events._failures",
+    "FailureReason": "earnorm.events._wire.failures",
     "Handler": "earnorm.events._handlers",
     "HandlerRegistry": "earnorm.events._handlers",
     "event_handler": "earnorm.events._handlers",
     "model_event_handler": "earnorm.events._handlers",
     "model_event_name": "earnorm.events._handlers",
-    "after_save": "earnorm.events._model_events",
-    "before_save": "earnorm.events._model_events",
-    "dispatch_model_event": "earnorm.events._model_events",
+    "after_save": "earnorm.base._events",
+    "before_save": "earnorm.base._events",
+    "dispatch_model_event": "earnorm.base._events",
     "Schedule": "earnorm.events._periodic",
     "periodic_event": "earnorm.events._periodic",
-    "FailedJob": "earnorm.events._records",
-    "QueueStats": "earnorm.events._records",
+    "FailedJob": "earnorm.events._wire.records",
+    "QueueStats": "earnorm.events._wire.records",
     "Consumer": "earnorm.events.consumer",
     "ConsumerGroup": "earnorm.events.consumer",
     "event_bus": "earnorm._runtime",

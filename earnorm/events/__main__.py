@@ -1,8 +1,8 @@
-"""``python -m earnorm.events``: queue stats and failed jobs (see ``earnorm.events._cli``)."""
+"""``python -m earnorm.events``: queue stats and failed jobs (see ``earnorm._cli.events``)."""
 
 import sys
 
-from earnorm.events._cli import main
+from earnorm._cli.events import main
 
 if __name__ == "__main__":
     sys.exit(main())

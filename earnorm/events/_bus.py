@@ -20,20 +20,19 @@ from earnorm._errors import (
     NotReplicated,
     PublishError,
 )
-from earnorm._transaction import current_transaction
-from earnorm.events import _encode as encode
-from earnorm.events import _outbox as outbox
-from earnorm.events import _tracing as tracing
-from earnorm.events._broker import Broker
-from earnorm.events._clock import ServerClock
-from earnorm.events._event import Event
-from earnorm.events._failures import parse_cursor, read_record, requeue_message
-from earnorm.events._queue_stats import queue_stats
-from earnorm.events._records import FailedJob, QueueStats
-from earnorm.events._redis_errors import TRANSIENT_ERRORS
-from earnorm.events._redis_url import mask_url, open_redis, unreachable
-from earnorm.events._server import check_eviction
-from earnorm.events._topology import for_cluster, is_cluster
+from earnorm.events import _staging as staging
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.connect import mask_url, open_redis, unreachable
+from earnorm.events._broker.errors import TRANSIENT_ERRORS
+from earnorm.events._broker.queue_stats import queue_stats
+from earnorm.events._broker.server import check_eviction
+from earnorm.events._broker.topology import for_cluster, is_cluster
+from earnorm.events._telemetry import tracing
+from earnorm.events._wire import encode
+from earnorm.events._wire.clock import ServerClock
+from earnorm.events._wire.event import Event
+from earnorm.events._wire.failures import parse_cursor, read_record, requeue_message
+from earnorm.events._wire.records import FailedJob, QueueStats
 
 log = logging.getLogger("earnorm.events")
 
@@ -75,7 +74,7 @@ class EventBus:
         self.clock = ServerClock()
         # The outbox relay running in this process, if any (init() with MongoDB starts one):
         # stats() reports it.
-        self.outbox: outbox.OutboxRelay | None = None
+        self.outbox: staging.Outbox | None = None
 
     @classmethod
     async def connect(
@@ -190,10 +189,10 @@ class EventBus:
     async def _publish(self, event: Event, delay: Delay, priority: int,
                        dedup: tuple[str, int] | None = None) -> str:
         raw, index, due_ms = self._encode(event, _seconds(delay), priority)
-        tx = current_transaction()
-        if tx is not None:
-            await outbox.stage(tx, self.config.queue_name,
-                               [(event.id, raw, index, due_ms, dedup and dedup[0])])
+        stage = staging.current()
+        if stage is not None:
+            await stage.stage(self.config.queue_name, [
+                staging.Staged(event.id, raw, index, due_ms, dedup and dedup[0])])
             return event.id
         try:
             if dedup is not None:
@@ -241,10 +240,10 @@ class EventBus:
         self, events: list[Event], delay_s: float | None, priority: int
     ) -> list[str]:
         items = [self._encode(event, delay_s, priority) for event in events]
-        tx = current_transaction()
-        if tx is not None and items:
-            await outbox.stage(tx, self.config.queue_name, [
-                (event.id, raw, index, due_ms, None)
+        stage = staging.current()
+        if stage is not None and items:
+            await stage.stage(self.config.queue_name, [
+                staging.Staged(event.id, raw, index, due_ms, None)
                 for event, (raw, index, due_ms) in zip(events, items, strict=True)])
         elif items:
             try:
@@ -409,7 +408,10 @@ class EventBus:
         window; ``latency_s`` is how long the oldest waiting event has been ready to run;
         ``seen`` is False when no key of the queue exists (never used, or a mistyped name).
         """
-        return await queue_stats(self.broker, self.config, self.outbox)
+        stats = await queue_stats(self.broker, self.config)
+        if self.outbox is not None:
+            stats["outbox"] = await self.outbox.stats()
+        return stats
 
     def __repr__(self) -> str:
         return f"<EventBus queue={self.config.queue_name!r} redis={mask_url(self.url)}>"

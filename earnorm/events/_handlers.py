@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from earnorm._config import RetryPolicy
 from earnorm._errors import ConfigError
-from earnorm.events._event import Event
+from earnorm.events._wire.event import Event
 
 HandlerFunc = Callable[[Event], Awaitable[Any]]
 BatchHandlerFunc = Callable[[list[Event]], Awaitable[Any]]

@@ -20,8 +20,8 @@ from typing import Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from earnorm._errors import ConfigError
-from earnorm.events._event import validate_event_name
 from earnorm.events._handlers import HandlerRegistry, default_registry
+from earnorm.events._wire.event import validate_event_name
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Missed = Literal["skip", "catch_up"]

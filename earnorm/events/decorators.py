@@ -6,6 +6,7 @@
 True
 """
 
+from earnorm.base._events import after_save, before_save, dispatch_model_event
 from earnorm.base._hooks import (
     after_create,
     after_delete,
@@ -17,7 +18,6 @@ from earnorm.base._hooks import (
     before_write,
 )
 from earnorm.events._handlers import event_handler, model_event_handler
-from earnorm.events._model_events import after_save, before_save, dispatch_model_event
 
 __all__ = [
     "after_create",

@@ -6,6 +6,6 @@
 True
 """
 
-from earnorm.events._model_events import dispatch_model_event, model_data
+from earnorm.base._events import dispatch_model_event, model_data
 
 __all__ = ["dispatch_model_event", "model_data"]

@@ -12,7 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from earnorm import Event, event_handler
-from earnorm.events._redis_url import open_redis
+from earnorm.events._broker.connect import open_redis
 
 _QUEUE = os.environ["EARNORM_QUEUE"]
 _SLEEP = float(os.environ.get("EARNORM_TEST_HANDLER_SLEEP", "0"))

@@ -186,7 +186,7 @@ def test_local_redis_serves_until_a_signal_and_stops_its_server(sig: str) -> Non
 
     import redis
 
-    from earnorm.events._embedded import free_port, port_in_use
+    from earnorm.events._tools.embedded import free_port, port_in_use
 
     port = free_port()
     process = subprocess.Popen(

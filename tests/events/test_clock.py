@@ -7,7 +7,7 @@ import time
 import pytest
 
 from earnorm import EventBus
-from earnorm.events._clock import ServerClock
+from earnorm.events._wire.clock import ServerClock
 
 
 def test_a_slow_reading_does_not_replace_a_tight_one() -> None:

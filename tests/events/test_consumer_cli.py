@@ -8,7 +8,7 @@ import sys
 import anyio
 import pytest
 
-from earnorm.events._embedded import free_port
+from earnorm.events._tools.embedded import free_port
 
 pytestmark = pytest.mark.anyio
 

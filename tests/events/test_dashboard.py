@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 
 from earnorm import ConfigError, Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events._dashboard import check_binding, dashboard_app
-from earnorm.events._embedded import free_port
+from earnorm.events._tools.dashboard import check_binding, dashboard_app
+from earnorm.events._tools.embedded import free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,8 @@ import pytest
 
 from earnorm import Event
 from earnorm._errors import SerializationError
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
 
 CASES: list[dict[str, Any]] = [
     {},

@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm._errors import EventValidationError, JobNotFound
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
 from tests.helpers import store_failed_job, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import ConfigError, Consumer, Event, EventBus, EventValidationError, HandlerRegistry
-from earnorm.events import _encode as encode
+from earnorm.events._wire import encode
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

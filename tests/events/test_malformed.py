@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, HandlerRegistry
 from earnorm._errors import EarnORMError, MessageDecodeError
-from earnorm.events import _protocol as protocol
+from earnorm.events._wire import decode as protocol
 from tests.helpers import wait_until
 
 GOOD = "fuzz.ok"

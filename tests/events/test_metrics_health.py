@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis
-from earnorm.events._embedded import free_port
-from earnorm.events._encode import encode_call
+from earnorm.events._tools.embedded import free_port
+from earnorm.events._wire.encode import encode_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

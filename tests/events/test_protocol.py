@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 
 from earnorm._errors import EventValidationError, MessageDecodeError, SerializationError
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
-from earnorm.events._event import _NAME_RE, Event
-from earnorm.events._wiretypes import from_wire
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
+from earnorm.events._wire.event import _NAME_RE, Event
+from earnorm.events._wire.kombu_types import from_wire
 from tests.interop.wire_rules import (
     STANDARD_HEADERS,
     STANDARD_PROPERTIES,
@@ -351,7 +351,7 @@ def test_compressed_body_within_limit_decodes_and_truncated_stream_is_refused(ki
     import zlib
 
     from earnorm._errors import MessageDecodeError
-    from earnorm.events import _protocol as protocol
+    from earnorm.events._wire import decode as protocol
 
     compressors: dict[str, Callable[[bytes], bytes]] = {
         "application/x-gzip": zlib.compress, "application/x-bz2": bz2.compress,

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm._config import RetryPolicy
 from earnorm._errors import ConfigError
-from earnorm.events._keys import split_delayed_member
+from earnorm.events._broker.keys import split_delayed_member
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events._monitoring import ProcessingTimes, merge, percentiles
+from earnorm.events._telemetry.timings import ProcessingTimes, merge, percentiles
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

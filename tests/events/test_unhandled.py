@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from earnorm import ConfigError, Consumer, Event, EventBus, HandlerRegistry
 from earnorm._config import EventConfig
-from earnorm.events._encode import encode_call
+from earnorm.events._wire.encode import encode_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

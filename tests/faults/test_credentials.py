@@ -29,8 +29,13 @@ from earnorm import (
     HandlerRegistry,
     PublishError,
 )
-from earnorm.events._embedded import LocalRedis, TLSFiles, find_server_binary, start_local_redis
-from earnorm.events._redis_url import mask_url
+from earnorm.events._broker.connect import mask_url
+from earnorm.events._tools.embedded import (
+    LocalRedis,
+    TLSFiles,
+    find_server_binary,
+    start_local_redis,
+)
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, FailedJob, HandlerRegistry
 from earnorm._errors import EventValidationError, MessageDecodeError
-from earnorm.events._encode import encode_event
-from earnorm.events._protocol import decode
+from earnorm.events._wire.decode import decode
+from earnorm.events._wire.encode import encode_event
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -148,7 +148,7 @@ async def test_oversized_message_is_refused_on_consume(
         ("os.system", ["touch {marker}"]),
         ("subprocess.call", [["touch", "{marker}"]]),
         ("builtins.exec", ["open('{marker}', 'w')"]),
-        ("earnorm.events._embedded.start_local_redis", []),
+        ("earnorm.events._tools.embedded.start_local_redis", []),
     ],
 )
 async def test_a_task_name_never_imports_or_calls_anything_by_name(

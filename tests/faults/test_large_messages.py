@@ -16,7 +16,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from earnorm import Event, EventBus, LocalRedis, start_local_redis
-from earnorm.events._encode import encode_event
+from earnorm.events._wire.encode import encode_event
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 

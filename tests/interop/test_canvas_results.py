@@ -317,7 +317,7 @@ async def test_every_failure_a_client_waits_on_raises_what_a_celery_worker_would
     import kombu.exceptions
     from celery.exceptions import TaskRevokedError
 
-    from earnorm.events._encode import encode_call
+    from earnorm.events._wire.encode import encode_call
 
     app = producer_app(redis_url, queue_name, result_backend=redis_url, task_ignore_result=False)
     expired = app.send_task("results.add", args=[1, 2],

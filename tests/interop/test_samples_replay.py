@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, HandlerRegistry
 from earnorm._config import EventConfig
-from earnorm.events._protocol import decode
+from earnorm.events._wire.decode import decode
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events._embedded import free_port
+from earnorm.events._tools.embedded import free_port
 from tests.helpers import wait_until
 from tests.processes import stop
 

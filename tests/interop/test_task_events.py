@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from earnorm.events._celery_presence import _body
-from earnorm.events._encode import encode_call
+from earnorm.events._broker.celery_presence import _body
+from earnorm.events._wire.encode import encode_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

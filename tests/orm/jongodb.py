@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from earnorm.events._embedded import free_port, terminate
+from earnorm.events._tools.embedded import free_port, terminate
 
 PACKAGE = "@jongodb/memory-server-bin-linux-x64-gnu"
 VERSION = "0.1.6"

@@ -79,7 +79,7 @@ async def _relay_committed(mongo_uri: str, database: str, redis_url: str, queue:
     from pymongo import AsyncMongoClient
 
     from earnorm import EventBus
-    from earnorm.events._outbox import OutboxRelay
+    from earnorm._outbox import OutboxRelay
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
     bus = await EventBus.connect(redis_url, queue_name=queue)

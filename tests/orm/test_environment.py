@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 import earnorm
 from earnorm import BaseModel, ConfigError, DatabaseError, NotInitializedError
 from earnorm._environment import Environment, current_environment
-from earnorm.events._embedded import free_port
+from earnorm.events._tools.embedded import free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

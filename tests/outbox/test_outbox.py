@@ -26,9 +26,9 @@ from earnorm import (
     after_create,
     dispatch_model_event,
 )
+from earnorm._outbox import COLLECTION, OutboxRelay
 from earnorm._transaction import session_options
-from earnorm.events import _protocol as protocol
-from earnorm.events._outbox import COLLECTION, OutboxRelay
+from earnorm.events._wire import decode as protocol
 from tests.helpers import counting_registry, wait_until
 from tests.processes import ROOT
 
@@ -244,8 +244,8 @@ async def test_a_relay_that_loses_redis_mid_batch_releases_its_claims_at_once(
             await earnorm.event_bus.publish(Event(name="blip.x", data={}))
         env = earnorm.env
         from earnorm._config import EventConfig
-        from earnorm.events._embedded import free_port
-        from earnorm.events._redis_url import open_redis
+        from earnorm.events._broker.connect import open_redis
+        from earnorm.events._tools.embedded import free_port
 
         gone = EventBus(open_redis(f"redis://127.0.0.1:{free_port()}/0"),
                         EventConfig(queue_name=queue_name))

@@ -22,8 +22,8 @@ from earnorm import (
     NotReplicated,
     Schedule,
 )
-from earnorm.events import _encode as encode
-from earnorm.events._keys import Keys, text
+from earnorm.events._broker.keys import Keys, text
+from earnorm.events._wire import encode
 from tests.helpers import Seen, recording_registry, riding_out, wait_until
 from tests.processes import consumer_process, counting_env, publish_counted, stop
 from tests.topology import Cluster, redis_cluster

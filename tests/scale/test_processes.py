@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import EventBus
-from earnorm.events._keys import text
+from earnorm.events._broker.keys import text
 from tests.helpers import wait_until
 from tests.processes import ROOT, consumer_process, counting_env, publish_counted, stop
 

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import ConsumerGroup, Event, EventBus, HandlerRegistry
-from earnorm.events._keys import text
+from earnorm.events._broker.keys import text
 from tests.helpers import wait_until
 from tests.processes import consumer_process
 

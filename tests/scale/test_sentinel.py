@@ -17,8 +17,8 @@ from earnorm import (
     NotReplicated,
     Schedule,
 )
-from earnorm.events._embedded import LocalRedis, start_local_redis
-from earnorm.events._redis_url import open_redis
+from earnorm.events._broker.connect import open_redis
+from earnorm.events._tools.embedded import LocalRedis, start_local_redis
 from tests.helpers import Seen, recording_registry, riding_out, wait_until
 from tests.topology import SERVER, SentinelGroup, sentinel_group
 

@@ -19,7 +19,7 @@ from earnorm import (
     Event,
     EventBus,
 )
-from earnorm.events._embedded import TLSFiles, supports_tls
+from earnorm.events._tools.embedded import TLSFiles, supports_tls
 from tests.helpers import counting_registry, wait_until
 from tests.topology import SERVER, redis_cluster, sentinel_group
 

@@ -7,8 +7,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from earnorm import ConfigError, Consumer
 from earnorm._config import EventConfig
-from earnorm.events._redis_url import mask_url, open_redis
-from earnorm.events._topology import _sentinel_parts, kind
+from earnorm.events._broker.connect import mask_url, open_redis
+from earnorm.events._broker.topology import _sentinel_parts, kind
 
 
 def test_a_cluster_url_names_several_nodes_and_its_credentials() -> None:

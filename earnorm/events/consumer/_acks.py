@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from earnorm.events._broker import Broker
-from earnorm.events._redis_errors import RETRYABLE_ERRORS
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 

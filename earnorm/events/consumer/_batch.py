@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from earnorm.events._event import Event
-from earnorm.events._failures import HandlerFailure
 from earnorm.events._handlers import Handler
-from earnorm.events._protocol import Message
+from earnorm.events._wire.decode import Message
+from earnorm.events._wire.event import Event
+from earnorm.events._wire.failures import HandlerFailure
 from earnorm.events.consumer._decide import Failures
 
 

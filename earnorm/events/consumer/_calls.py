@@ -8,12 +8,12 @@ from typing import Any
 import anyio
 
 from earnorm._errors import HandlerTimeout, TimeLimitExceeded
-from earnorm.events._event import Event
-from earnorm.events._failures import HandlerFailure
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
+from earnorm.events._broker.idempotency import DoneMarks
 from earnorm.events._handlers import Handler
-from earnorm.events._redis_errors import RETRYABLE_ERRORS
+from earnorm.events._wire.event import Event
+from earnorm.events._wire.failures import HandlerFailure
 from earnorm.events.consumer._decide import Failures
-from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._limits import with_soft_limit
 
 log = logging.getLogger("earnorm.consumer")

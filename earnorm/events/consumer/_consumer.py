@@ -37,23 +37,23 @@ from earnorm._errors import (
     MessageDecodeError,
     UnsupportedProtocol,
 )
-from earnorm.events import _http as http
-from earnorm.events import _protocol as protocol
-from earnorm.events import _topology as topology
-from earnorm.events import _tracing as tracing
-from earnorm.events._broker import Broker, Redelivery
+from earnorm.events._broker import topology
+from earnorm.events._broker.broker import Broker, Redelivery
+from earnorm.events._broker.celery_presence import CeleryPresence
+from earnorm.events._broker.connect import mask_url, open_redis, unreachable
+from earnorm.events._broker.errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
+from earnorm.events._broker.idempotency import DoneMarks
+from earnorm.events._broker.keys import Keys
+from earnorm.events._broker.results import ResultBackend
 from earnorm.events._bus import EventBus
-from earnorm.events._celery_presence import CeleryPresence
-from earnorm.events._clock import ServerClock
-from earnorm.events._failures import FailureReason
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
-from earnorm.events._keys import Keys
-from earnorm.events._metrics import Metrics
-from earnorm.events._monitoring import ProcessingTimes
 from earnorm.events._periodic import Schedule, default_schedules
-from earnorm.events._redis_errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
-from earnorm.events._redis_url import mask_url, open_redis, unreachable
-from earnorm.events._results import ResultBackend
+from earnorm.events._telemetry import http, tracing
+from earnorm.events._telemetry.metrics import Metrics
+from earnorm.events._telemetry.timings import ProcessingTimes
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire.clock import ServerClock
+from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._background import RunsInBackground
@@ -62,7 +62,6 @@ from earnorm.events.consumer._calls import call_handler, message_limits, run_han
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
-from earnorm.events.consumer._idempotency import DoneMarks
 from earnorm.events.consumer._observe import TaskEvents
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from earnorm._config import EventConfig, RetryPolicy
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
-from earnorm.events._failures import FailureReason, HandlerFailure
+from earnorm.events._broker.keys import Keys
 from earnorm.events._handlers import Handler
-from earnorm.events._keys import Keys
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
+from earnorm.events._wire.failures import FailureReason, HandlerFailure
 
 Failures = list[tuple[Handler, HandlerFailure]]
 ETA_SLACK_MS = 5.0  # an eta this close is run now rather than bounced through the delayed set

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from earnorm.events import _http as http
-from earnorm.events._redis_errors import RETRYABLE_ERRORS
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
+from earnorm.events._telemetry import http
 
 if TYPE_CHECKING:
     from earnorm.events.consumer._consumer import Consumer

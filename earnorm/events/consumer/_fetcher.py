@@ -31,8 +31,8 @@ from itertools import repeat
 
 import anyio
 
-from earnorm.events._broker import FETCH_CAP_BYTES, Broker, Fetched, Redelivery
-from earnorm.events._redis_errors import RETRYABLE_ERRORS
+from earnorm.events._broker.broker import FETCH_CAP_BYTES, Broker, Fetched, Redelivery
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.consumer")

@@ -18,9 +18,9 @@ import anyio
 
 from earnorm._config import EventConfig
 from earnorm._errors import EarnORMError
-from earnorm.events import _http as http
 from earnorm.events._bus import EventBus
 from earnorm.events._handlers import HandlerRegistry
+from earnorm.events._telemetry import http
 from earnorm.events.consumer._background import RunsInBackground
 from earnorm.events.consumer._consumer import Consumer
 
@@ -208,7 +208,7 @@ class ConsumerGroup(RunsInBackground):
         return out
 
     async def _metrics_page(self) -> http.Response:
-        from earnorm.events._metrics import merged_exposition
+        from earnorm.events._telemetry.metrics import merged_exposition
 
         body, content_type = merged_exposition(
             [c._metrics for c in self.consumers if c._metrics is not None])

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import anyio
 
 from earnorm._config import EventConfig
-from earnorm.events._broker import Broker
-from earnorm.events._clock import ServerClock
-from earnorm.events._redis_errors import REFUSED_ERRORS
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.errors import REFUSED_ERRORS
+from earnorm.events._wire.clock import ServerClock
 from earnorm.events.consumer._resilient import RedisHealth, forever
 from earnorm.events.consumer._watch import ServerWatch
 

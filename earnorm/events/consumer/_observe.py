@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from earnorm.events import _protocol as protocol
-from earnorm.events._celery_presence import CeleryPresence
-from earnorm.events._metrics import Metrics
+from earnorm.events._broker.celery_presence import CeleryPresence
+from earnorm.events._telemetry.metrics import Metrics
+from earnorm.events._wire import decode as protocol
 
 
 class TaskEvents:

@@ -3,7 +3,7 @@ it at once: the move is one Lua script, so a message is promoted exactly once.""
 
 from __future__ import annotations
 
-from earnorm.events._broker import Broker
+from earnorm.events._broker.broker import Broker
 from earnorm.events.consumer._resilient import forever
 
 _BATCH = 500

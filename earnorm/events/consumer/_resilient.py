@@ -21,7 +21,7 @@ from typing import NoReturn, TypeVar
 
 import anyio
 
-from earnorm.events._redis_errors import RETRYABLE_ERRORS, is_refused
+from earnorm.events._broker.errors import RETRYABLE_ERRORS, is_refused
 
 log = logging.getLogger("earnorm.consumer")
 T = TypeVar("T")

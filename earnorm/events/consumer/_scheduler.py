@@ -23,13 +23,13 @@ from typing import Any
 import anyio
 
 from earnorm._config import EventConfig
-from earnorm.events import _encode as encode
-from earnorm.events._broker import Broker
-from earnorm.events._clock import ServerClock, iso_ms
-from earnorm.events._event import Event
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
+from earnorm.events._broker.schedule_store import ScheduleStore
 from earnorm.events._periodic import Schedule
-from earnorm.events._redis_errors import RETRYABLE_ERRORS
-from earnorm.events._schedule_store import ScheduleStore
+from earnorm.events._wire import encode
+from earnorm.events._wire.clock import ServerClock, iso_ms
+from earnorm.events._wire.event import Event
 from earnorm.events.consumer._resilient import Backoff, RedisHealth
 
 log = logging.getLogger("earnorm.scheduler")

@@ -14,17 +14,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from earnorm.events import _canvas as canvas
-from earnorm.events import _protocol as protocol
-from earnorm.events import _results as result_meta
-from earnorm.events._broker import Broker
-from earnorm.events._celery_errors import ChordError, client_failure
-from earnorm.events._chords import ChordJoin, Completed
-from earnorm.events._clock import ServerClock
-from earnorm.events._failures import FailureReason, failure_record
-from earnorm.events._keys import Keys
-from earnorm.events._results import ResultBackend
-from earnorm.events._topology import for_cluster
+from earnorm.events._broker import results as result_meta
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.chords import ChordJoin, Completed
+from earnorm.events._broker.keys import Keys
+from earnorm.events._broker.results import ResultBackend
+from earnorm.events._broker.topology import for_cluster
+from earnorm.events._wire import canvas
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire.celery_errors import ChordError, client_failure
+from earnorm.events._wire.clock import ServerClock
+from earnorm.events._wire.failures import FailureReason, failure_record
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._resilient import RedisHealth, until_done

@@ -8,10 +8,10 @@ import contextlib
 import logging
 
 from earnorm._config import EventConfig
-from earnorm.events._broker import Broker
-from earnorm.events._clock import ServerClock
-from earnorm.events._redis_errors import REFUSED_ERRORS
-from earnorm.events._server import ServerInfo, check_eviction, eviction_refusal
+from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.errors import REFUSED_ERRORS
+from earnorm.events._broker.server import ServerInfo, check_eviction, eviction_refusal
+from earnorm.events._wire.clock import ServerClock
 
 log = logging.getLogger("earnorm.consumer")
 

@@ -11,9 +11,9 @@ import pytest
 
 from earnorm import Event, FailureReason, Handler
 from earnorm._config import EventConfig, RetryPolicy
-from earnorm.events import _protocol as protocol
-from earnorm.events._failures import HandlerFailure
-from earnorm.events._keys import Keys
+from earnorm.events._broker.keys import Keys
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire.failures import HandlerFailure
 from earnorm.events.consumer import _decide as decide
 
 CONFIG = EventConfig(queue_name="q", max_deliveries=5, max_delay=3600)

@@ -33,14 +33,17 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from earnorm._transaction import Transaction
-from earnorm.events._keys import text
+from earnorm.events._broker.keys import text
+from earnorm.events._staging import Staged
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pymongo.asynchronous.client_session import AsyncClientSession
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
 
-    from earnorm.events._broker import Broker
+    from earnorm.events._broker.broker import Broker
     from earnorm.events._bus import EventBus
 
 log = logging.getLogger("earnorm.outbox")
@@ -54,20 +57,21 @@ def _wake_local_relays() -> None:
         relay.nudge()
 
 
-async def stage(tx: Transaction, queue: str,
-                items: list[tuple[str, bytes, int, float | None, str | None]]) -> None:
-    """Write (event id, envelope, ready index, due ms, dedup key) entries in ``tx``."""
+async def stage(database: AsyncDatabase[dict[str, Any]], session: AsyncClientSession,
+                on_commit: list[Callable[[], None]], queue: str, items: list[Staged]) -> None:
+    """Write the staged messages to the outbox collection in ``session``'s transaction, and
+    wake this process's relays when it commits."""
     from bson import Binary
 
     now_ms = time.time() * 1000
     documents = [{
-        "event_id": event_id, "queue": queue, "raw": Binary(raw), "index": index,
+        "event_id": event_id, "queue": queue, "raw": Binary(raw), "index": ready_index,
         "due_ms": due_ms, "dedup_key": dedup_key, "created_ms": now_ms, "state": "pending",
         "claim": None, "claim_until": 0.0,
-    } for event_id, raw, index, due_ms, dedup_key in items]
-    await tx.database[COLLECTION].insert_many(documents, session=tx.session)
-    if _wake_local_relays not in tx.on_commit:
-        tx.on_commit.append(_wake_local_relays)
+    } for event_id, raw, ready_index, due_ms, dedup_key in items]
+    await database[COLLECTION].insert_many(documents, session=session)
+    if _wake_local_relays not in on_commit:
+        on_commit.append(_wake_local_relays)
 
 
 class OutboxRelay:
@@ -118,7 +122,7 @@ class OutboxRelay:
             await task
         from pymongo.errors import PyMongoError
 
-        from earnorm.events._redis_errors import RETRYABLE_ERRORS
+        from earnorm.events._broker.errors import RETRYABLE_ERRORS
 
         with contextlib.suppress(PyMongoError, *RETRYABLE_ERRORS, TimeoutError):
             async with asyncio.timeout(drain_timeout):
@@ -128,7 +132,7 @@ class OutboxRelay:
     async def run(self) -> None:
         from pymongo.errors import PyMongoError
 
-        from earnorm.events._redis_errors import RETRYABLE_ERRORS
+        from earnorm.events._broker.errors import RETRYABLE_ERRORS
 
         errors: tuple[type[BaseException], ...] = (PyMongoError, *RETRYABLE_ERRORS)
         with contextlib.suppress(PyMongoError):
@@ -211,7 +215,7 @@ class OutboxRelay:
     def _broker(self, queue: str) -> Broker:
         broker = self._brokers.get(queue)
         if broker is None:
-            from earnorm.events._broker import Broker
+            from earnorm.events._broker.broker import Broker
 
             bus = self.bus
             broker = bus.broker if queue == bus.config.queue_name else Broker(

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from earnorm.events._keys import Keys, text
+from earnorm.events._broker.keys import Keys, text
 
 # KEYS: failed, failed index, ready lists by index. ARGV: (job id, list index, envelope)...
 # A job is pushed back only if its record was still there: retrying a job twice at once, or

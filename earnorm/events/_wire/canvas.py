@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
-from earnorm.events._event import new_uuid4
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
+from earnorm.events._wire.event import new_uuid4
 
 
 @dataclass(frozen=True, slots=True)

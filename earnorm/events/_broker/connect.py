@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._errors import BrokerConnectionError, ConfigError
-from earnorm.events import _topology as topology
+from earnorm.events._broker import topology
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
 _SECRET_PARAMS = frozenset({"password", "ssl_password", "sentinel_password"})

@@ -18,9 +18,9 @@ import secrets
 from typing import Any
 
 from earnorm._errors import ConfigError, EventValidationError, JobNotFound
+from earnorm.events._broker.keys import split_delayed_member
 from earnorm.events._bus import EventBus
-from earnorm.events._dashboard_page import LOGIN, PAGE
-from earnorm.events._keys import split_delayed_member
+from earnorm.events._tools.dashboard_page import LOGIN, PAGE
 
 _SESSION = "earnorm_session"
 _CSRF = "earnorm_csrf"
@@ -199,7 +199,7 @@ def _brief(job: Any) -> dict[str, Any]:
 
 def _summary(raw: bytes) -> dict[str, Any]:
     from earnorm._errors import MessageDecodeError
-    from earnorm.events import _protocol as protocol
+    from earnorm.events._wire import decode as protocol
 
     try:
         message = protocol.decode(raw)
@@ -211,7 +211,7 @@ def _summary(raw: bytes) -> dict[str, Any]:
 
 
 def _wired(data: Any) -> Any:
-    from earnorm.events._wiretypes import to_wire
+    from earnorm.events._wire.kombu_types import to_wire
 
     try:
         return to_wire(data, plain=True)

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from earnorm.events._own_connection import OwnConnection
+from earnorm.events._broker.own_connection import OwnConnection
 
 
 class PublishLane(OwnConnection):

@@ -35,7 +35,7 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 
-from earnorm.events._keys import text
+from earnorm.events._broker.keys import text
 
 log = logging.getLogger("earnorm.consumer")
 

@@ -6,7 +6,7 @@ the state a Celery worker would store (FAILURE, or REVOKED for an expired task).
 
 from __future__ import annotations
 
-from earnorm.events._failures import FailureReason
+from earnorm.events._wire.failures import FailureReason
 
 
 def _named(cls: type[BaseException], name: str, module: str) -> type[BaseException]:

@@ -16,8 +16,8 @@ import orjson
 from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
-from earnorm.events._keys import Keys, text
-from earnorm.events._topology import is_cluster
+from earnorm.events._broker.keys import Keys, text
+from earnorm.events._broker.topology import is_cluster
 
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"

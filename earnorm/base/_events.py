@@ -23,8 +23,8 @@ from bson import ObjectId
 from earnorm._environment import current_environment
 from earnorm._errors import ConfigError, EventValidationError
 from earnorm.events._bus import Delay, EventBus
-from earnorm.events._event import Event, validate_event_name
 from earnorm.events._handlers import model_event_name
+from earnorm.events._wire.event import Event, validate_event_name
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -16,9 +16,7 @@ from typing import Any
 import orjson
 
 from earnorm._errors import EventValidationError, SerializationError
-from earnorm.events._envelope import plain_envelope
-from earnorm.events._event import Event, new_uuid4
-from earnorm.events._protocol import (
+from earnorm.events._wire.decode import (
     EMBED,
     H_FIRST_FAILURE,
     H_METADATA,
@@ -31,7 +29,9 @@ from earnorm.events._protocol import (
     ZLIB,
     Message,
 )
-from earnorm.events._wiretypes import to_wire
+from earnorm.events._wire.event import Event, new_uuid4
+from earnorm.events._wire.kombu_types import to_wire
+from earnorm.events._wire.template import plain_envelope
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _ORIGIN_JSON = orjson.dumps(_ORIGIN)

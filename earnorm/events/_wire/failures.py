@@ -12,13 +12,13 @@ from enum import StrEnum
 import orjson
 
 from earnorm._errors import EventValidationError
-from earnorm.events import _encode as encode
-from earnorm.events import _protocol as protocol
-from earnorm.events._clock import iso_ms
-from earnorm.events._keys import Keys
-from earnorm.events._protocol import Message
-from earnorm.events._records import FailedJob, HandlerError
-from earnorm.events._wiretypes import to_wire
+from earnorm.events._broker.keys import Keys
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire import encode
+from earnorm.events._wire.clock import iso_ms
+from earnorm.events._wire.decode import Message
+from earnorm.events._wire.kombu_types import to_wire
+from earnorm.events._wire.records import FailedJob, HandlerError
 
 
 class FailureReason(StrEnum):

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from earnorm.events._keys import Keys, text
+from earnorm.events._broker.keys import Keys, text
 
 # KEYS: schedules hash, info hash, the ready list; ARGV: name, the last tick the caller read
 # ('' for none), the new last tick (ms), info JSON, envelopes to push. The tick advances, and its

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from earnorm.events._wiretypes import to_wire
+from earnorm.events._wire.kombu_types import to_wire
 
 KEY_PREFIX = "celery-task-meta-"
 

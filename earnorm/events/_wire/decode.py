@@ -25,8 +25,8 @@ from earnorm._errors import (
     MessageDecodeError,
     UnsupportedProtocol,
 )
-from earnorm.events._event import _NO_HEADERS, Event
-from earnorm.events._wiretypes import from_wire, to_wire
+from earnorm.events._wire.event import _NO_HEADERS, Event
+from earnorm.events._wire.kombu_types import from_wire, to_wire
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"

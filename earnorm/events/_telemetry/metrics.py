@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from earnorm._errors import ConfigError
-from earnorm.events._records import QueueStats
+from earnorm.events._wire.records import QueueStats
 
 _TASK_LABELS = ("name", "hostname", "queue_name")
 

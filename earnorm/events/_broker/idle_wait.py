@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from earnorm.events._own_connection import OwnConnection
-from earnorm.events._topology import is_cluster
+from earnorm.events._broker.own_connection import OwnConnection
+from earnorm.events._broker.topology import is_cluster
 
 _CHUNK = 64 * 1024
 _CLUSTER_MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")

@@ -27,14 +27,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._config import EventConfig
 from earnorm._errors import NotReplicated
-from earnorm.events import _scripts as scripts
-from earnorm.events._celery_unacked import UNACKED_INDEX, CeleryUnacked
-from earnorm.events._failed_store import FailedStore
-from earnorm.events._keys import APP_QUEUES, Keys, delayed_member, text
-from earnorm.events._lane import PublishLane
-from earnorm.events._server import ServerProbe
-from earnorm.events._topology import is_cluster, same_slot
-from earnorm.events._waiter import BlockingWait
+from earnorm.events._broker import scripts
+from earnorm.events._broker.celery_unacked import UNACKED_INDEX, CeleryUnacked
+from earnorm.events._broker.failed_store import FailedStore
+from earnorm.events._broker.idle_wait import BlockingWait
+from earnorm.events._broker.keys import APP_QUEUES, Keys, delayed_member, text
+from earnorm.events._broker.publish_lane import PublishLane
+from earnorm.events._broker.server import ServerProbe
+from earnorm.events._broker.topology import is_cluster, same_slot
 
 # Bytes one fetch script moves at most (plus one message): a message costs the script ~6 ms a
 # MB on this machine (docs/latency.md), so small batches and one large message at a time.

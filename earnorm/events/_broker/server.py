@@ -13,8 +13,8 @@ from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from earnorm._errors import ConfigError
-from earnorm.events._keys import Keys, text
-from earnorm.events._topology import is_cluster
+from earnorm.events._broker.keys import Keys, text
+from earnorm.events._broker.topology import is_cluster
 
 SAFE_POLICY = "noeviction"
 

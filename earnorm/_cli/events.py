@@ -31,11 +31,11 @@ from typing import Any, TextIO
 import orjson
 
 from earnorm._errors import BrokerConnectionError, EarnORMError, JobNotFound
+from earnorm.events._broker.connect import mask_url, unreachable
+from earnorm.events._broker.errors import TRANSIENT_ERRORS
 from earnorm.events._bus import EventBus
-from earnorm.events._embedded import start_local_redis
-from earnorm.events._records import FailedJob, QueueStats
-from earnorm.events._redis_errors import TRANSIENT_ERRORS
-from earnorm.events._redis_url import mask_url, unreachable
+from earnorm.events._tools.embedded import start_local_redis
+from earnorm.events._wire.records import FailedJob, QueueStats
 
 OK, NOT_FOUND, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 _CLEAR = "\x1b[H\x1b[2J"
@@ -324,8 +324,8 @@ async def _failed(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
 async def _schedules(bus: EventBus, args: argparse.Namespace, out: TextIO) -> int:
     import importlib
 
+    from earnorm.events._broker.schedule_store import ScheduleStore
     from earnorm.events._periodic import default_schedules
-    from earnorm.events._schedule_store import ScheduleStore
 
     app = args.app or os.environ.get("EARNORM_APP")
     if app:
@@ -366,7 +366,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         if args.mongo_uri:  # the outbox's size and lag in stats (a relay that is not run)
             from earnorm._environment import connect_mongo
-            from earnorm.events._outbox import OutboxRelay
+            from earnorm._outbox import OutboxRelay
 
             client, database = await connect_mongo(args.mongo_uri, args.database, 5.0)
             bus.outbox = OutboxRelay(bus, database)
@@ -384,7 +384,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _dashboard(args: argparse.Namespace, out: TextIO) -> int:
-    from earnorm.events._dashboard import check_binding, dashboard_app
+    from earnorm.events._tools.dashboard import check_binding, dashboard_app
 
     token = os.environ.get("EARNORM_DASHBOARD_TOKEN") or None
     try:

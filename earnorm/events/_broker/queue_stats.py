@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from earnorm._config import EventConfig
-from earnorm.events._broker import Broker
-from earnorm.events._clock import iso_ms
-from earnorm.events._monitoring import merge, percentiles
-from earnorm.events._records import (
+from earnorm.events._broker.broker import Broker
+from earnorm.events._telemetry.timings import merge, percentiles
+from earnorm.events._wire.clock import iso_ms
+from earnorm.events._wire.records import (
     ConsumerInfo,
     Counters,
     ProcessingSummary,
@@ -19,13 +19,8 @@ from earnorm.events._records import (
     ServerStats,
 )
 
-if TYPE_CHECKING:
-    from earnorm.events._outbox import OutboxRelay
 
-
-async def queue_stats(
-    broker: Broker, config: EventConfig, outbox: OutboxRelay | None
-) -> QueueStats:
+async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
     """See ``EventBus.stats``."""
     snap = await broker.snapshot()
     info = await broker.server.info()
@@ -97,8 +92,6 @@ async def queue_stats(
         "latency_s": _latency_s(snap, now_ms),
         "consumers": consumers,
     }
-    if outbox is not None:
-        stats["outbox"] = await outbox.stats()
     return stats
 
 
