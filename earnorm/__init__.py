@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from earnorm._environment import Cache, Environment
+from earnorm._environment import Environment
 from earnorm._errors import (
     BrokerConnectionError,
     ConfigError,
@@ -41,6 +41,7 @@ from earnorm._errors import (
 from earnorm._lazy import lazy_exports
 from earnorm._runtime import close, env, event_bus, init
 from earnorm._transaction import run_in_transaction, transaction
+from earnorm.events._broker.cache import Cache
 from earnorm.events._bus import EventBus
 from earnorm.events._handlers import (
     Handler,

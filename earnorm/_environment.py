@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from earnorm._errors import ConfigError, DatabaseError, NotInitializedError
-from earnorm.events._wire.kombu_types import from_wire, to_wire
+from earnorm.events._broker.cache import Cache
 
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
     from pymongo.asynchronous.database import AsyncDatabase
-    from redis.asyncio import Redis
 
     from earnorm.events._bus import EventBus
 
@@ -31,46 +27,6 @@ _models: dict[str, type] = {}
 def register_model(cls: type) -> None:
     """Called for every model class; a later class with the same name replaces the earlier."""
     _models[cls.__name__] = cls
-
-
-class Cache:
-    """A small async key/value cache on Redis. Values are JSON data plus datetime, date, time,
-    Decimal, UUID and bytes (the event wire's types); keys are namespaced by ``prefix``::
-
-        await env.cache.set("user:42", {"name": "Ann"}, ttl=300)
-        await env.cache.get("user:42")     # {'name': 'Ann'}
-        await env.cache.delete("user:42")  # 1
-    """
-
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self.redis = redis
-        self.prefix = prefix
-
-    def _key(self, key: str) -> str:
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"cache keys must be non-empty strings, got {key!r}")
-        return self.prefix + key
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        raw = await self.redis.get(self._key(key))
-        return default if raw is None else from_wire(orjson.loads(raw))
-
-    async def set(self, key: str, value: Any, ttl: float | timedelta | None = None) -> None:
-        """Store ``value``; with ``ttl`` (seconds or timedelta) it expires."""
-        raw = orjson.dumps(to_wire(value, f"cache[{key!r}]"))
-        if ttl is None:
-            await self.redis.set(self._key(key), raw)
-            return
-        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-            raise ConfigError(f"cache ttl must be a positive number of seconds, got {ttl!r}")
-        await self.redis.set(self._key(key), raw, px=max(1, round(seconds * 1000)))
-
-    async def delete(self, *keys: str) -> int:
-        """Remove keys; returns how many existed."""
-        if not keys:
-            return 0
-        return int(await self.redis.delete(*(self._key(k) for k in keys)))
 
 
 class Environment:
@@ -94,7 +50,7 @@ class Environment:
         self._services: dict[str, Any] = {}
         self._cache: Cache | None = None
         if event_bus is not None:
-            prefix = cache_prefix or f"{event_bus.config.queue_name}:cache:"
+            prefix = cache_prefix or event_bus.broker.keys.cache_prefix
             self._cache = Cache(event_bus.redis, prefix)
 
     @property

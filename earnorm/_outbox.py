@@ -33,7 +33,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from earnorm.events._broker.keys import text
 from earnorm.events._staging import Staged
 
 if TYPE_CHECKING:
@@ -96,7 +95,6 @@ class OutboxRelay:
         self._failing = False
         self._last_cleanup = 0.0
         # Every relay's totals, for stats() and the CLI of any process: Q:outbox.
-        self._counters = f"{config.queue_name}:outbox"
 
     @property
     def collection(self) -> AsyncCollection[dict[str, Any]]:
@@ -148,9 +146,7 @@ class OutboxRelay:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(*errors):  # Redis may be what fails
-                    await self.bus.redis.hset(self._counters, mapping={
-                        "last_error": self.last_error, "last_error_ms": time.time() * 1000})
-                    await self.bus.redis.hincrby(self._counters, "errors", 1)
+                    await self.bus.broker.outbox_failed(self.last_error, time.time() * 1000)
                 if not self._failing:
                     log.warning("outbox relay failed (%s); retrying every %.1fs",
                                 self.last_error, self.poll_interval)
@@ -199,7 +195,7 @@ class OutboxRelay:
         # as theirs; the push was deduplicated, and only the claim's holder marks (and counts).
         sent = await self._mark_sent([e["_id"] for e in mine], token)
         self.relayed += sent
-        await self.bus.redis.hincrby(self._counters, "relayed", sent)
+        await self.bus.broker.outbox_relayed(sent)
         return sent
 
     async def _mark_sent(self, ids: list[Any], token: str) -> int:
@@ -237,8 +233,7 @@ class OutboxRelay:
         oldest = await self.collection.find_one({"state": "pending"}, sort=[("_id", 1)])
         lag = None if oldest is None else round(
             max(time.time() * 1000 - float(oldest["created_ms"]), 0.0) / 1000, 3)
-        totals = {text(k): text(v)
-                  for k, v in (await self.bus.redis.hgetall(self._counters)).items()}
+        totals = await self.bus.broker.outbox_counters()
         return {"pending": pending, "oldest_pending_s": lag,
                 "relayed": int(totals.get("relayed", 0)), "errors": int(totals.get("errors", 0)),
                 "last_error": totals.get("last_error")}

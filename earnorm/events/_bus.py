@@ -337,8 +337,9 @@ class EventBus:
             if not await self.broker.failed.requeue_oversized(job_id):
                 raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
             return job_id
-        fresh, index = requeue_message(job, self.broker.keys)
-        if not await self.broker.failed.requeue(job_id, fresh, index):
+        fresh, priority = requeue_message(job)
+        if not await self.broker.failed.requeue(job_id, fresh,
+                                                 self.broker.keys.ready_index(priority)):
             raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
         return job_id
 
@@ -363,7 +364,8 @@ class EventBus:
                     count += await self.broker.failed.requeue_oversized(job["job_id"])
                     continue
                 try:
-                    fresh, index = requeue_message(job, self.broker.keys)
+                    fresh, priority = requeue_message(job)
+                    index = self.broker.keys.ready_index(priority)
                 except (JobNotFound, EventValidationError):
                     continue
                 batch.append((job["job_id"], fresh, index))

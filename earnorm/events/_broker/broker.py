@@ -181,8 +181,38 @@ class Broker:
             return
         await self.redis.zadd(self.keys.delayed, member)
 
+    async def outbox_relayed(self, count: int) -> None:
+        await self.redis.hincrby(self.keys.outbox, "relayed", count)
+
+    async def outbox_failed(self, error: str, at_ms: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.outbox, mapping={"last_error": error, "last_error_ms": at_ms})
+            pipe.hincrby(self.keys.outbox, "errors", 1)
+            await pipe.execute()
+
+    async def outbox_counters(self) -> dict[str, str]:
+        """What every outbox relay of this queue did: relayed, errors, last_error(_ms)."""
+        raw = await self.redis.hgetall(self.keys.outbox)
+        return {text(k): text(v) for k, v in raw.items()}
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def ready_count(self) -> int:
+        """Messages waiting in the ready lists (every priority)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.keys.ready:
+                pipe.llen(key)
+            return sum(await pipe.execute())
+
+    async def next_due(self, limit: int) -> list[tuple[bytes, float]]:
+        """The first ``limit`` delayed-set members, soonest first, with their due times (ms)."""
+        members: list[tuple[bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
+            self.keys.delayed, 0, limit - 1, withscores=True)
+        return members
+
     def dedup_key(self, key: str) -> str:
-        return f"{self.keys.queue}:dedup:{key}"
+        return self.keys.dedup(key)
 
     async def push_once_many(
         self, items: Sequence[tuple[bytes, int, float | None, str, str]], ttl_ms: int

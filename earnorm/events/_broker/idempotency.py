@@ -12,20 +12,16 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from earnorm.events._handlers import Handler
+from earnorm.events._broker.keys import Keys
 
 
 class DoneMarks:
-    def __init__(self, redis: Redis, queue: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
-        self.prefix = f"{queue}:done:"
+        self.keys = keys
 
-    def key(self, handler: Handler, event_id: str) -> str:
-        return f"{self.prefix}{handler.name}:{event_id}"
+    async def seen(self, handler: str, event_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.done(handler, event_id)))
 
-    async def seen(self, handler: Handler, event_id: str) -> bool:
-        return bool(await self.redis.exists(self.key(handler, event_id)))
-
-    async def mark(self, handler: Handler, event_id: str) -> None:
-        await self.redis.set(self.key(handler, event_id), b"1",
-                             px=max(1, int(handler.idempotency_ttl * 1000)))
+    async def mark(self, handler: str, event_id: str, ttl: float) -> None:
+        await self.redis.set(self.keys.done(handler, event_id), b"1", px=max(1, int(ttl * 1000)))

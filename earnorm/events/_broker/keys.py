@@ -15,6 +15,10 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
 - ``Q:stats``: counters; ``Q:monitor``: consumer id -> summary; ``Q:server``: what consumers saw
   of the Redis server (restarts, persistence);
+- ``Q:dedup:<key>``: a publish's ``dedup_key`` (the outbox relay's ``outbox:<event id>``),
+  for its TTL; ``Q:done:<handler>:<event id>``: an idempotent handler handled that event;
+- ``Q:outbox``: the outbox relays' counters (relayed, errors, the last error);
+- ``Q:cache:<key>``: ``env.cache`` entries (unless ``init()`` names another prefix);
 - beside them, ``earnorm:app-queues`` (one hash for every queue): queue name -> when an app
   last called ``init()`` for it;
 - ``Q:schedules``: schedule name -> the last tick fired (unix ms), the compare-and-set that lets
@@ -51,6 +55,9 @@ class Keys:
     server: str
     schedules: str
     schedules_info: str
+    outbox: str
+    cache_prefix: str
+    done_prefix: str
 
     @classmethod
     def for_queue(cls, config: EventConfig) -> Keys:
@@ -72,6 +79,9 @@ class Keys:
             server=f"{q}:server",
             schedules=f"{q}:schedules",
             schedules_info=f"{q}:schedules:info",
+            outbox=f"{q}:outbox",
+            cache_prefix=f"{q}:cache:",
+            done_prefix=f"{q}:done:",
         )
 
     @property
@@ -88,6 +98,14 @@ class Keys:
 
     def deliveries(self, consumer_id: str) -> str:
         return f"{self.queue}:deliveries:{consumer_id}"
+
+    def dedup(self, key: str) -> str:
+        """A publish's ``dedup_key`` (and the outbox relay's ``outbox:<event id>``)."""
+        return f"{self.queue}:dedup:{key}"
+
+    def done(self, handler: str, event_id: str) -> str:
+        """An idempotent handler's mark that it handled this event."""
+        return f"{self.done_prefix}{handler}:{event_id}"
 
     def ready_index(self, priority: int) -> int:
         """Celery's rule (wire.md 6): the largest step <= the priority clamped to 0..9."""

@@ -108,8 +108,7 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
 
     async def next_due(limit: int) -> list[tuple[float, dict[str, Any]]]:
         """The first ``limit`` delayed events, soonest first: (due ms, summary)."""
-        members: list[tuple[bytes, float]] = await bus.redis.zrange(  # type: ignore[assignment]
-            bus.broker.keys.delayed, 0, limit - 1, withscores=True)
+        members = await bus.broker.next_due(limit)
         return [(score, _summary(split_delayed_member(member)[1])) for member, score in members]
 
     async def delayed(request: Any) -> Any:

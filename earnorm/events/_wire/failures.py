@@ -12,7 +12,6 @@ from enum import StrEnum
 import orjson
 
 from earnorm._errors import EventValidationError
-from earnorm.events._broker.keys import Keys
 from earnorm.events._wire import decode as protocol
 from earnorm.events._wire import encode
 from earnorm.events._wire.clock import iso_ms
@@ -152,8 +151,8 @@ def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
         ) from None
 
 
-def requeue_message(job: FailedJob, keys: Keys) -> tuple[bytes, int]:
-    """A failed job's message made fresh to run again (retries reset), and its ready list."""
+def requeue_message(job: FailedJob) -> tuple[bytes, int]:
+    """A failed job's message made fresh to run again (retries reset), and its priority."""
     job_id = job["job_id"]
     raw = job.get("envelope")
     if not isinstance(raw, str):
@@ -175,4 +174,4 @@ def requeue_message(job: FailedJob, keys: Keys) -> tuple[bytes, int]:
         # asked to run it anyway: it must not expire again at once
         clear_expires=reason == "expired",
     )
-    return fresh, keys.ready_index(message.priority)
+    return fresh, message.priority

@@ -95,7 +95,7 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event,
     have_result = False
     for handler in handlers:
         try:
-            if handler.idempotent and done is not None and await done.seen(handler, event.id):
+            if handler.idempotent and done is not None and await done.seen(handler.name, event.id):
                 log.info("handler %s already handled %s %s: skipped", handler.name,
                          event.name, event.id)
                 continue
@@ -109,7 +109,7 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event,
             continue
         if handler.idempotent and done is not None:
             try:
-                await done.mark(handler, event.id)
+                await done.mark(handler.name, event.id, handler.idempotency_ttl)
             except RETRYABLE_ERRORS as exc:  # handled; only a later duplicate would re-run it
                 log.warning("handler %s handled %s but its idempotency mark was not written "
                             "(%s)", handler.name, event.id, exc)
