@@ -34,8 +34,6 @@ from earnorm._config import EventConfig
 from earnorm._errors import (
     ConfigError,
     EarnORMError,
-    MessageDecodeError,
-    UnsupportedProtocol,
 )
 from earnorm.events._broker import topology
 from earnorm.events._broker.broker import Broker, Redelivery
@@ -43,7 +41,6 @@ from earnorm.events._broker.celery_presence import CeleryPresence
 from earnorm.events._broker.connect import mask_url, open_redis, unreachable
 from earnorm.events._broker.errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
 from earnorm.events._broker.idempotency import DoneMarks
-from earnorm.events._broker.keys import Keys
 from earnorm.events._broker.results import ResultBackend
 from earnorm.events._bus import EventBus
 from earnorm.events._handlers import Handler, HandlerRegistry, default_registry
@@ -51,18 +48,16 @@ from earnorm.events._periodic import Schedule, default_schedules
 from earnorm.events._telemetry import http, tracing
 from earnorm.events._telemetry.metrics import Metrics
 from earnorm.events._telemetry.timings import ProcessingTimes
-from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.clock import ServerClock
-from earnorm.events._wire.failures import FailureReason
-from earnorm.events.consumer import _decide as decide
+from earnorm.events._wire.records import QueueStats
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._background import RunsInBackground
-from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
-from earnorm.events.consumer._calls import call_handler, message_limits, run_handlers
+from earnorm.events.consumer._batch import Batches, PendingEvent
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._observe import TaskEvents
+from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._scheduler import Scheduler
@@ -71,7 +66,6 @@ from earnorm.events.consumer._settle import Settler
 log = logging.getLogger("earnorm.consumer")
 
 # event name -> (handlers_for's tuple, handlers run at once, batch handlers)
-_Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
 
 
 class Consumer(RunsInBackground):
@@ -162,9 +156,8 @@ class Consumer(RunsInBackground):
         self.metrics_host = metrics_host
         self._metrics = Metrics(self.config.queue_name, self.node_name) if (
             metrics or metrics_port is not None) else None
-        self._events: TaskEvents | None = None
+        self._pipe: Pipeline | None = None  # built in run(), with the stages that are on
         # OpenTelemetry: on when installed and a tracer provider is configured at start.
-        self._tracer: Any = None
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -183,7 +176,6 @@ class Consumer(RunsInBackground):
         self._task_group: TaskGroup | None = None
         self._background: asyncio.Task[None] | None = None
         self._batches = Batches()
-        self._plans: dict[str, _Plan] = {}
         self._timings = ProcessingTimes()
         self._started_ms = time.time() * 1000
 
@@ -223,7 +215,7 @@ class Consumer(RunsInBackground):
         ``BrokerConnectionError`` if Redis cannot be reached when it starts; once running it
         rides out Redis outages (every loop backs off and retries)."""
         broker = await self._connect()
-        self._done = DoneMarks(broker.redis, self.config.queue_name)
+        self._done = DoneMarks(broker.redis, broker.keys)
         health = self._health
         acks = self._acks = AckBatcher(broker, self.consumer_id, self._forget_acked, health)
         fetcher = self._fetcher = Fetcher(
@@ -251,7 +243,6 @@ class Consumer(RunsInBackground):
         except BaseException:
             await self._close_connection()
             raise
-        self._tracer = tracing.tracer()
         try:
             self._log_startup()
             if self._stop_requested:
@@ -268,8 +259,14 @@ class Consumer(RunsInBackground):
                         on_shutdown=self.stop,
                     )
                     await tg.start(self._presence.run)
+                observer = None
                 if self._presence is not None or self._metrics is not None:
-                    self._events = TaskEvents(self._presence, self._metrics)
+                    observer = TaskEvents(self._presence, self._metrics)
+                self._pipe = Pipeline(
+                    config=self.config, registry=self.registry, clock=self.clock,
+                    keys=broker.keys, settler=self._settler, batches=self._batches,
+                    timings=self._timings, done=self._done, observer=observer,
+                    tracer=tracing.tracer())
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
                 if self.metrics_port is not None:
@@ -309,7 +306,7 @@ class Consumer(RunsInBackground):
             if not batches:
                 return
             for handler, items in batches:
-                await self._run_batch(handler, items)
+                await self._pipeline().run_batch(handler, items)
 
     def stop(self) -> None:
         """Ask the consumer to stop: no more fetching; running handlers may finish."""
@@ -385,6 +382,10 @@ class Consumer(RunsInBackground):
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)
 
+    def _pipeline(self) -> Pipeline:
+        assert self._pipe is not None
+        return self._pipe
+
     def _forget_acked(self, fields: list[int]) -> None:
         assert self._fetcher is not None
         self._fetcher.forget_many(fields)
@@ -399,7 +400,7 @@ class Consumer(RunsInBackground):
             self._running += 1
             try:
                 if redelivery is None or not redelivery.alone:
-                    await self._process(field, raw, redelivery)
+                    await self._pipeline().process(field, raw, redelivery)
                 else:
                     await self._run_alone(field, raw, redelivery)
             finally:
@@ -425,7 +426,7 @@ class Consumer(RunsInBackground):
                 await self._running_changed.wait()
             self._alone_waiting = False
             await until_done("ack", acks.flush, self._health)
-            await self._process(field, raw, redelivery)
+            await self._pipeline().process(field, raw, redelivery)
             await until_done("ack", acks.flush, self._health)
         finally:
             self._fetcher.redelivery_settled()
@@ -449,147 +450,11 @@ class Consumer(RunsInBackground):
 
     async def _run_counted_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
         try:
-            await self._run_batch(handler, items)
+            await self._pipeline().run_batch(handler, items)
         finally:
             self._running -= 1
             if not self._running:
                 self._idle.set()
-
-    async def _run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
-        started = time.perf_counter()
-        await run_batch(handler, items, call_handler)
-        share = (time.perf_counter() - started) / len(items)
-        for item in items:
-            self._timings.record(share)
-            item.waiting -= 1
-            if not item.waiting:
-                outcome = decide.after_running(
-                    item.message, item.failures, self.config.retry_policy, self.clock.now_ms(),
-                    self._keys,
-                )
-                await self._settle(item.field, item.raw, item.message, outcome)
-
-    # ------------------------------------------------------------------ one message
-
-    @property
-    def _keys(self) -> Keys:
-        assert self._broker is not None
-        return self._broker.keys
-
-    def _plan(self, message: protocol.Message, handlers: tuple[Handler, ...]) -> _Plan:
-        """Handlers to run at once and batch handlers, cached per event name for first
-        attempts (the hot path); a retry runs only the handlers still pending."""
-        plan = self._plans.get(message.task)
-        first_attempt = protocol.H_PENDING not in message.headers
-        if first_attempt and plan is not None and plan[0] is handlers:
-            return plan
-        chosen = decide.handlers_to_run(message, handlers)
-        plan = (handlers, tuple(h for h in chosen if h.batch_size is None),
-                tuple(h for h in chosen if h.batch_size is not None))
-        if first_attempt:
-            self._plans[message.task] = plan
-        return plan
-
-    async def _process(
-        self, field: int, raw: bytes, redelivery: Redelivery | None = None
-    ) -> None:
-        if redelivery is not None:
-            limit = decide.delivery_limit(redelivery.deliveries, redelivery.died_holding,
-                                          self.config)
-            if limit is not None:
-                await self._settle(field, raw, _decode_or_none(raw), limit)
-                return
-        try:
-            message = protocol.decode(raw, self.config.max_message_bytes)
-        except UnsupportedProtocol as exc:
-            await self._settle(field, raw, None, decide.DeadLetter(
-                FailureReason.UNSUPPORTED_PROTOCOL, str(exc), job_id=exc.task_id, name=exc.task))
-            return
-        except MessageDecodeError as exc:
-            await self._settle(field, raw, None, decide.DeadLetter(
-                FailureReason.UNDECODABLE, str(exc), job_id=exc.task_id, name=exc.task))
-            return
-        handlers = self.registry.handlers_for(message.task)
-        early = decide.before_running(message, handlers, self.clock.now_ms(), self._keys,
-                                      self.config)
-        if early is not None:
-            await self._settle(field, raw, message, early)
-            return
-        _, now, batched = self._plan(message, handlers)
-        try:
-            event = message.to_event()
-        except EarnORMError as exc:
-            await self._settle(field, raw, message,
-                              decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
-            return
-        failures: decide.Failures = []
-        result = None
-        events = self._events if not batched else None
-        if events is not None:
-            events.started(message)
-        span = None
-        active = self._tracer
-        if active is not None:
-            span = tracing.consumer_span(active, message.task, message.id, message.headers,
-                                         message.properties, self.config.queue_name,
-                                         message.retries)
-        if now:
-            limits = message_limits(message.headers.get("timelimit"))
-            started = time.perf_counter()
-            if span is None:
-                failures, result = await run_handlers(now, event, self._done, limits)
-            else:
-                with tracing.current(span):
-                    failures, result = await run_handlers(now, event, self._done, limits)
-            self._timings.record(time.perf_counter() - started)
-        if span is not None:
-            for _, failure in failures:
-                tracing.failed(span, failure.error, retrying=message.retries < (
-                    self.config.retry_policy.max_retries))
-            span.end()
-        if batched and redelivery is not None and redelivery.alone:  # no wait in a batch
-            item = PendingEvent(field, raw, message, event, failures, len(batched))
-            for handler in batched:
-                await self._run_batch(handler, [item])
-        elif batched:
-            item = PendingEvent(field, raw, message, event, failures, len(batched))
-            for handler in batched:
-                full = self._batches.add(handler, item)
-                if full is not None:
-                    await self._run_batch(handler, full)
-        elif not failures:
-            assert self._settler is not None
-            if events is not None:
-                events.finished(message, "succeeded", result=result)
-            if self._settler.carries_on(message):  # a canvas, or results to store
-                await self._settle(field, raw, message, decide.Ack(result))
-            else:  # the hot path: no outcome object, no extra await
-                self._settler.ack_handled(field)
-        else:
-            outcome = decide.after_running(
-                message, failures, self.config.retry_policy, self.clock.now_ms(), self._keys
-            )
-            if events is not None:
-                events.finished(message, "retried" if isinstance(outcome, decide.Retry)
-                                else "failed", failures[0][1].error)
-            await self._settle(field, raw, message, outcome)
-
-    async def _settle(
-        self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
-    ) -> None:
-        assert self._settler is not None
-        if self._metrics is not None and isinstance(outcome, decide.Unhandled):
-            assert message is not None
-            self._metrics.unhandled(message.task)
-        if self._events is not None and isinstance(outcome, decide.DeadLetter):
-            if outcome.reason is not FailureReason.HANDLER_ERROR:
-                self._events.rejected(
-                    message.task if message else outcome.name,
-                    message.id if message else outcome.job_id,
-                    expired=outcome.reason is FailureReason.EXPIRED)
-            if self._metrics is not None:
-                self._metrics.dead_lettered(str(outcome.reason))
-        await self._settler.apply(field, raw, message, outcome)
 
     # ------------------------------------------------------------------ metrics and health
 
@@ -604,6 +469,32 @@ class Consumer(RunsInBackground):
             app.mount("/consumer", consumer.asgi_app())
         """
         return http.asgi_app(self.http_routes())
+
+    # The endpoints' read-only view of this consumer (``_endpoints.Probe``).
+
+    @property
+    def started(self) -> bool:
+        return self._started.is_set()
+
+    @property
+    def broker(self) -> Broker | None:
+        return self._broker
+
+    @property
+    def last_progress(self) -> float | None:
+        return None if self._fetcher is None else self._fetcher.last_progress
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self._metrics
+
+    @property
+    def refresh_interval(self) -> float:
+        return self.config.heartbeat_interval
+
+    async def stats(self) -> QueueStats:
+        """The queue's ``EventBus.stats()``."""
+        return await self.bus.stats()
 
     @property
     def ready_window(self) -> float:
@@ -629,9 +520,3 @@ class Consumer(RunsInBackground):
     def unhandled(self) -> int:
         return self._settler.unhandled if self._settler else 0
 
-
-def _decode_or_none(raw: bytes) -> protocol.Message | None:
-    try:
-        return protocol.decode(raw)
-    except MessageDecodeError:
-        return None

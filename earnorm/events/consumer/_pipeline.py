@@ -1,0 +1,191 @@
+"""One message's way through a consumer: decode, decide, run, settle.
+
+``Pipeline`` is built once per run, when the consumer knows which optional stages are on, and
+composes them then: the run stage is the plain call of the handlers, wrapped in a tracing span
+only when OpenTelemetry is configured; an ``observer`` (Celery task events, Prometheus
+counters) is there only when one of them is on. A message on the common path (decoded, one
+handler, success, nothing to carry on) pays for no stage that is off: no span, no observer
+call, no outcome object. Every outcome goes through ``settle``, the one place it is observed
+(``TaskEvents.settled``) before the ``Settler`` does its Redis side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from earnorm._config import EventConfig
+from earnorm._errors import EarnORMError, MessageDecodeError, UnsupportedProtocol
+from earnorm.events._broker.broker import Redelivery
+from earnorm.events._broker.idempotency import DoneMarks
+from earnorm.events._broker.keys import Keys
+from earnorm.events._handlers import Handler, HandlerRegistry
+from earnorm.events._telemetry import tracing
+from earnorm.events._telemetry.timings import ProcessingTimes
+from earnorm.events._wire import decode as protocol
+from earnorm.events._wire.clock import ServerClock
+from earnorm.events._wire.event import Event
+from earnorm.events._wire.failures import FailureReason
+from earnorm.events.consumer import _decide as decide
+from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
+from earnorm.events.consumer._calls import call_handler, message_limits, run_handlers
+from earnorm.events.consumer._observe import TaskEvents
+from earnorm.events.consumer._settle import Settler
+
+# handlers of the event name, the ones to run now, the batch handlers
+_Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
+# the run stage: (handlers, event, message) -> (failures, the result of the last success)
+RunStage = Callable[[tuple[Handler, ...], Event, protocol.Message],
+                    Awaitable[tuple[decide.Failures, Any]]]
+
+
+@dataclass(eq=False)
+class Pipeline:
+    config: EventConfig
+    registry: HandlerRegistry
+    clock: ServerClock
+    keys: Keys
+    settler: Settler
+    batches: Batches
+    timings: ProcessingTimes
+    done: DoneMarks | None  # idempotent handlers' marks
+    observer: TaskEvents | None  # Celery task events and/or Prometheus counters, when on
+    tracer: Any  # OpenTelemetry's, when configured
+    _plans: dict[str, _Plan] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run: RunStage = (self._run if self.tracer is None
+                              else _traced(self.tracer, self.config, self._run))
+
+    # ------------------------------------------------------------------ stages
+
+    def decode(self, raw: bytes) -> protocol.Message | decide.DeadLetter:
+        try:
+            return protocol.decode(raw, self.config.max_message_bytes)
+        except UnsupportedProtocol as exc:
+            return decide.DeadLetter(FailureReason.UNSUPPORTED_PROTOCOL, str(exc),
+                                     job_id=exc.task_id, name=exc.task)
+        except MessageDecodeError as exc:
+            return decide.DeadLetter(FailureReason.UNDECODABLE, str(exc),
+                                     job_id=exc.task_id, name=exc.task)
+
+    def plan(self, message: protocol.Message, handlers: tuple[Handler, ...]) -> _Plan:
+        """Handlers to run at once and batch handlers, cached per event name for first
+        attempts (the hot path); a retry runs only the handlers still pending."""
+        plan = self._plans.get(message.task)
+        first_attempt = protocol.H_PENDING not in message.headers
+        if first_attempt and plan is not None and plan[0] is handlers:
+            return plan
+        chosen = decide.handlers_to_run(message, handlers)
+        plan = (handlers, tuple(h for h in chosen if h.batch_size is None),
+                tuple(h for h in chosen if h.batch_size is not None))
+        if first_attempt:
+            self._plans[message.task] = plan
+        return plan
+
+    async def _run(self, handlers: tuple[Handler, ...], event: Event,
+                   message: protocol.Message) -> tuple[decide.Failures, Any]:
+        limits = message_limits(message.headers.get("timelimit"))
+        started = time.perf_counter()
+        outcome = await run_handlers(handlers, event, self.done, limits)
+        self.timings.record(time.perf_counter() - started)
+        return outcome
+
+    async def settle(self, field: int, raw: bytes, message: protocol.Message | None,
+                     outcome: decide.Outcome, failures: decide.Failures | None = None) -> None:
+        """Where every outcome is observed, then settled in Redis."""
+        if self.observer is not None:
+            self.observer.settled(message, outcome, failures or [])
+        await self.settler.apply(field, raw, message, outcome)
+
+    # ------------------------------------------------------------------ one message
+
+    async def process(self, field: int, raw: bytes,
+                      redelivery: Redelivery | None = None) -> None:
+        if redelivery is not None:
+            limit = decide.delivery_limit(redelivery.deliveries, redelivery.died_holding,
+                                          self.config)
+            if limit is not None:
+                await self.settle(field, raw, _decode_or_none(raw), limit)
+                return
+        message = self.decode(raw)
+        if isinstance(message, decide.DeadLetter):
+            await self.settle(field, raw, None, message)
+            return
+        handlers = self.registry.handlers_for(message.task)
+        early = decide.before_running(message, handlers, self.clock.now_ms(), self.keys,
+                                      self.config)
+        if early is not None:
+            await self.settle(field, raw, message, early)
+            return
+        _, now, batched = self.plan(message, handlers)
+        try:
+            event = message.to_event()
+        except EarnORMError as exc:
+            await self.settle(field, raw, message,
+                              decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
+            return
+        failures: decide.Failures = []
+        result = None
+        observer = self.observer if not batched else None
+        if observer is not None:
+            observer.started(message)
+        if now:
+            failures, result = await self.run(now, event, message)
+        if batched:
+            item = PendingEvent(field, raw, message, event, failures, len(batched))
+            alone = redelivery is not None and redelivery.alone  # no wait in a batch
+            for handler in batched:
+                full = [item] if alone else self.batches.add(handler, item)
+                if full is not None:
+                    await self.run_batch(handler, full)
+        elif failures:
+            await self.settle(field, raw, message, decide.after_running(
+                message, failures, self.config.retry_policy, self.clock.now_ms(), self.keys),
+                failures)
+        elif observer is not None or self.settler.carries_on(message):
+            await self.settle(field, raw, message, decide.Ack(result))
+        else:  # the hot path: no outcome object, no extra await
+            self.settler.ack_handled(field)
+
+    async def run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
+        started = time.perf_counter()
+        await run_batch(handler, items, call_handler)
+        share = (time.perf_counter() - started) / len(items)
+        for item in items:
+            self.timings.record(share)
+            item.waiting -= 1
+            if not item.waiting:
+                outcome = decide.after_running(
+                    item.message, item.failures, self.config.retry_policy,
+                    self.clock.now_ms(), self.keys)
+                await self.settle(item.field, item.raw, item.message, outcome, item.failures)
+
+
+def _traced(tracer: Any, config: EventConfig, run: RunStage) -> RunStage:
+    """The run stage inside a CONSUMER span, as opentelemetry-instrumentation-celery makes."""
+
+    async def traced(handlers: tuple[Handler, ...], event: Event,
+                     message: protocol.Message) -> tuple[decide.Failures, Any]:
+        span = tracing.consumer_span(tracer, message.task, message.id, message.headers,
+                                     message.properties, config.queue_name, message.retries)
+        try:
+            with tracing.current(span):
+                failures, result = await run(handlers, event, message)
+            for _, failure in failures:
+                tracing.failed(span, failure.error,
+                               retrying=message.retries < config.retry_policy.max_retries)
+        finally:
+            span.end()
+        return failures, result
+
+    return traced
+
+
+def _decode_or_none(raw: bytes) -> protocol.Message | None:
+    try:
+        return protocol.decode(raw)
+    except MessageDecodeError:
+        return None
