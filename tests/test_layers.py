@@ -152,3 +152,11 @@ def test_the_checks_see_imports() -> None:
     assert "earnorm.events._broker.broker" in project_imports("earnorm.events._bus")
     assert "redis.asyncio" in set(imports("earnorm.events._broker.broker"))
     assert len(events_modules()) > 40
+
+
+def test_architecture_maps_every_module() -> None:
+    """docs/architecture.md names every module of the package (and no module that is gone)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^(earnorm/\S+\.py)", page, re.MULTILINE))
+    files = {str(path.relative_to(ROOT)) for path in MODULES.values()}
+    assert sorted(files - listed) == [] and sorted(listed - files) == []

@@ -9,7 +9,7 @@
 >>> (await User.get(user.id)).status          # doctest: +SKIP
 'inactive'
 
-See ``earnorm.base._hooks`` for the order hooks run in, and the README's "Models" section
+See ``earnorm.base._hooks`` for the order hooks run in, and docs/models.md
 for the guide.
 """
 

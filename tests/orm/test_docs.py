@@ -1,5 +1,6 @@
-"""The README's Models section runs as written: its python blocks, in order, in one namespace, with
-top-level ``await`` (as in ``python -m asyncio``), against this session's servers."""
+"""The ORM guide (docs/models.md) runs as written: its python blocks, in order, in one
+namespace, with top-level ``await`` (as in ``python -m asyncio``), against this session's
+servers."""
 
 from __future__ import annotations
 
@@ -20,19 +21,11 @@ from earnorm.events import _handlers as handlers
 
 pytestmark = pytest.mark.anyio
 
-DOC = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def models_section() -> str:
-    """The README's "## Models" section, up to the next second-level heading."""
-    text = DOC.read_text()
-    start = text.index("\n## Models\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
+DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", models_section(), flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
 
 
 async def test_models_guide_runs_as_written(

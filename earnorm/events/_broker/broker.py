@@ -1,11 +1,13 @@
-"""Everything that knows Redis key names and Lua scripts lives here (and in ``_scripts``, ``_keys``,
-``_failed_store``, ``_server``, ``_celery_unacked``, ``_waiter``), and only here.
+"""``Broker``: one queue's facade over its Lua scripts and commands. The consumer, the bus and
+the tools reach Redis through it (and the stores it holds: ``failed_store``, ``server``,
+``celery_unacked``, ``idle_wait``); key names come from ``keys``, the scripts from
+``scripts``.
 
 Ready -> in-flight is always a move inside Redis (a Lua script or BLMOVE), never a pop into
 client memory, so a consumer killed at any instant loses nothing: its in-flight hash and landing
 list are handed back by a live consumer once its heartbeat deadline passes. What a dead consumer
 held is counted as one more delivery, atomically with the hand-back, and comes back through
-``Q:recovered`` one message at a time (see ``_scripts.RECOVER`` and ``_scripts.FETCH``).
+``Q:recovered`` one message at a time (see ``scripts.RECOVER`` and ``scripts.FETCH``).
 
 Scripts whose writes do not grow memory (fetch, ack, heartbeat, recover, promote) carry Redis 7's
 ``allow-oom`` flag, so a Redis at ``maxmemory`` keeps delivering and acking (which frees memory)

@@ -58,7 +58,7 @@ def mask_url(url: str) -> str:
 def open_redis(url: str, **options: Any) -> Redis:
     """A client for ``url`` that retries briefly on connection errors; callers above it decide
     how long to keep trying. ``redis://``, ``rediss://``, ``unix://``, and the cluster and
-    sentinel forms of ``_topology`` (whose clients are ``RedisCluster`` and a Sentinel-managed
+    sentinel forms of ``topology`` (whose clients are ``RedisCluster`` and a Sentinel-managed
     ``Redis``)."""
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in ("redis", "rediss", "unix") and topology.kind(url) == "single":

@@ -1,7 +1,7 @@
 """The queue's Lua scripts: each one atomic step of a message's life, on one queue's keys
-(one hash slot on a cluster). ``_broker`` registers and calls them.
+(one hash slot on a cluster). ``broker`` registers and calls them.
 
-Scripts whose writes do not grow memory carry Redis 7's ``allow-oom`` flag (see ``_broker``);
+Scripts whose writes do not grow memory carry Redis 7's ``allow-oom`` flag (see ``broker``);
 ``for_server`` drops the flag line for a Redis older than 7.
 """
 

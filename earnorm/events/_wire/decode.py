@@ -1,4 +1,4 @@
-"""Celery protocol v2 on Redis, as pure functions: bytes in, typed objects out (``_encode``
+"""Celery protocol v2 on Redis, as pure functions: bytes in, typed objects out (``encode``
 writes them back).
 
 No I/O here (like h11): the broker moves bytes, this module gives them meaning. Every field
@@ -119,7 +119,7 @@ class Message:
         return extras
 
     def to_event(self) -> Event:
-        """Map the task call onto an ``Event`` (README, "Celery mapping").
+        """Map the task call onto an ``Event`` (docs/celery.md, "Mapping rules").
 
         One positional dict and no kwargs: that dict is ``data``. Only kwargs: they are
         ``data``. Anything else: ``data = {"args": [...], "kwargs": {...}}``. The raw call is

@@ -1,5 +1,5 @@
 """Celery protocol v2 on Redis, the writing half: events, calls, retries and resets as complete
-envelopes (``_protocol`` reads them). Pure functions, no I/O; ``docs/wire.md`` describes every
+envelopes (``decode`` reads them). Pure functions, no I/O; ``docs/wire.md`` describes every
 field written, and the section numbers below refer to it.
 """
 

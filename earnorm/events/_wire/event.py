@@ -75,7 +75,7 @@ class Event:
     'user.created'
 
     ``args``/``kwargs`` hold the raw Celery call arguments of a consumed message; for events
-    published by EarnORM they are ``([data], {})``. See the README's "Celery mapping".
+    published by EarnORM they are ``([data], {})``. See docs/celery.md, "Mapping rules".
     """
 
     name: str
