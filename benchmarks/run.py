@@ -2,8 +2,12 @@
 bare redis-py floor, against one private Redis server.
 
     python benchmarks/run.py [--quick] [--only earnorm,celery,...] [--reps N]
+    python benchmarks/run.py --only earnorm --baseline REV --out NAME
 
-Writes ``benchmarks/results/latest.md``, ``latest.json`` and PNG charts. See benchmarks/README.md.
+Writes ``benchmarks/results/latest.md``, ``latest.json`` and PNG charts (``--out NAME``:
+``NAME.md``/``NAME.json``, no charts). ``--baseline REV`` adds EarnORM as of git revision REV
+as one more system, its cases interleaved with this tree's, and a table of this tree's figures
+over the baseline's. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--reps", type=int, default=None, help="override the repetitions")
     parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib charts")
+    parser.add_argument("--baseline", default="",
+                        help="git revision: also run EarnORM as of it, interleaved, and compare")
+    parser.add_argument("--out", default="latest", help="results/<OUT>.md and .json")
+    parser.add_argument("--workloads", default="",
+                        help="comma-separated: run only these workloads (pubdrain,io,latency,...)")
     return parser.parse_args()
 
 
@@ -126,6 +135,41 @@ def run_all(
     return log
 
 
+# Per case: the figures compared with the baseline, and whether more is better.
+COMPARED = {
+    "pubdrain/default": [("publish_seq_per_s", True), ("drain_per_s", True)],
+    "pubdrain/tuned": [("publish_batch_per_s", True), ("drain_per_s", True)],
+    "io/io": [("io_per_s", True)],
+    "latency/default": [("latency_p50_ms", False), ("latency_p99_ms", False)],
+}
+
+
+def against_baseline(results: list[CaseResult], baseline: str) -> str:
+    """This tree over the baseline, per figure: the median of each side's repetitions (and
+    each repetition's pair, which ran one after the other). Above 1.00 is better, whichever
+    way the figure goes (for latency the ratio is before/after)."""
+    by_key = {r.case.key: r for r in results}
+    lines = ["", f"## This tree against {baseline} (same run, interleaved)", "",
+             "| case | figure | this tree | baseline | ratio (>1 better) | per repetition |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for case, figures in COMPARED.items():
+        now, then = by_key.get(f"earnorm/{case}"), by_key.get(f"{baseline}/{case}")
+        if now is None or then is None:
+            continue
+        for figure, more_is_better in figures:
+            a, b = now.stat(figure), then.stat(figure)
+            if a is None or b is None:
+                continue
+            ratio = a["median"] / b["median"] if more_is_better else b["median"] / a["median"]
+            pairs = [(x.get(figure), y.get(figure))
+                     for x, y in zip(now.ok_runs, then.ok_runs, strict=False)]
+            each = ", ".join(f"{(x / y if more_is_better else y / x):.2f}"
+                             for x, y in pairs if x and y)
+            lines.append(f"| {case} | {figure} | {a['median']:,.1f} | {b['median']:,.1f} | "
+                         f"{ratio:.2f} | {each} |")
+    return "\n".join(lines) + "\n"
+
+
 def draw_charts(json_path: Path) -> str | None:
     try:
         errors = ensure_envs(["charts"])
@@ -146,12 +190,25 @@ def draw_charts(json_path: Path) -> str | None:
     return None
 
 
-def compile_earnorm() -> None:
+def compile_earnorm(tree: Path = BENCH_DIR.parent) -> None:
     """Byte-compile the source tree EarnORM runs from, as pip does for every peer's installed
     package: with PYTHONDONTWRITEBYTECODE set (this machine sets it) an uncompiled tree is
     compiled again at every start, which would count ~120 ms of compiling in its start-up."""
     subprocess.run([str(env_python("earnorm")), "-m", "compileall", "-q",
-                    str(BENCH_DIR.parent / "earnorm")], check=True)
+                    str(tree / "earnorm")], check=True)
+
+
+def baseline_peer(revision: str) -> Peer:
+    """EarnORM as of ``revision``: its ``earnorm/`` exported under ``.envs/trees/``."""
+    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=BENCH_DIR.parent,
+                         check=True, capture_output=True, text=True).stdout.strip()
+    tree = BENCH_DIR / ".envs" / "trees" / sha
+    if not (tree / "earnorm").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "earnorm"], cwd=BENCH_DIR.parent,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return Peer(f"earnorm@{sha}", "earnorm_bench.py", "earnorm", tree=tree)
 
 
 def main() -> int:
@@ -165,6 +222,8 @@ def main() -> int:
         print(f"unknown system(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     peers = [p for p in PEERS if not only or p.name in only]
+    if args.baseline:
+        peers.append(baseline_peer(args.baseline))
     started = time.monotonic()
     load_start = os.getloadavg()
     env_names = list(dict.fromkeys(p.env for p in peers if p.env is not None))
@@ -172,6 +231,9 @@ def main() -> int:
     env_errors = ensure_envs(env_names)
     if "earnorm" in env_names and "earnorm" not in env_errors:
         compile_earnorm()
+        for peer in peers:
+            if peer.tree is not None:
+                compile_earnorm(peer.tree)
     server = RedisServer()
     server.start()
     print(
@@ -181,6 +243,9 @@ def main() -> int:
     try:
         redis_version = server.version()
         results, batch_api = plan_cases(peers, counts, env_errors)
+        wanted = {w.strip() for w in args.workloads.split(",") if w.strip()}
+        if wanted:
+            results = [r for r in results if r.case.workload in wanted]
         log = run_all(results, {p.name: p for p in peers}, server, counts.reps)
     finally:
         server.stop()
@@ -196,19 +261,21 @@ def main() -> int:
         "versions": {name: frozen_versions(name) for name in env_names},
     }
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "latest.log").write_text("\n".join(log) + "\n")
-    json_path = RESULTS_DIR / "latest.json"
+    (RESULTS_DIR / f"{args.out}.log").write_text("\n".join(log) + "\n")
+    json_path = RESULTS_DIR / f"{args.out}.json"
     json_path.write_text(
         json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n"
     )
     markdown = render(results, meta)
-    if not args.no_charts:
+    if args.baseline:
+        markdown += against_baseline(results, peers[-1].name)
+    elif not args.no_charts:
         chart_error = draw_charts(json_path)
         if chart_error:
             markdown += f"\nCharts not drawn: {chart_error}\n"
         else:
             markdown += "\n![summary](summary.png)\n"
-    (RESULTS_DIR / "latest.md").write_text(markdown)
+    (RESULTS_DIR / f"{args.out}.md").write_text(markdown)
     print(markdown)
     return 0
 

@@ -78,6 +78,7 @@ class Peer:
     name: str
     script: str
     env: str | None  # benchmarks/.envs/<env>, built from requirements/<env>.txt; None: main venv
+    tree: Path | None = None  # EarnORM's source tree, when not this checkout's (--baseline)
 
     def python(self) -> Path:
         if self.env is None:

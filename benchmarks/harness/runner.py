@@ -42,7 +42,8 @@ def invoke(peer: Peer, args: list[str], timeout: float) -> tuple[dict[str, Any] 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(PEERS_DIR)},
+        env={**os.environ, "PYTHONPATH": str(PEERS_DIR),
+             **({"EARNORM_TREE": str(peer.tree)} if peer.tree else {})},
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: earnorm/
+# The repo root (earnorm/), or the tree of the baseline it is compared with (run.py --baseline).
+sys.path.insert(0, os.environ.get("EARNORM_TREE") or str(Path(__file__).resolve().parents[2]))
 
 from tracker import TRACKER
 
