@@ -56,12 +56,12 @@ from earnorm.events.consumer._batch import Batches, PendingEvent
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
-from earnorm.events.consumer._observe import TaskEvents
 from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._scheduler import Scheduler
 from earnorm.events.consumer._settle import Settler
+from earnorm.events.consumer._task_events import TaskEvents
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -157,7 +157,6 @@ class Consumer(RunsInBackground):
         self._metrics = Metrics(self.config.queue_name, self.node_name) if (
             metrics or metrics_port is not None) else None
         self._pipe: Pipeline | None = None  # built in run(), with the stages that are on
-        # OpenTelemetry: on when installed and a tracer provider is configured at start.
         self._redis: Redis | None = None
         self._broker: Broker | None = None
         self._bus: EventBus | None = None
@@ -395,12 +394,13 @@ class Consumer(RunsInBackground):
     async def _worker(self) -> None:
         assert self._fetcher is not None
         fetcher = self._fetcher
+        process = self._pipeline().process
         while (item := await fetcher.take()) is not None:
             field, raw, redelivery = item
             self._running += 1
             try:
                 if redelivery is None or not redelivery.alone:
-                    await self._pipeline().process(field, raw, redelivery)
+                    await process(field, raw, redelivery)
                 else:
                     await self._run_alone(field, raw, redelivery)
             finally:

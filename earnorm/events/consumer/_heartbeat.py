@@ -1,6 +1,6 @@
 """Liveness: extend this consumer's deadline, hand back the work of consumers past theirs, and
 publish this consumer's summary for ``stats()``. Also keeps the clock in step with Redis's,
-watches the server (``_watch``), and restores Celery's expired ``unacked`` entries."""
+watches the server (``_server_watch``), and restores Celery's expired ``unacked`` entries."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from earnorm.events._broker.broker import Broker
 from earnorm.events._broker.errors import REFUSED_ERRORS
 from earnorm.events._wire.clock import ServerClock
 from earnorm.events.consumer._resilient import RedisHealth, forever
-from earnorm.events.consumer._watch import ServerWatch
+from earnorm.events.consumer._server_watch import ServerWatch
 
 log = logging.getLogger("earnorm.consumer")
 

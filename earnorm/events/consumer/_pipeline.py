@@ -30,14 +30,14 @@ from earnorm.events._wire.event import Event
 from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
-from earnorm.events.consumer._calls import call_handler, message_limits, run_handlers
-from earnorm.events.consumer._observe import TaskEvents
+from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
 from earnorm.events.consumer._settle import Settler
+from earnorm.events.consumer._task_events import TaskEvents
 
 # handlers of the event name, the ones to run now, the batch handlers
 _Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
-# the run stage: (handlers, event, message) -> (failures, the result of the last success)
-RunStage = Callable[[tuple[Handler, ...], Event, protocol.Message],
+# the run stage: (handlers, event, message, limits) -> (failures, the last success's result)
+RunStage = Callable[[tuple[Handler, ...], Event, protocol.Message, Limits],
                     Awaitable[tuple[decide.Failures, Any]]]
 
 
@@ -56,8 +56,13 @@ class Pipeline:
     _plans: dict[str, _Plan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.run: RunStage = (self._run if self.tracer is None
-                              else _traced(self.tracer, self.config, self._run))
+        done = self.done
+
+        def run(handlers: tuple[Handler, ...], event: Event, message: protocol.Message,
+                limits: Limits) -> Awaitable[tuple[decide.Failures, Any]]:
+            return run_handlers(handlers, event, done, limits)  # no coroutine of its own
+
+        self.run: RunStage = run if self.tracer is None else _traced(self.tracer, self.config, run)
 
     # ------------------------------------------------------------------ stages
 
@@ -84,14 +89,6 @@ class Pipeline:
         if first_attempt:
             self._plans[message.task] = plan
         return plan
-
-    async def _run(self, handlers: tuple[Handler, ...], event: Event,
-                   message: protocol.Message) -> tuple[decide.Failures, Any]:
-        limits = message_limits(message.headers.get("timelimit"))
-        started = time.perf_counter()
-        outcome = await run_handlers(handlers, event, self.done, limits)
-        self.timings.record(time.perf_counter() - started)
-        return outcome
 
     async def settle(self, field: int, raw: bytes, message: protocol.Message | None,
                      outcome: decide.Outcome, failures: decide.Failures | None = None) -> None:
@@ -133,7 +130,10 @@ class Pipeline:
         if observer is not None:
             observer.started(message)
         if now:
-            failures, result = await self.run(now, event, message)
+            limits = message_limits(message.headers.get("timelimit"))
+            started = time.perf_counter()
+            failures, result = await self.run(now, event, message, limits)
+            self.timings.record(time.perf_counter() - started)
         if batched:
             item = PendingEvent(field, raw, message, event, failures, len(batched))
             alone = redelivery is not None and redelivery.alone  # no wait in a batch
@@ -167,13 +167,13 @@ class Pipeline:
 def _traced(tracer: Any, config: EventConfig, run: RunStage) -> RunStage:
     """The run stage inside a CONSUMER span, as opentelemetry-instrumentation-celery makes."""
 
-    async def traced(handlers: tuple[Handler, ...], event: Event,
-                     message: protocol.Message) -> tuple[decide.Failures, Any]:
+    async def traced(handlers: tuple[Handler, ...], event: Event, message: protocol.Message,
+                     limits: Limits) -> tuple[decide.Failures, Any]:
         span = tracing.consumer_span(tracer, message.task, message.id, message.headers,
                                      message.properties, config.queue_name, message.retries)
         try:
             with tracing.current(span):
-                failures, result = await run(handlers, event, message)
+                failures, result = await run(handlers, event, message, limits)
             for _, failure in failures:
                 tracing.failed(span, failure.error,
                                retrying=message.retries < config.retry_policy.max_retries)
