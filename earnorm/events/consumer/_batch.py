@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import anyio
+
 from earnorm.events._handlers import Handler
 from earnorm.events._wire.decode import Message
 from earnorm.events._wire.event import Event
@@ -100,3 +102,19 @@ async def run_batch(
         alone = await call(handler, [item.event])
         if alone is not None:
             item.failures.append((handler, HandlerFailure(handler.name, alone)))
+
+
+async def flush_due_batches(batches: Batches,
+                            start: Callable[[Handler, list[PendingEvent]], None]) -> None:
+    """Forever: ``start`` each batch whose ``batch_timeout`` passed; full ones are run by the
+    worker that filled them."""
+    while True:
+        deadline = batches.next_deadline()
+        batches.changed.clear()
+        if deadline is None:
+            await batches.changed.wait()
+            continue
+        with anyio.move_on_after(deadline - time.monotonic()):
+            await batches.changed.wait()  # a new batch may be due sooner
+        for handler, items in batches.take_due():
+            start(handler, items)

@@ -7,7 +7,7 @@ It owns one anyio task group; every task in it is started here and cancelled wit
 - ``AckBatcher.run`` (``_acks.py``): coalesced acks;
 - ``Heartbeat.run`` (``_heartbeat.py``): liveness, recovery of dead consumers, our summary;
 - ``promote_due_forever`` (``_promoter.py``): due delayed messages -> ready lists;
-- the batch flusher (``_batch_loop`` below): batches whose ``batch_timeout`` passed.
+- the batch flusher (``_batch.flush_due_batches``): batches whose ``batch_timeout`` passed.
 
 What happens to a message is decided by the pure functions of ``_decide.py``; this module does
 the I/O they ask for, through the broker layer only.
@@ -38,7 +38,7 @@ from earnorm._errors import (
 from earnorm.events._broker import topology
 from earnorm.events._broker.broker import Broker, Redelivery
 from earnorm.events._broker.celery_presence import CeleryPresence
-from earnorm.events._broker.connect import mask_url, open_redis, unreachable
+from earnorm.events._broker.connect import open_redis, unreachable
 from earnorm.events._broker.errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
 from earnorm.events._broker.idempotency import DoneMarks
 from earnorm.events._broker.results import ResultBackend
@@ -52,7 +52,7 @@ from earnorm.events._wire.clock import ServerClock
 from earnorm.events._wire.records import QueueStats
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._background import RunsInBackground
-from earnorm.events.consumer._batch import Batches, PendingEvent
+from earnorm.events.consumer._batch import Batches, PendingEvent, flush_due_batches
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
@@ -61,6 +61,7 @@ from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._scheduler import Scheduler
 from earnorm.events.consumer._settle import Settler
+from earnorm.events.consumer._startup import log_startup, warn_if_unused
 from earnorm.events.consumer._task_events import TaskEvents
 
 log = logging.getLogger("earnorm.consumer")
@@ -233,7 +234,8 @@ class Consumer(RunsInBackground):
         heartbeat = Heartbeat(broker, self.consumer_id, self.config, self.clock, self._summary,
                               health, self._metrics.recovered if self._metrics else None)
         try:
-            await self._warn_if_unused(broker)  # before our own writes make it used
+            # before our own writes make it used:
+            await warn_if_unused(broker, self.config.queue_name, self.redis_url)
             await heartbeat.watch.start()  # ConfigError for a Redis that may evict our keys
             await heartbeat.once()
         except TRANSIENT_ERRORS as exc:
@@ -243,7 +245,8 @@ class Consumer(RunsInBackground):
             await self._close_connection()
             raise
         try:
-            self._log_startup()
+            log_startup(self.consumer_id, self.config.queue_name, self.registry,
+                        self.concurrency, self.prefetch, self.redis_url)
             if self._stop_requested:
                 fetcher.stop()
             async with anyio.create_task_group() as tg:
@@ -277,7 +280,7 @@ class Consumer(RunsInBackground):
                         broker, self.schedules, self.config, self.clock, health,
                         self._metrics.schedule_tick if self._metrics else None).run)
                 tg.start_soon(acks.run)
-                tg.start_soon(self._batch_loop)
+                tg.start_soon(flush_due_batches, self._batches, self._start_batch)
                 for _ in range(self.concurrency):
                     tg.start_soon(self._worker)
                 self._started.set()
@@ -336,28 +339,6 @@ class Consumer(RunsInBackground):
     async def _diverted(self, job_ids: list[str]) -> None:
         if self._settler is not None:
             await self._settler.diverted(job_ids, self.config.max_message_bytes)
-
-    async def _warn_if_unused(self, broker: Broker) -> None:
-        """A queue nobody ever used, on a Redis where apps called init() for other queues:
-        this consumer is probably serving the wrong one, and would do so in silence."""
-        if await broker.queue_used():
-            return
-        mine = self.config.queue_name
-        others = sorted(q for q in await broker.app_queues() if q != mine)
-        if others:
-            log.warning("queue %r has never been used on %s, but apps called init() for %s: "
-                        "this consumer may be serving the wrong queue; start it with --queue "
-                        "%s (or EARNORM_QUEUE, or the app's EARNORM_SETTINGS: see --help)",
-                        mine, mask_url(self.redis_url), ", ".join(map(repr, others)),
-                        others[0])
-
-    def _log_startup(self) -> None:
-        names = sorted({h.pattern for h in self.registry.all()})
-        log.info(
-            "consumer %s: queue=%s handlers=%d %s concurrency=%d prefetch=%d redis=%s",
-            self.consumer_id, self.config.queue_name, len(self.registry), names,
-            self.concurrency, self.prefetch, mask_url(self.redis_url),
-        )
 
     def _summary(self, now_ms: float) -> bytes:
         fetcher = self._fetcher
@@ -431,22 +412,10 @@ class Consumer(RunsInBackground):
         finally:
             self._fetcher.redelivery_settled()
 
-    async def _batch_loop(self) -> None:
-        """Flushes batches whose ``batch_timeout`` passed; full ones are run by the worker
-        that filled them."""
-        batches = self._batches
-        while True:
-            deadline = batches.next_deadline()
-            batches.changed.clear()
-            if deadline is None:
-                await batches.changed.wait()
-                continue
-            with anyio.move_on_after(deadline - time.monotonic()):
-                await batches.changed.wait()  # a new batch may be due sooner
-            for handler, items in batches.take_due():
-                assert self._task_group is not None
-                self._running += 1  # shutdown waits for it like for a worker
-                self._task_group.start_soon(self._run_counted_batch, handler, items)
+    def _start_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
+        assert self._task_group is not None
+        self._running += 1  # shutdown waits for it like for a worker
+        self._task_group.start_soon(self._run_counted_batch, handler, items)
 
     async def _run_counted_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
         try:
