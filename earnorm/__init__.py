@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     )
     from earnorm.base._events import after_save, before_save, dispatch_model_event
 
-__version__ = "0.1.0"
+from earnorm._version import __version__
 
 # The ORM (and PyMongo with it) is imported on first use: an events-only process (a consumer,
 # a publisher) never loads it.

@@ -35,6 +35,7 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 
+from earnorm._version import __version__
 from earnorm.events._broker.keys import text
 
 log = logging.getLogger("earnorm.consumer")
@@ -263,6 +264,4 @@ class CeleryPresence:
 
 
 def _version() -> str:
-    from earnorm import __version__
-
     return __version__
