@@ -30,10 +30,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from earnorm._config import EventConfig
 from earnorm._errors import NotReplicated
 from earnorm.events._broker import scripts
-from earnorm.events._broker.celery_unacked import UNACKED_INDEX, CeleryUnacked
+from earnorm.events._broker.celery_unacked import CeleryUnacked
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
-from earnorm.events._broker.keys import APP_QUEUES, Keys, delayed_member, text
+from earnorm.events._broker.keys import APP_QUEUES, UNACKED_INDEX, Keys, delayed_member, text
 from earnorm.events._broker.publish_lane import PublishLane
 from earnorm.events._broker.server import ServerProbe
 from earnorm.events._broker.topology import is_cluster, same_slot

@@ -36,7 +36,7 @@ import orjson
 from redis.asyncio import Redis
 
 from earnorm._version import __version__
-from earnorm.events._broker.keys import text
+from earnorm.events._broker.keys import kombu_binding, text
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -228,7 +228,7 @@ class CeleryPresence:
         if reply is None or not isinstance(reply_to, dict):
             return
         routing_key = reply_to.get("routing_key")
-        members = await self.redis.smembers(f"_kombu.binding.{REPLY_EXCHANGE}")
+        members = await self.redis.smembers(kombu_binding(REPLY_EXCHANGE))
         bindings = [text(m).split(SEP) for m in members]
         queues = {b[2] for b in bindings if len(b) == 3 and b[0] == routing_key}
         body = {self.hostname: reply}

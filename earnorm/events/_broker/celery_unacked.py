@@ -16,12 +16,9 @@ import orjson
 from redis.asyncio import Redis
 
 from earnorm._config import EventConfig
-from earnorm.events._broker.keys import Keys, text
+from earnorm.events._broker.keys import UNACKED, UNACKED_INDEX, UNACKED_MUTEX, Keys, text
 from earnorm.events._broker.topology import is_cluster
 
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-UNACKED_MUTEX = "unacked_mutex"
 _MUTEX_MS = 300_000  # kombu's unacked_mutex_expire
 _BATCH = 100
 

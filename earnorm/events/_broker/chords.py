@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-GROUP_PREFIX = "celery-taskset-meta-"
+from earnorm.events._broker.keys import GROUP_PREFIX
+
 _FAILED_STATES = frozenset({"FAILURE", "REVOKED"})
 _CLAIM_S = 30
 _DONE_S = 300

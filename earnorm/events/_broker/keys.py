@@ -32,6 +32,20 @@ from dataclasses import dataclass
 
 from earnorm._config import EventConfig
 
+# Celery's own keys, written in Celery's formats so mixed fleets and Celery clients share them
+# (docs/wire.md 7-8): results, chord groups, kombu's unacked store, its fanout bindings.
+RESULT_PREFIX = "celery-task-meta-"  # + task id: the Redis result backend's key
+GROUP_PREFIX = "celery-taskset-meta-"  # + group id + ".j" / ".t" / ".s" / ".d" / ".c": a chord
+UNACKED = "unacked"  # delivery tag -> [envelope, exchange, routing key]
+UNACKED_INDEX = "unacked_index"  # delivery tag -> unix seconds it was taken
+UNACKED_MUTEX = "unacked_mutex"  # held while one worker restores old entries
+
+
+def kombu_binding(exchange: str) -> str:
+    """The set of queues bound to a kombu fanout ``exchange`` (``celeryev``, a pidbox reply)."""
+    return f"_kombu.binding.{exchange}"
+
+
 # Not a queue's key: the queues apps called init() for (queue -> unix ms of the latest), so a
 # consumer can tell that the queue it was given was never used while others are.
 APP_QUEUES = "earnorm:app-queues"

@@ -17,9 +17,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from earnorm.events._broker.keys import RESULT_PREFIX
 from earnorm.events._wire.kombu_types import to_wire
-
-KEY_PREFIX = "celery-task-meta-"
 
 
 def wire_result(result: Any) -> Any:
@@ -89,7 +88,7 @@ class ResultBackend:
         self.expires = expires
 
     async def store(self, task_id: str, meta: bytes) -> None:
-        key = KEY_PREFIX + task_id
+        key = RESULT_PREFIX + task_id
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(key, meta, ex=max(int(self.expires), 1))
             pipe.publish(key, meta)
