@@ -15,7 +15,6 @@ from redis.exceptions import RedisError
 from earnorm._config import EventConfig
 from earnorm._environment import Environment, activate, connect_mongo, current_environment
 from earnorm._errors import ConfigError, NotInitializedError
-from earnorm._outbox import OutboxRelay
 from earnorm.events._bus import EventBus
 
 log = logging.getLogger("earnorm")
@@ -53,7 +52,6 @@ class _BusProxy:
 # Typed as the bus it stands for, so users' type checkers see EventBus's methods.
 event_bus: EventBus = cast(EventBus, _BusProxy())
 _bus_proxy = cast(_BusProxy, event_bus)
-_relays: dict[EventBus, OutboxRelay] = {}  # the outbox relay init() started for each bus
 
 
 class _EnvProxy:
@@ -118,10 +116,11 @@ async def init(
     environment = Environment(event_bus=bus, client=client, database=db)
     if db is not None and config.outbox_relay:
         # Committed outbox entries (events of earnorm.transaction()) go to Redis from here.
+        from earnorm._outbox import OutboxRelay
+
         relay = OutboxRelay(bus, db)
         relay.start()
         bus.outbox = relay
-        _relays[bus] = relay
     activate(environment)
     return bus
 
@@ -145,9 +144,8 @@ async def close() -> None:
     except NotInitializedError:
         environment = None
     activate(None)
-    relay = _relays.pop(bus, None) if bus is not None else None
-    if relay is not None:  # first: it uses both connections
-        bus.outbox = None  # type: ignore[union-attr]
+    if bus is not None and bus.outbox is not None:  # first: it uses both connections
+        relay, bus.outbox = bus.outbox, None
         await relay.stop()
     try:
         if environment is not None:

@@ -3,9 +3,9 @@ through which the ORM plugs into the event system without the event system knowi
 
 Inside ``earnorm.transaction()`` the ORM sets a ``Stage`` for the running context: the bus then
 hands each encoded message to it (the ORM writes them to its outbox collection in the
-transaction) instead of pushing to Redis. An ``Outbox`` is what the bus shows in ``stats()``
-and stops at close: the ORM's relay, when one runs in this process. A process without the ORM
-never sets either, and pays one ``ContextVar.get`` per publish.
+transaction) instead of pushing to Redis. An ``Outbox`` is the ORM's relay when one runs in
+this process: the bus shows it in ``stats()``, and ``earnorm.close()`` stops it. A process
+without the ORM never sets either, and pays one ``ContextVar.get`` per publish.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Stage(Protocol):
 
 class Outbox(Protocol):
     async def stats(self) -> dict[str, Any]: ...
+    async def stop(self) -> None: ...
 
 
 _current: ContextVar[Stage | None] = ContextVar("earnorm_stage", default=None)

@@ -213,9 +213,6 @@ class Broker:
             self.keys.delayed, 0, limit - 1, withscores=True)
         return members
 
-    def dedup_key(self, key: str) -> str:
-        return self.keys.dedup(key)
-
     async def push_once_many(
         self, items: Sequence[tuple[bytes, int, float | None, str, str]], ttl_ms: int
     ) -> list[str | None]:
@@ -226,7 +223,7 @@ class Broker:
 
         def build(pipe: Any) -> None:
             for raw, index, due_ms, key, job_id in items:  # EVAL: a pipeline (or a cluster's)
-                pipe.eval(scripts.PUSH_ONCE, 3, self.dedup_key(key), k.ready[index], k.delayed,
+                pipe.eval(scripts.PUSH_ONCE, 3, k.dedup(key), k.ready[index], k.delayed,
                           job_id, ttl_ms, raw, "" if due_ms is None else due_ms, index)
         replies = await self._write(build, transaction=False)
         return [None if r is None else text(r) for r in replies[:len(items)]]
