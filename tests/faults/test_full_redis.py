@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -30,13 +30,16 @@ def full_redis() -> Iterator[LocalRedis]:
         server.stop()
 
 
-async def fill(server: LocalRedis, redis: Redis, queue: str) -> tuple[EventBus, list[str]]:
-    """Queue EVENTS events (every tenth fails once), then lower maxmemory below what is used."""
+async def fill(server: LocalRedis, redis: Redis, queue: str,
+               flaky: Callable[[int], bool] = lambda i: i % 10 == 0,
+               ) -> tuple[EventBus, list[str]]:
+    """Queue EVENTS events (``flaky`` ones, every tenth by default, fail once), then lower
+    maxmemory below what is used."""
     bus = await EventBus.connect(server.url, {"queue_name": queue, "retry_policy": FAST})
     ids: list[str] = []
     for start in range(0, EVENTS, 500):
         ids += await bus.publish_batch(
-            [Event(name="full.work", data={"i": i, "flaky": i % 10 == 0, "pad": "x" * 800})
+            [Event(name="full.work", data={"i": i, "flaky": flaky(i), "pad": "x" * 800})
              for i in range(start, start + 500)])
     used = int((await redis.info("memory"))["used_memory"])
     await redis.config_set("maxmemory", used - 64 * 1024)
@@ -98,6 +101,27 @@ async def test_a_consumer_started_on_a_full_redis_drains_it(
           "'refusing writes' line(s) logged")
     assert refusals, "the back-pressure is said"
     assert len(refusals) < 20, "one line per state change, not one per refused write"
+    await bus.close()
+    await redis.aclose()
+
+
+async def test_failures_as_many_as_the_workers_do_not_stop_a_consumer_at_maxmemory(
+    full_redis: LocalRedis,
+) -> None:
+    """The first events all fail once and Redis refuses their retries: were the workers to wait
+    for room, three of them would wait forever (nothing else would ack, so nothing would free
+    memory). The refused settles wait apart; the workers go on and their acks make room."""
+    redis = Redis(port=full_redis.port)
+    queue = "full:failures"
+    bus, ids = await fill(full_redis, redis, queue, flaky=lambda i: i < 12)
+    assert await is_full(redis)
+    handled: Counter[str] = Counter()
+    attempts: Counter[str] = Counter()
+    async with Consumer(bus=bus, registry=registry_for(handled, attempts), concurrency=3):
+        await wait_until(lambda: drained(redis, queue, handled), 60, interval=0.05,
+                         message=f"the queue drained ({len(handled)} handled)")
+    assert set(handled) == set(ids)
+    assert sum(1 for i in attempts.values() if i == 2) == 12
     await bus.close()
     await redis.aclose()
 

@@ -306,6 +306,8 @@ class Consumer(RunsInBackground):
                 await self._idle.wait()
             batches = self._batches.take_all()
             if not batches:
+                if self._settler is not None:
+                    await self._settler.wait_settled()
                 return
             for handler, items in batches:
                 await self._pipeline().run_batch(handler, items)
@@ -319,6 +321,8 @@ class Consumer(RunsInBackground):
     async def _finish(self, broker: Broker, acks: AckBatcher) -> None:
         try:
             await acks.flush()
+            if self._settler is not None:
+                await self._settler.abandon()  # what still waits for room is handed back
             returned = await broker.recover(self.consumer_id, force=True)
             if returned:
                 log.info("returned %d unfinished message(s) to the queue", returned)

@@ -103,14 +103,19 @@ class Backoff:
 
 
 async def until_done(
-    what: str, operation: Callable[[], Awaitable[T]], health: RedisHealth | None = None
+    what: str, operation: Callable[[], Awaitable[T]], health: RedisHealth | None = None,
+    *, escape_refused: bool = False,
 ) -> T:
-    """``await operation()`` until Redis takes it; returns its result."""
+    """``await operation()`` until Redis takes it; returns its result. With
+    ``escape_refused``, a refused write (``maxmemory``) is raised at once instead: the caller
+    waits for room elsewhere."""
     backoff = Backoff(what, health)
     while True:
         try:
             result = await operation()
         except RETRYABLE_ERRORS as exc:
+            if escape_refused and is_refused(exc):
+                raise
             await backoff.wait(exc)
             continue
         backoff.reset()

@@ -8,6 +8,7 @@ settled. With a result backend, the handler's return value (or error) is stored 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 from earnorm.events._broker import results as result_meta
 from earnorm.events._broker.broker import Broker
 from earnorm.events._broker.chords import ChordJoin, Completed
+from earnorm.events._broker.errors import RETRYABLE_ERRORS
 from earnorm.events._broker.keys import Keys
 from earnorm.events._broker.results import ResultBackend
 from earnorm.events._broker.topology import for_cluster
@@ -58,14 +60,35 @@ class Settler:
         self.retried = 0
         self.unhandled = 0
         self._unhandled_names: set[str] = set()
+        # Settles waiting for a Redis that refuses writes, off the workers (see ``apply``).
+        self._waiting: set[asyncio.Task[None]] = set()
 
     def carries_on(self, message: protocol.Message) -> bool:
         """Whether a success needs more than an ack: a canvas to carry on, a result to store."""
         return self._results is not None or canvas.has_follow_ups(message)
 
     async def close(self) -> None:
+        await self.abandon()
         if self._results is not None:
             await self._results.close()
+
+    @property
+    def waiting(self) -> int:
+        """Settles waiting for Redis to accept writes again."""
+        return len(self._waiting)
+
+    async def wait_settled(self) -> None:
+        """Until every waiting settle is done (a graceful stop gives them its timeout)."""
+        while self._waiting:
+            await asyncio.wait(set(self._waiting))
+
+    async def abandon(self) -> None:
+        """Cancel the waiting settles: their messages stay in the in-flight hash, so the stop's
+        hand-back (or, after a crash, a recovery) delivers them again."""
+        for task in self._waiting:
+            task.cancel()
+        if self._waiting:
+            await asyncio.wait(set(self._waiting))
 
     def ack_handled(self, field: int) -> None:
         """The hot path: an event all of whose handlers succeeded."""
@@ -76,27 +99,58 @@ class Settler:
         self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome
     ) -> None:
         """Do in Redis what ``outcome`` says, riding out Redis outages: the handlers already
-        ran, so only the settling is tried again."""
+        ran, so only the settling is tried again.
+
+        While Redis refuses writes (``maxmemory``), a settle that writes (retry, dead-letter,
+        follow-ups) waits in a task of its own and the worker goes on: the acks of the messages
+        it handles meanwhile are what free the memory. Were the workers to wait, a run of
+        failures as long as the concurrency would stop the consumer for good. (A retry, defer
+        or unhandled count refused at its first try moves there too: Redis refuses a script
+        whole, so nothing was written.)"""
+        if isinstance(outcome, decide.Ack) and (message is None or not self.carries_on(message)):
+            self.ack_handled(field)
+            return
+        if self._health.state != "refusing writes":
+            try:
+                await self._settle(field, raw, message, outcome, first_try=True)
+                return
+            except RETRYABLE_ERRORS as exc:  # only a refusal escapes: wait for room apart
+                self._health.failed("settle", exc)
+        task = asyncio.get_running_loop().create_task(
+            self._settle(field, raw, message, outcome))
+        self._waiting.add(task)
+        task.add_done_callback(self._settled_later)
+
+    def _settled_later(self, task: asyncio.Task[None]) -> None:
+        self._waiting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settling a message failed; it stays in flight and is delivered again "
+                      "after a restart", exc_info=task.exception())
+
+    async def _settle(
+        self, field: int, raw: bytes, message: protocol.Message | None, outcome: decide.Outcome,
+        first_try: bool = False,
+    ) -> None:
         broker = self._broker
         if isinstance(outcome, decide.Ack):
-            if message is None or not self.carries_on(message):
-                self.ack_handled(field)
-            else:
-                await self._succeeded(field, message, outcome.result)
+            assert message is not None
+            await self._succeeded(field, message, outcome.result)
             return
         if isinstance(outcome, decide.Unhandled):
             assert message is not None
             self._warn_unhandled(message.task)
             ours = await until_done("settle", lambda: broker.settle(
-                self.consumer_id, field, count="unhandled"), self._health)
+                self.consumer_id, field, count="unhandled"), self._health,
+                escape_refused=first_try)
             self.unhandled += ours
         elif isinstance(outcome, decide.Defer):
             ours = await until_done("settle", lambda: broker.defer(
-                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms), self._health)
+                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms), self._health,
+                escape_refused=first_try)
         elif isinstance(outcome, decide.Retry):
             retry = (outcome.envelope, outcome.ready_index, outcome.due_ms)
             ours = await until_done("settle", lambda: broker.settle(
-                self.consumer_id, field, retry=retry), self._health)
+                self.consumer_id, field, retry=retry), self._health, escape_refused=first_try)
             self.retried += ours
         else:
             ours = await self._dead_letter(field, raw, message, outcome)
