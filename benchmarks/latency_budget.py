@@ -156,12 +156,16 @@ def _recover(count: int) -> tuple[Callable[..., Awaitable[None]],
         await redis.zadd(f"{queue}:consumers", {dead: 1})  # its deadline long past
 
     async def run(server: LocalRedis, queue: str) -> None:
-        bus = await EventBus.connect(server.url, queue_name=queue)
-        try:
-            assert await bus.broker.recover(dead) == count
-        finally:
-            await bus.close()
+        await _recover_dead(server, queue, dead, count)
     return setup, run
+
+
+async def _recover_dead(server: LocalRedis, queue: str, dead: str, count: int) -> None:
+    bus = await EventBus.connect(server.url, queue_name=queue)
+    try:
+        assert await bus.broker.recover(dead) == count
+    finally:
+        await bus.close()
 
 
 def _failed(count: int, action: str) -> tuple[Callable[..., Awaitable[None]],
@@ -195,6 +199,64 @@ def _failed(count: int, action: str) -> tuple[Callable[..., Awaitable[None]],
     return setup, run
 
 
+def _large_failing(size: int, count: int, retries: int) -> tuple[
+        Callable[..., Awaitable[None]], Callable[..., Awaitable[None]]]:
+    """Large messages whose handler fails: each retried ``retries`` times (the settle script
+    schedules it, the promote script brings it back), then dead-lettered."""
+    async def setup(redis: Redis, queue: str) -> None:
+        for i in range(count):
+            event = Event(name="lat.fails", data={"pad": "x" * size, "i": i})
+            await redis.lpush(queue, encode_event(event, queue))
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        registry = HandlerRegistry()
+
+        async def handle(event: Event) -> None:
+            raise RuntimeError("fails on purpose")
+        registry.register("lat.#", handle, retry_policy={
+            "max_retries": retries, "interval_start": 0, "interval_step": 0.05})
+        bus = await EventBus.connect(server.url, queue_name=queue)
+        try:
+            async with Consumer(server.url, queue_name=queue, registry=registry):
+                for _ in range(12_000):  # 10 minutes at most
+                    if (await bus.stats())["failed"] >= count:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise TimeoutError("the failing messages were not dead-lettered")
+        finally:
+            await bus.close()
+    return setup, run
+
+
+def _recover_large(size: int, count: int) -> tuple[Callable[..., Awaitable[None]],
+                                                   Callable[..., Awaitable[None]]]:
+    """A dead consumer held ``count`` large messages: recovered, then fetched by another."""
+    dead = "c-dead"
+
+    async def setup(redis: Redis, queue: str) -> None:
+        for i in range(count):
+            event = Event(name="lat.held", data={"pad": "x" * size, "i": i})
+            await redis.lpush(queue, encode_event(event, queue))
+        port = redis.connection_pool.connection_kwargs["port"]
+        bus = await EventBus.connect(f"redis://127.0.0.1:{port}", queue_name=queue)
+        try:
+            taken, seq = 0, 0
+            while taken < count:
+                fetched = await bus.broker.fetch(dead, count, seq, may_take_alone=True,
+                                                 max_bytes=64 * MB, alone_at=3)
+                taken += len(fetched.messages)
+                seq += count
+        finally:
+            await bus.close()
+        await redis.zadd(f"{queue}:consumers", {dead: 1})  # its deadline long past
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        await _recover_dead(server, queue, dead, count)
+        await _drain(server, queue, count)
+    return setup, run
+
+
 async def _version(binary: str) -> str:
     process = await asyncio.create_subprocess_exec(binary, "--version",
                                                    stdout=asyncio.subprocess.PIPE)
@@ -208,6 +270,9 @@ async def main(quick: bool) -> None:
     cases: list[tuple[str, str, tuple[Any, Any]]] = [
         ("fetch large messages", "10 x 8 MB", _large(6 * MB, 10)),
         ("fetch the largest message", "1 x 16 MB", _large(int(11.9 * MB), 1)),
+        ("retry, then dead-letter, large messages", "3 x 8 MB, 2 retries",
+         _large_failing(6 * MB, 3, 2)),
+        ("recover a dead consumer's large messages", "4 x 8 MB", _recover_large(6 * MB, 4)),
         ("promote delayed events due at once", f"{1_000_000 // scale:,} x 0.5 KB",
          _due_at_once(1_000_000 // scale)),
         ("recover a dead consumer's in-flight", f"{10_000 // scale:,} x 0.5 KB",

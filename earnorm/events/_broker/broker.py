@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,7 +33,14 @@ from earnorm.events._broker import scripts
 from earnorm.events._broker.celery_unacked import CeleryUnacked
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
-from earnorm.events._broker.keys import APP_QUEUES, UNACKED_INDEX, Keys, delayed_member, text
+from earnorm.events._broker.keys import (
+    APP_QUEUES,
+    HELD_MARK,
+    UNACKED_INDEX,
+    Keys,
+    delayed_member,
+    text,
+)
 from earnorm.events._broker.publish_lane import PublishLane
 from earnorm.events._broker.server import ServerProbe
 from earnorm.events._broker.topology import is_cluster, same_slot
@@ -43,6 +50,14 @@ from earnorm.events._broker.topology import is_cluster, same_slot
 FETCH_CAP_BYTES = 1 << 20
 # Messages one recovery slice hands back at most (~20 us each inside the script).
 HAND_BACK_MOST = 500
+# A message the fetch script weighs at more than this (an allocator's size) is never read by a
+# script: it is moved into a key of its own and read with LINDEX (scripts.FETCH).
+LARGE_BYTES = 256 * 1024
+# Messages the fetch script weighs at once, and the bytes its weighing may copy in one call
+# (~0.6 ms a MB here): so a call copies at most about PROBE_WINDOW x max_message_bytes plus
+# PROBE_CAP_BYTES natively, and reads at most LARGE_BYTES per pop into Lua.
+PROBE_WINDOW = 2
+PROBE_CAP_BYTES = 24 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Redelivery:
@@ -62,17 +77,22 @@ class Fetched:
     recovered_waiting: int  # recovered messages left waiting (one to run alone, at the head)
     diverted: int  # messages over max_message_bytes moved to the failed store instead
     diverted_ids: list[str]  # the ids those named in their headers
+    # Indexes in ``messages`` taken back meanwhile by a consumer that thought us dead (a large
+    # message whose key was renamed away before we read it): not ours, not to be run.
+    gone: frozenset[int] = frozenset()
 
 
-def _fetched(result: Any) -> Fetched:
-    messages, infos, alone, waiting, diverted, diverted_ids = result
+def _fetched(result: Any) -> tuple[Fetched, list[int]]:
+    """The script's reply, and the indexes of the messages held in keys of their own."""
+    messages, infos, alone, waiting, diverted, diverted_ids, held = result
     redeliveries = {
         int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
                                    bool(alone))
         for index, n, ids in infos
     }
-    return Fetched(list(messages), redeliveries, int(waiting), int(diverted),
-                   [text(i) for i in diverted_ids])
+    return (Fetched(list(messages), redeliveries, int(waiting), int(diverted),
+                    [text(i) for i in diverted_ids]),
+            [int(index) - 1 for index, _size in held])
 
 
 
@@ -89,6 +109,9 @@ class Broker:
         self.celery = CeleryUnacked(redis, self.keys, config)
         self._waiter = BlockingWait(redis)
         self.cluster = is_cluster(redis)
+        # Consumer id -> its in-flight fields whose message is held in a key of its own: the
+        # ack and settle scripts unlink that key with the field.
+        self._held: dict[str, set[int]] = {}
         # A cluster client routes each command to its slot's node: it keeps its own path.
         self._lane = None if self.cluster else PublishLane(redis)
         self.use_script_flags(script_flags)
@@ -268,10 +291,34 @@ class Broker:
         k = self.keys
         keys = [
             k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
-            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats, *k.ready,
+            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats,
+            k.probe(consumer_id), *k.ready,
         ]
         return keys, [count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at,
-                      max(cap_bytes, 1)]
+                      max(cap_bytes, 1), k.held_prefix(consumer_id), HELD_MARK, LARGE_BYTES,
+                      PROBE_WINDOW, PROBE_CAP_BYTES]
+
+    async def _read_held(self, consumer_id: str, first_field: int, result: Any) -> Fetched:
+        """The fetch script's reply, with each large message read from its own key (one
+        LINDEX each: Redis copies it once into the reply, no script reads it)."""
+        fetched, held = _fetched(result)
+        if not held:
+            return fetched
+        fields = [first_field + i + 1 for i in held]
+        self._held.setdefault(consumer_id, set()).update(fields)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for field in fields:
+                pipe.lindex(self.keys.held(consumer_id, field), 0)
+            bodies = await pipe.execute()
+        gone = set()
+        for index, body in zip(held, bodies, strict=True):
+            if body is None:
+                gone.add(index)
+            else:
+                fetched.messages[index] = body
+        if gone:
+            fetched = replace(fetched, gone=frozenset(gone))
+        return fetched
 
     async def fetch(
         self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,
@@ -285,7 +332,8 @@ class Broker:
         """
         keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
                                       max_bytes, alone_at, cap_bytes)
-        return _fetched(await self._fetch(keys=keys, args=args))
+        return await self._read_held(consumer_id, first_field,
+                                     await self._fetch(keys=keys, args=args))
 
     async def wait_and_fetch(
         self, consumer_id: str, timeout: float, count: int, first_field: int, *,
@@ -307,14 +355,22 @@ class Broker:
             return await self.fetch(consumer_id, count, first_field,
                                     may_take_alone=may_take_alone, max_bytes=max_bytes,
                                     alone_at=alone_at, cap_bytes=cap_bytes)
-        return _fetched(result)
+        return await self._read_held(consumer_id, first_field, result)
 
     async def ack(self, consumer_id: str, fields: Sequence[int]) -> int:
         """Remove handled fields from in-flight and count them as processed, atomically.
         Returns how many were still ours."""
         k = self.keys
         keys = [k.inflight(consumer_id), k.stats, k.deliveries(consumer_id)]
-        return int(await self._ack(keys=keys, args=list(fields)))
+        mine = self._held.get(consumer_id, set())
+        held = [f for f in fields if f in mine] if mine else []
+        args: list[str | int] = ["", 0, *fields]
+        if held:
+            plain = [f for f in fields if f not in mine]
+            args = [k.held_prefix(consumer_id), len(held), *held, *plain]
+        removed = int(await self._ack(keys=keys, args=args))
+        mine.difference_update(held)
+        return removed
 
     async def settle(
         self, consumer_id: str | None, field: int | None, *,
@@ -342,12 +398,18 @@ class Broker:
             pushes = await self._push_elsewhere(pushes)
         keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats,
                 *(key for key, _ in pushes)]
+        mine = self._held.get(cid, set())
+        held = field is not None and field in mine
         args: list[Any] = [
             "" if field is None or consumer_id is None else field, member, due,
             1 if count_retry else 0, job_id, record, failed_ms, count,
+            k.held(cid, field) if held and field is not None else "",
             *(raw for _, raw in pushes),
         ]
-        return bool(await self._settle(keys=keys, args=args))
+        ours = bool(await self._settle(keys=keys, args=args))
+        if held and field is not None:
+            mine.discard(field)
+        return ours
 
     async def _push_elsewhere(self, pushes: Sequence[tuple[str, bytes]]
                               ) -> Sequence[tuple[str, bytes]]:
@@ -397,9 +459,11 @@ class Broker:
         k = self.keys
         keys = [
             k.consumers, k.inflight(consumer_id), k.landing(consumer_id), k.ready[0],
-            k.monitor, k.recovered, k.deliveries(consumer_id),
+            k.monitor, k.recovered, k.deliveries(consumer_id), k.probe(consumer_id),
         ]
-        args = [consumer_id, "1" if force else "0", FETCH_CAP_BYTES, HAND_BACK_MOST]
+        args = [consumer_id, "1" if force else "0", FETCH_CAP_BYTES, HAND_BACK_MOST,
+                k.held_prefix(consumer_id), k.parked_prefix(consumer_id), HELD_MARK,
+                LARGE_BYTES]
         total = 0
         while True:
             result = await self._recover(keys=keys, args=args)
@@ -408,6 +472,7 @@ class Broker:
             moved, more = (int(x) for x in result)
             total += moved
             if not more:
+                self._held.pop(consumer_id, None)
                 return total
 
     async def reclaim(self, consumer_id: str, known: Collection[int]) -> int:
@@ -420,7 +485,8 @@ class Broker:
         moved = 0
         while orphans:
             seen, handed = (int(x) for x in await self._reclaim(
-                keys=keys, args=[FETCH_CAP_BYTES, HAND_BACK_MOST, *orphans]))
+                keys=keys, args=[FETCH_CAP_BYTES, HAND_BACK_MOST, k.held_prefix(consumer_id),
+                                 k.parked_prefix(consumer_id), HELD_MARK, *orphans]))
             moved += handed
             orphans = orphans[max(seen, 1):]
         return moved

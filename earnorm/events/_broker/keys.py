@@ -7,6 +7,11 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
 - ``Q:consumers``: zset of consumer id by heartbeat deadline (unix ms, Redis's clock);
 - ``Q:inflight:<consumer>``: hash field -> envelope, what that consumer holds;
 - ``Q:landing:<consumer>``: list the blocking wait moves one message into;
+- ``Q:held:<consumer>:<field>``: a one-element list holding a large message that consumer
+  holds (its in-flight field has ``HELD_MARK``), moved there inside Redis without ever being
+  read by a script; ``Q:parked:<consumer>:<...>``: the same message handed back after that
+  consumer died or stopped, named in ``Q:recovered`` by ``HELD_MARK`` + the key;
+  ``Q:probe:<consumer>``: the fetch script's scratch list (sizes messages before reading them);
 - ``Q:recovered``: list of ``b"<deliveries>:<ids of consumers that died holding it>:" +
   envelope``, messages taken back from dead consumers; served one at a time;
 - ``Q:deliveries:<consumer>``: hash field -> ``"<deliveries>:<ids>"`` for the recovered
@@ -45,6 +50,10 @@ def kombu_binding(exchange: str) -> str:
     """The set of queues bound to a kombu fanout ``exchange`` (``celeryev``, a pidbox reply)."""
     return f"_kombu.binding.{exchange}"
 
+
+# In-flight hash value (and Q:recovered entry prefix) of a message held in a key of its own.
+# No message starts with a NUL byte (Celery's are JSON objects, ours too).
+HELD_MARK = "\x00earnorm-held\x00"
 
 # Not a queue's key: the queues apps called init() for (queue -> unix ms of the latest), so a
 # consumer can tell that the queue it was given was never used while others are.
@@ -109,6 +118,21 @@ class Keys:
 
     def landing(self, consumer_id: str) -> str:
         return f"{self.queue}:landing:{consumer_id}"
+
+    def held_prefix(self, consumer_id: str) -> str:
+        """+ field: the key holding a large message that consumer holds."""
+        return f"{self.queue}:held:{consumer_id}:"
+
+    def held(self, consumer_id: str, field: int) -> str:
+        return f"{self.held_prefix(consumer_id)}{field}"
+
+    def parked_prefix(self, consumer_id: str) -> str:
+        """+ a suffix: a large message handed back from that consumer, named in Q:recovered."""
+        return f"{self.queue}:parked:{consumer_id}:"
+
+    def probe(self, consumer_id: str) -> str:
+        """The fetch script's scratch list for that consumer."""
+        return f"{self.queue}:probe:{consumer_id}"
 
     def deliveries(self, consumer_id: str) -> str:
         return f"{self.queue}:deliveries:{consumer_id}"

@@ -73,31 +73,50 @@ return false
 """
 
 # KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
-#       ready lists in serving order.
+#       probe (a scratch list), ready lists in serving order.
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
-#       deliveries from which a recovered message runs alone, max bytes for this call.
+#       deliveries from which a recovered message runs alone, max bytes for this call,
+#       held-key prefix (+ field), HELD_MARK, large (bytes), probe window (messages), bytes
+#       the probes may copy in this call (then it stops, after one message at least).
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
 #          run alone else 0, recovered still waiting, diverted, ids of those diverted that
-#          named one (a Celery client may wait on them)}.
-# Messages are taken one at a time until the count or the byte cap is reached (the one that
-# crosses the cap is kept, so at least one always moves): a message's bytes pass through Lua
-# several times (~6 ms a MB here), so the cap bounds how long this script blocks Redis, and how
-# much the consumer holds, whatever the messages weigh. A count-RPOP of 200 messages of 8 MB
-# blocked Redis for 9 s and timed the consumer's read out, again and again.
+#          named one (a Celery client may wait on them), held {index, size}...}.
+#
+# A message's bytes cost ~6 ms a MB once they enter Lua (the reply is built by growing one
+# buffer, then copied into Lua; HSET and the script's reply copy them again), so a message is
+# sized before it is read: SORT ... BY nosort LIMIT ... STORE copies the next ``window``
+# messages of a list into the probe list natively (~0.6 ms a MB) and MEMORY USAGE weighs them
+# (an allocator's size: at most ~25% over). Up to ``large`` bytes they are popped into Lua as
+# before. A heavier window is probed again one message at a time; a message over ``large`` (and
+# within max_bytes) never enters Lua: the list's tail is dropped with LTRIM and the probe list
+# is renamed to Q:held:<consumer>:<field> (the in-flight field gets HELD_MARK); the consumer
+# reads it with a plain LINDEX and acks it with UNLINK. So the script's time is bounded by the
+# bytes its probes copy natively (ARGV[11]), whatever the messages weigh. A message whose
+# estimate exceeds max_bytes is read into Lua to be measured exactly and, if too large,
+# diverted (kept aside with a record named by its headers): the one case whose cost still
+# grows with the message (docs/latency.md).
+#
+# Messages are taken until the count or the byte cap is reached (the one that crosses the cap
+# is kept, so at least one always moves): the cap bounds how much the consumer holds.
 # The landing list goes first: it holds what the blocking wait already moved to us. Recovered
 # messages come next, before any ready list. One held at fewer than ARGV[5] deaths is taken
 # like any other (a crash's in-flight messages come back fast, in parallel). One held at more
 # is taken alone, only into an empty buffer (ARGV[3] = 1), and nothing is taken while it waits
 # at the head: so a message that kills its consumer again takes no unstarted message's count
-# up with it, and an innocent message stays well below max_deliveries.
+# up with it, and an innocent message stays well below max_deliveries. A recovered entry
+# naming a parked key (a large message) is renamed into our held key, unread.
 FETCH = _ALLOW_OOM + _DIVERT + """
 local want = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
 local alone_at = tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
-local out, fields, infos = {}, {}, {}
+local held_prefix, mark = ARGV[7], ARGV[8]
+local large, window, probe_cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local probe = KEYS[9]
+local out, fields, infos, held = {}, {}, {}, {}
+local probed = 0  -- bytes the probes copied: their time
 local function full()
-  return #out >= want or ((#out > 0 or diverted > 0) and work >= cap)
+  return #out >= want or ((#out > 0 or diverted > 0) and (work >= cap or probed >= probe_cap))
 end
 local function keep(v)
   if #v > max_bytes then divert(v, 1, '[]'); return false end
@@ -107,13 +126,45 @@ local function keep(v)
   fields[#fields + 1] = v
   return true
 end
+local function hold(from, size)  -- the message stays in a key of its own, unread
+  local field = seq + #out + 1
+  redis.call('RENAME', from, held_prefix .. field)
+  work = work + size
+  out[#out + 1] = ''
+  fields[#fields + 1] = field
+  fields[#fields + 1] = mark
+  held[#held + 1] = {#out, size}
+end
+local function weigh(list, from, k)
+  redis.call('SORT', list, 'BY', 'nosort', 'LIMIT', from, k, 'STORE', probe)
+  local size = redis.call('MEMORY', 'USAGE', probe, 'SAMPLES', '0')
+  probed = probed + size
+  return size
+end
+local function take_tail(list)
+  while not full() do
+    local len = redis.call('LLEN', list)
+    if len == 0 then return end
+    local k = math.min(window, len, want - #out)
+    local size = weigh(list, len - k, k)
+    if k > 1 and size > large then
+      k = 1
+      size = weigh(list, len - 1, 1)
+    end
+    if k == 1 and size > large and size <= max_bytes then
+      redis.call('LTRIM', list, 0, -2)
+      hold(probe, size)
+    else
+      for _, v in ipairs(redis.call('RPOP', list, k)) do keep(v) end
+    end
+  end
+end
 local function ids_json(ids)
   local list = {}
   for id in string.gmatch(ids, '[^,]+') do list[#list + 1] = id end
   return #list > 0 and cjson.encode(list) or '[]'
 end
-local landed = redis.call('RPOP', KEYS[2], want)
-if landed then for _, v in ipairs(landed) do keep(v) end end
+take_tail(KEYS[2])
 local alone = 0
 local waiting = redis.call('LLEN', KEYS[3])
 while waiting > 0 and not full() do
@@ -127,41 +178,59 @@ while waiting > 0 and not full() do
     break
   end
   waiting = waiting - 1
-  if #v > max_bytes then
+  local taken = false
+  if string.sub(v, 1, #mark) == mark then
+    local parked = string.sub(v, #mark + 1)
+    if redis.call('EXISTS', parked) == 1 then
+      hold(parked, redis.call('MEMORY', 'USAGE', parked, 'SAMPLES', '0'))
+      taken = true
+    end
+  elseif #v > max_bytes then
     divert(v, n, ids_json(ids))
-  elseif keep(v) then
+  else
+    taken = keep(v)
+  end
+  if taken then
     redis.call('HSET', KEYS[4], seq + #out, n .. ':' .. ids)
     infos[#infos + 1] = {#out, n, ids}
     if n >= alone_at then alone = 1; break end
   end
 end
 if waiting == 0 then
-  for i = 9, #KEYS do
-    while not full() do
-      local v = redis.call('RPOP', KEYS[i])
-      if not v then break end
-      keep(v)
-    end
+  for i = 10, #KEYS do
+    take_tail(KEYS[i])
     if full() then break end
   end
 end
+redis.call('DEL', probe)
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-return {out, infos, alone, waiting, diverted, diverted_ids}
+return {out, infos, alone, waiting, diverted, diverted_ids, held}
 """
 
-# KEYS: inflight, stats, deliveries. ARGV: fields. Counts only what it removed, so an ack sent
-# twice (a lost reply) or for a message another consumer recovered meanwhile counts once.
+# KEYS: inflight, stats, deliveries. ARGV: held-key prefix, h, then fields, the first h of them
+# held in keys of their own (unlinked with their field). Counts only what it removed, so an
+# ack sent twice (a lost reply) or for a message another consumer recovered meanwhile counts
+# once (and a recovered large message's key, renamed away by the recovery, is left alone).
 ACK = _ALLOW_OOM + """
-local removed = redis.call('HDEL', KEYS[1], unpack(ARGV))
+local prefix, h = ARGV[1], tonumber(ARGV[2])
+local removed = 0
+for i = 3, 2 + h do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    removed = removed + 1
+    redis.call('UNLINK', prefix .. ARGV[i])
+  end
+end
+if #ARGV > 2 + h then removed = removed + redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + h)) end
 if removed > 0 then redis.call('HINCRBY', KEYS[2], 'processed', removed) end
-redis.call('HDEL', KEYS[3], unpack(ARGV))
+redis.call('HDEL', KEYS[3], unpack(ARGV, 3))
 return removed
 """
 
 # KEYS: inflight, deliveries, delayed, failed, failed index, stats, then lists to LPUSH to.
 # ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
-#       job id ('' = none), record, failed ms, count as processed (0/1), then one envelope per
-#       list (a canvas's follow-ups: the next chain step, callbacks, errbacks).
+#       job id ('' = none), record, failed ms, counter to add one to ('' = none), the key
+#       holding the field's large message ('' = none), then one envelope per list (a canvas's
+#       follow-ups: the next chain step, callbacks, errbacks).
 # Only if the field is still ours: a consumer that another one declared dead and recovered must
 # not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
 # so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
@@ -169,6 +238,7 @@ SETTLE = """#!lua
 if ARGV[1] ~= '' then
   if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
   redis.call('HDEL', KEYS[2], ARGV[1])
+  if ARGV[9] ~= '' then redis.call('UNLINK', ARGV[9]) end
 end
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
@@ -180,7 +250,7 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
 end
 if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[8], 1) end
-for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 2]) end
+for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 3]) end
 return 1
 """
 
@@ -228,8 +298,10 @@ return out
 # Q:recovered with its delivery count), measured first with HSTRLEN so that a slice stops
 # before the byte cap ``cap`` or ``most`` messages (after one message at least): a message's
 # bytes pass through Lua, ~6 ms a MB here, and each message costs ~20 us besides, so a slice's
-# time is bounded whatever the messages weigh. Expects the locals inflight, ready, recovered,
-# deliveries, cap and most.
+# time is bounded whatever the messages weigh. A large message held in a key of its own (its
+# field has ``mark``) is renamed to a parked key, unread, and Q:recovered names that key; it
+# never goes to the ready list (a Celery worker would not know the reference). Expects the
+# locals inflight, ready, recovered, deliveries, cap, most, held_prefix, parked_prefix, mark.
 _HAND_BACK = """
 local moved, bytes = 0, 0
 local function fits(f)
@@ -241,6 +313,11 @@ end
 local function hand_back(f, died)
   local v = redis.call('HGET', inflight, f)
   local info = redis.call('HGET', deliveries, f)
+  local parked = v == mark
+  if parked then
+    v = mark .. parked_prefix .. f
+    redis.call('RENAME', held_prefix .. f, parked_prefix .. f)
+  end
   if died then
     local n, ids = 1, ''
     if info then
@@ -250,6 +327,7 @@ local function hand_back(f, died)
     if ids ~= '' then ids = ids .. ',' end
     redis.call('RPUSH', recovered, (n + 1) .. ':' .. ids .. died .. ':' .. v)
   elseif info then redis.call('RPUSH', recovered, info .. ':' .. v)
+  elseif parked then redis.call('RPUSH', recovered, '1::' .. v)
   else redis.call('RPUSH', ready, v) end
   redis.call('HDEL', inflight, f)
   redis.call('HDEL', deliveries, f)
@@ -257,15 +335,17 @@ local function hand_back(f, died)
 end
 """
 
-# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries.
-# ARGV: consumer id, force (0/1), byte cap for this slice, most messages in it.
+# KEYS: consumers, inflight, landing, main ready list, monitor, recovered, deliveries, probe.
+# ARGV: consumer id, force (0/1), byte cap for this slice, most messages in it, held-key
+#       prefix, parked-key prefix, HELD_MARK, large (bytes).
 # Returns {moved, 1 if more is left for another slice else 0}, or -1 if the consumer is alive.
 # Hands the messages the consumer holds back, in slices of about ARGV[3] bytes, but only if it
 # is still dead (or force, for a consumer returning its own work): two live consumers racing
 # to recover the same one cannot both move a message. What a dead consumer held counts as one
 # more delivery and goes to Q:recovered with the count and the consumers that died holding it;
 # what a consumer returns itself (graceful stop) and what it had not fetched (landing) go back
-# unchanged. The consumer's registration goes with the last slice.
+# unchanged (a large one in the landing list is weighed first, as the fetch script does, and
+# parked unread). The consumer's registration goes with the last slice.
 RECOVER = _ALLOW_OOM + _NOW_MS + """
 local force = ARGV[2] == '1'
 if not force then
@@ -274,6 +354,7 @@ if not force then
 end
 local inflight, ready, recovered, deliveries = KEYS[2], KEYS[4], KEYS[6], KEYS[7]
 local cap, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+local held_prefix, parked_prefix, mark, large = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 """ + _HAND_BACK + """
 local died = (not force) and ARGV[1] or nil
 local fields = redis.call('HKEYS', inflight)
@@ -283,12 +364,23 @@ for _, f in ipairs(fields) do
   hand_back(f, died)
 end
 while more == 0 do
-  if redis.call('LLEN', KEYS[3]) == 0 then break end
+  local len = redis.call('LLEN', KEYS[3])
+  if len == 0 then break end
   if moved > 0 and (bytes >= cap or moved >= most) then more = 1; break end
-  local v = redis.call('LMOVE', KEYS[3], ready, 'RIGHT', 'RIGHT')
-  bytes = bytes + #v
+  redis.call('SORT', KEYS[3], 'BY', 'nosort', 'LIMIT', len - 1, 1, 'STORE', KEYS[8])
+  local size = redis.call('MEMORY', 'USAGE', KEYS[8], 'SAMPLES', '0')
+  if size > large then
+    redis.call('LTRIM', KEYS[3], 0, -2)
+    local parked = parked_prefix .. 'landing:' .. now .. ':' .. len
+    redis.call('RENAME', KEYS[8], parked)
+    redis.call('RPUSH', recovered, '1::' .. mark .. parked)
+  else
+    redis.call('LMOVE', KEYS[3], ready, 'RIGHT', 'RIGHT')
+  end
+  bytes = bytes + size
   moved = moved + 1
 end
+redis.call('DEL', KEYS[8])
 if more == 0 then
   redis.call('DEL', deliveries)
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -298,15 +390,16 @@ return {moved, more}
 """
 
 # KEYS: inflight, main ready list, recovered, deliveries. ARGV: byte cap, most messages,
-# fields to hand back.
+# held-key prefix, parked-key prefix, HELD_MARK, then the fields to hand back.
 # Returns {fields looked at, messages handed back}; the caller sends the fields after those
 # again (a slice ends before the cap, after one message at least).
 RECLAIM = _ALLOW_OOM + """
 local inflight, ready, recovered, deliveries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cap, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+local held_prefix, parked_prefix, mark = ARGV[3], ARGV[4], ARGV[5]
 """ + _HAND_BACK + """
 local seen = 0
-for i = 3, #ARGV do
+for i = 6, #ARGV do
   local f = ARGV[i]
   if redis.call('HEXISTS', inflight, f) == 1 then
     if not fits(f) then break end

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import repeat
 
 import anyio
@@ -211,7 +211,7 @@ class Fetcher:
                 await self._report_diverted(fetched)
                 # Held before any reclaim: it hands back what is in flight and not held, and
                 # this fetch's messages are in flight (they would run twice).
-                self._add(first, fetched.messages, fetched.redeliveries)
+                self._add(first, fetched.messages, fetched.redeliveries, fetched.gone)
             if self._orphans_possible:
                 await self._reclaim_orphans()
             if fetched is None:
@@ -233,10 +233,22 @@ class Fetcher:
         if fetched.diverted_ids and self._on_diverted is not None:
             await self._on_diverted(fetched.diverted_ids)
 
-    def _add(self, first: int, batch: list[bytes], redeliveries: dict[int, Redelivery]) -> None:
+    def _add(self, first: int, batch: list[bytes], redeliveries: dict[int, Redelivery],
+             gone: frozenset[int] = frozenset()) -> None:
+        if gone:  # taken back by a consumer that thought us dead: not ours to run
+            log.warning("%d large message(s) were recovered by another consumer before this "
+                        "one read them (was it paused past its heartbeat timeout?)", len(gone))
+            kept = [i for i in range(len(batch)) if i not in gone]
+            self._add_fields([first + i for i in kept], [batch[i] for i in kept],
+                             {j: redeliveries[i] for j, i in enumerate(kept)
+                              if i in redeliveries})
+            return
+        self._add_fields(range(first, first + len(batch)), batch, redeliveries)
+
+    def _add_fields(self, fields: Sequence[int], batch: list[bytes],
+                    redeliveries: dict[int, Redelivery]) -> None:
         if not batch:
             return
-        fields = range(first, first + len(batch))
         sizes = list(map(len, batch))
         self.held.update(zip(fields, sizes, strict=True))
         self.held_bytes += sum(sizes)

@@ -1,0 +1,192 @@
+"""Large messages never pass through a Lua script: the fetch script weighs each message before
+it reads it, moves one over ``LARGE_BYTES`` into a key of its own (``Q:held:<consumer>:<field>``)
+unread, and the consumer reads it with a plain LINDEX. Acks, retries, dead-letters and the
+recovery of a dead or stopping consumer move that key (UNLINK, RENAME), never its bytes; none
+leaves a key behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from earnorm import Consumer, Event, EventBus, HandlerRegistry
+from earnorm.events import FailedJob
+from earnorm.events._broker.broker import LARGE_BYTES
+from earnorm.events._broker.keys import HELD_MARK
+from earnorm.events._wire.encode import encode_event
+from tests.faults.workers import Worker, recorded
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+MB = 1024 * 1024
+MARK = HELD_MARK.encode()
+
+
+def event(size: int = 0, name: str = "fault.recorded", i: int = 0) -> Event:
+    return Event(name=name, data={"pad": "x" * size, "i": i})
+
+
+async def leftovers(redis: Redis, queue: str) -> list[bytes]:
+    """Keys of the queue that only a held large message uses."""
+    found = []
+    for kind in ("held", "parked", "probe"):
+        found += [key async for key in redis.scan_iter(match=f"{queue}:{kind}:*")]
+    return found
+
+
+async def test_a_large_message_is_held_in_a_key_of_its_own_and_read_unscripted(
+    bus: EventBus,
+) -> None:
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    small = [encode_event(event(i=i), keys.queue) for i in range(3)]
+    large = encode_event(event(2 * MB), keys.queue)
+    for raw in (small[0], large, small[1], small[2]):
+        await redis.lpush(keys.queue, raw)
+
+    fetched = await broker.fetch("c1", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                                 alone_at=3, cap_bytes=16 * MB)
+
+    assert fetched.messages == [small[0], large, small[1], small[2]]  # in order
+    values = await redis.hgetall(keys.inflight("c1"))
+    assert values[b"2"] == MARK  # the field names the key; the bytes never entered a script
+    assert {values[b"1"], values[b"3"], values[b"4"]} == set(small)
+    assert await redis.lrange(keys.held("c1", 2), 0, -1) == [large]
+    assert not await redis.exists(keys.probe("c1"))
+
+    assert await broker.ack("c1", [1, 2, 3, 4]) == 4
+    assert not await redis.exists(keys.inflight("c1"))
+    assert await leftovers(redis, keys.queue) == []
+
+
+async def test_a_message_just_over_the_large_cut_is_held_and_one_under_it_is_not(
+    bus: EventBus,
+) -> None:
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    under = encode_event(event(LARGE_BYTES // 2), keys.queue)
+    over = encode_event(event(LARGE_BYTES), keys.queue)
+    await redis.lpush(keys.queue, under, over)
+    fetched = await broker.fetch("c1", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                                 alone_at=3)
+    assert fetched.messages == [under, over]
+    values = await redis.hgetall(keys.inflight("c1"))
+    assert values == {b"1": under, b"2": MARK}
+
+
+async def test_a_dead_consumers_large_message_comes_back_by_reference(bus: EventBus) -> None:
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    large = encode_event(event(3 * MB), keys.queue)
+    small = encode_event(event(i=1), keys.queue)
+    await redis.lpush(keys.queue, large, small)
+    taken = await broker.fetch("c-dead", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                               alone_at=3, cap_bytes=16 * MB)
+    assert taken.messages == [large, small]
+    await redis.zadd(keys.consumers, {"c-dead": 1})  # its deadline long past
+
+    assert await broker.recover("c-dead") == 2
+    entries = [e for e in await redis.lrange(keys.recovered, 0, -1) if isinstance(e, bytes)]
+    assert entries[0].startswith(b"2:c-dead:" + MARK + keys.parked_prefix("c-dead").encode())
+    assert entries[1] == b"2:c-dead:" + small
+    assert not await redis.exists(keys.held("c-dead", 1), keys.inflight("c-dead"))
+
+    again = await broker.fetch("c2", 10, 100, may_take_alone=True, max_bytes=16 * MB,
+                               alone_at=3, cap_bytes=16 * MB)
+    assert again.messages == [large, small]
+    assert again.redeliveries[0].deliveries == 2
+    assert again.redeliveries[0].died_holding == ("c-dead",)
+    assert await redis.hget(keys.inflight("c2"), "101") == MARK
+    assert await broker.ack("c2", [101, 102]) == 2
+    assert await leftovers(redis, keys.queue) == []
+
+
+async def test_a_stopping_consumer_hands_its_large_messages_back(bus: EventBus) -> None:
+    """A graceful stop (recover with force) and a message still in the landing list."""
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    held = encode_event(event(3 * MB, i=1), keys.queue)
+    landed = encode_event(event(3 * MB, i=2), keys.queue)
+    await redis.lpush(keys.queue, held)
+    await broker.fetch("c1", 10, 0, may_take_alone=True, max_bytes=16 * MB, alone_at=3)
+    await redis.lpush(keys.landing("c1"), landed)  # as the blocking wait leaves it
+
+    assert await broker.recover("c1", force=True) == 2
+    entries = [e for e in await redis.lrange(keys.recovered, 0, -1) if isinstance(e, bytes)]
+    assert len(entries) == 2 and all(e.startswith(b"1::" + MARK) for e in entries)
+    assert await redis.llen(keys.queue) == 0  # a reference never goes to Celery's list
+
+    again = await broker.fetch("c2", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                               alone_at=3, cap_bytes=16 * MB)
+    assert sorted(again.messages) == sorted([held, landed])
+    assert all(r.deliveries == 1 and not r.died_holding for r in again.redeliveries.values())
+    assert await broker.ack("c2", [1, 2]) == 2
+    assert await leftovers(redis, keys.queue) == []
+
+
+async def test_a_large_message_retried_then_dead_lettered_leaves_no_key(
+    bus: EventBus, redis_url: str,
+) -> None:
+    """Published while the consumer waits idle (so it arrives through the landing list),
+    retried twice, then stored as failed with its data."""
+    registry = HandlerRegistry()
+    calls: list[int] = []
+
+    async def handle(e: Event) -> None:
+        calls.append(len(e.data["pad"]))
+        raise RuntimeError("fails on purpose")
+    registry.register("big.#", handle, retry_policy={
+        "max_retries": 2, "interval_start": 0, "interval_step": 0.05})
+    queue = bus.broker.keys.queue
+    async def waiting() -> bool:
+        return any(c.get("cmd") == "blmove" for c in await bus.redis.client_list())
+    async with Consumer(redis_url, queue_name=queue, registry=registry):
+        await wait_until(waiting, 10, message="the consumer in its blocking wait")
+        await bus.publish(event(2 * MB, name="big.fails"))
+        await wait_until(lambda: len(calls) == 3, 30, message=f"three attempts: {calls}")
+        jobs = await wait_for_failed(bus)
+    assert calls == [2 * MB] * 3
+    assert jobs[0]["data"]["pad"] == "x" * (2 * MB)
+    assert await leftovers(bus.redis, queue) == []
+
+
+async def wait_for_failed(bus: EventBus) -> list[FailedJob]:
+    jobs: list[FailedJob] = []
+
+    async def stored() -> bool:
+        jobs[:] = await bus.get_failed_jobs()
+        return bool(jobs)
+    await wait_until(stored, 30, message="the job in the failed store")
+    return jobs
+
+
+async def test_large_messages_held_by_a_killed_consumer_run_once_elsewhere(
+    redis_url: str, queue_name: str, record: Path,
+) -> None:
+    queue = queue_name
+    redis = Redis.from_url(redis_url)
+    events = [event(3 * MB, i=i) for i in range(4)]
+    hung = Worker(redis_url, queue, record, env={
+        "EARNORM_TEST_HANDLER_SLEEP": "60", "EARNORM_TEST_RECORD_STARTS": "1"})
+    second = None
+    try:
+        for e in events:
+            await redis.lpush(queue, encode_event(e, queue))
+        await wait_until(lambda: len(recorded(record, "start")) == 4, 30,
+                         message=f"all four started:\n{hung.output()[-2000:]}")
+        held = [key async for key in redis.scan_iter(match=f"{queue}:held:*")]
+        assert len(held) == 4  # each in a key of its own while it runs
+        hung.kill()
+        second = Worker(redis_url, queue, record)
+        await wait_until(lambda: len(recorded(record)) == 4, 60,
+                         message=f"handled elsewhere:\n{second.output()[-2000:]}")
+        assert recorded(record) == {e.id: 1 for e in events}
+        await wait_until(lambda: _no_leftovers(redis, queue), 10, message="keys left behind")
+    finally:
+        hung.kill()
+        if second is not None:
+            second.kill()
+        await redis.aclose()
+
+
+async def _no_leftovers(redis: Redis, queue: str) -> bool:
+    return await leftovers(redis, queue) == []
