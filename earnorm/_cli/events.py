@@ -7,6 +7,7 @@
     python -m earnorm.events failed show JOB_ID
     python -m earnorm.events failed retry (JOB_ID | --all [--event NAME])
     python -m earnorm.events failed remove (JOB_ID | --all [--event NAME])
+    python -m earnorm.events revoke JOB_ID... [--terminate]
     python -m earnorm.events health [--json]   # exit 0 ok, 1 degraded, 2 down
     python -m earnorm.events local-redis [--port 6379]   # a private server for development
 
@@ -95,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         help="periodic schedules: what each is, its last tick and its next")
     schedules.add_argument("--app", help="module that registers them (@periodic_event), to "
                                          "list schedules that never fired too [EARNORM_APP]")
+
+    revoke = commands.add_parser(
+        "revoke", parents=[common],
+        help="revoke jobs: they never run (kept 3 hours, for every consumer of the queue); "
+             "with --terminate a running one is cancelled")
+    revoke.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    revoke.add_argument("--terminate", action="store_true",
+                        help="also cancel the handler if it is running")
 
     failed = commands.add_parser("failed", parents=[common], help="the failed-job store")
     actions = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -376,6 +385,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             return await _health(bus, args, out)
         if args.command == "schedules":
             return await _schedules(bus, args, out)
+        if args.command == "revoke":
+            await bus.revoke(args.job_ids, terminate=args.terminate)
+            _emit(out, args, {"revoked": len(args.job_ids), "terminate": args.terminate},
+                  f"revoked {len(args.job_ids)} job(s)"
+                  + (" (running ones are cancelled)" if args.terminate else ""))
+            return OK
         return await _failed(bus, args, out)
     finally:
         if client is not None:

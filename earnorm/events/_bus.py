@@ -329,6 +329,22 @@ class EventBus:
             raise JobNotFound(self._not_found(job_id))
         return read_record(job_id, record, None)
 
+    async def revoke(self, job_id: str | Iterable[str], *, terminate: bool = False) -> None:
+        """Revoke one job (or several): a revoked job that is ready, delayed or waiting for a
+        retry never runs; with ``terminate=True`` one that is running is cancelled too (and
+        not retried). A Celery client waiting on it gets REVOKED (``TaskRevokedError``).
+
+        The ids are kept in Redis for 3 hours (Celery's ``REVOKE_EXPIRES``), shared by every
+        consumer of the queue and kept across their restarts, and broadcast as
+        ``celery control revoke`` does, so Celery workers in the same fleet honour it too.
+
+        >>> await bus.revoke(job_id)                  # doctest: +SKIP
+        >>> await bus.revoke(job_id, terminate=True)  # doctest: +SKIP
+        """
+        ids = [job_id] if isinstance(job_id, str) else [str(i) for i in job_id]
+        await self.broker.revoked.add(ids, terminate=terminate)
+        await self.broker.broadcast_revoke(ids, terminate=terminate)
+
     async def retry_job(self, job_id: str) -> str:
         """Put a failed job back on its queue with retries reset; its record is removed.
         Only the handlers that gave up run again. ``JobNotFound`` for an unknown id."""

@@ -133,6 +133,15 @@ async def test_failed_retry_one_and_all(cli: Cli, bus: EventBus, redis: Redis) -
     assert await redis.hlen(f"{queue}:failed") == 0
 
 
+async def test_revoke_stores_the_ids_for_every_consumer(cli: Cli, bus: EventBus) -> None:
+    code, out, _ = await cli("revoke", "job-1", "job-2")
+    assert (code, out.strip()) == (0, "revoked 2 job(s)")
+    assert await cli.json("revoke", "job-3", "--terminate") == {"revoked": 1, "terminate": True}
+    ids, terminate = await bus.broker.revoked.load()
+    assert set(ids) == {"job-1", "job-2", "job-3"} and terminate == {"job-3"}
+    assert (await bus.stats())["revoked"] == 3
+
+
 async def test_failed_remove_one_and_all(cli: Cli, bus: EventBus) -> None:
     one = await store_failed_job(bus, "order.paid", 1000.0)
     for i in range(3):

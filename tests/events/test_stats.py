@@ -87,7 +87,8 @@ async def test_sizes_per_priority_delayed_and_queue_latency(bus: EventBus) -> No
     assert stats["ready_total"] == 6
     assert (stats["delayed"], stats["inflight"], stats["failed"]) == (1, 0, 0)
     assert stats["consumers"] == []
-    assert stats["counters"] == {"processed": 0, "failed": 0, "retried": 0, "unhandled": 0}
+    assert stats["counters"] == {"processed": 0, "failed": 0, "retried": 0, "unhandled": 0,
+                                 "revoked": 0}
     # The oldest waiting event (at the consuming end of the list) was published 30 s ago.
     latency = stats["latency_s"]
     assert latency is not None and 30 <= latency < 40
@@ -171,7 +172,7 @@ async def test_stats_under_load_match_what_was_published(bus: EventBus) -> None:
 async def _counters_are(bus: EventBus, processed: int, failed: int, retried: int) -> bool:
     counters = (await bus.stats())["counters"]
     return bool(counters == {"processed": processed, "failed": failed, "retried": retried,
-                             "unhandled": 0})
+                             "unhandled": 0, "revoked": 0})
 
 
 async def _timed(bus: EventBus, count: int) -> bool:

@@ -70,6 +70,8 @@ if os.environ.get("INTEROP_OTEL") == "1":
 REDIS_URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("INTEROP_QUEUE", "interop")
 app = make_app(REDIS_URL, QUEUE)
+if os.environ.get("INTEROP_REMOTE_CONTROL") == "1":  # hears broadcasts (revoke)
+    app.conf.update(worker_enable_remote_control=True)
 if os.environ.get("INTEROP_RESULT_BACKEND"):  # results (and chord parts) in Redis
     app.conf.update(result_backend=os.environ["INTEROP_RESULT_BACKEND"],
                     task_ignore_result=False)

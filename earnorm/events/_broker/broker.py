@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from earnorm._config import EventConfig
 from earnorm._errors import NotReplicated
 from earnorm.events._broker import scripts
+from earnorm.events._broker.celery_presence import mailbox_channel, revoke_broadcast
 from earnorm.events._broker.celery_unacked import CeleryUnacked
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
@@ -42,6 +43,7 @@ from earnorm.events._broker.keys import (
     text,
 )
 from earnorm.events._broker.publish_lane import PublishLane
+from earnorm.events._broker.revocations import RevokedStore
 from earnorm.events._broker.server import ServerProbe
 from earnorm.events._broker.topology import is_cluster, same_slot
 
@@ -107,6 +109,7 @@ class Broker:
         self.failed = FailedStore(redis, self.keys)
         self.server = ServerProbe(redis, self.keys)
         self.celery = CeleryUnacked(redis, self.keys, config)
+        self.revoked = RevokedStore(redis, self.keys)
         self._waiter = BlockingWait(redis)
         self.cluster = is_cluster(redis)
         # Consumer id -> its in-flight fields whose message is held in a key of its own: the
@@ -150,6 +153,14 @@ class Broker:
     async def queue_used(self) -> bool:
         """Whether any key of this queue exists (anything published, consumed or failed)."""
         return bool(await self.redis.exists(*self.keys.telltales))
+
+    async def broadcast_revoke(self, task_ids: list[str], *, terminate: bool) -> None:
+        """Celery's ``revoke`` broadcast on its remote-control channel: Celery workers and
+        EarnORM consumers listening act on it at once."""
+        db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0) \
+            if not self.cluster else 0
+        await self.redis.publish(mailbox_channel(db),
+                                 revoke_broadcast(task_ids, terminate=terminate))
 
     async def server_time_ms(self) -> float:
         """Redis's clock, in unix ms."""
@@ -518,6 +529,7 @@ class Broker:
             pipe.hgetall(k.monitor)
             pipe.hgetall(k.server)
             pipe.llen(k.recovered)
+            pipe.zcard(k.revoked)
             pipe.zcard(UNACKED_INDEX)
             pipe.exists(*k.telltales)
             results = await pipe.execute()
@@ -528,7 +540,7 @@ class Broker:
             now_ms = seconds * 1000 + micros / 1000
         ready = results[:n]
         (delayed, next_delayed, failed, consumers, counters, monitor, server, recovered,
-         celery_unacked, seen) = results[n:]
+         revoked, celery_unacked, seen) = results[n:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -546,6 +558,7 @@ class Broker:
             "failed": int(failed),
             "inflight": int(inflight),
             "recovered": int(recovered),
+            "revoked": int(revoked),
             "celery_unacked": int(celery_unacked),
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
             "counters": {text(key): int(float(v)) for key, v in counters.items()},

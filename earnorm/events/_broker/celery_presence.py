@@ -60,6 +60,31 @@ def _envelope(body: Any, exchange: str, routing_key: str, headers: dict[str, Any
     })
 
 
+def mailbox_channel(db: int) -> str:
+    """The pub/sub channel of Celery's remote-control broadcasts for Redis database ``db``."""
+    return f"/{db}.{MAILBOX}"
+
+
+def revoke_broadcast(task_ids: list[str], *, terminate: bool, signal: str = "SIGTERM") -> bytes:
+    """The ``revoke`` broadcast ``app.control.revoke(...)`` sends: every Celery worker of the
+    fleet (and every EarnORM consumer) acts on it."""
+    body = {"method": "revoke", "destination": None, "pattern": None, "matcher": None,
+            "arguments": {"task_id": task_ids[0] if len(task_ids) == 1 else task_ids,
+                          "terminate": terminate, "signal": signal}}
+    return _envelope(body, MAILBOX, "", {"clock": 1, "expires": time.time() + 300})
+
+
+def revoked_in(raw: bytes) -> tuple[list[str], bool] | None:
+    """The task ids and the terminate flag of a ``revoke`` broadcast; None for any other."""
+    command = _body(raw)
+    if not isinstance(command, dict) or command.get("method") != "revoke":
+        return None
+    arguments = command.get("arguments") or {}
+    ids = arguments.get("task_id")
+    ids = [ids] if isinstance(ids, str) else [str(i) for i in ids or ()]
+    return ids, bool(arguments.get("terminate"))
+
+
 def _body(raw: bytes) -> Any:
     envelope = orjson.loads(raw)
     body = envelope["body"]
@@ -141,11 +166,11 @@ class CeleryPresence:
         dying (Celery's ``task-rejected``; the message is not requeued)."""
         self._event("task-rejected", uuid=task_id, requeue=False)
 
-    def task_revoked(self, task_id: str, *, expired: bool) -> None:
-        """Not run because it was revoked, or expired before it could run (``task-revoked``,
-        as Celery 5.7's worker sends for an expired task)."""
-        self._event("task-revoked", uuid=task_id, terminated=False, signum=None,
-                    expired=expired)
+    def task_revoked(self, task_id: str, *, expired: bool, terminated: bool = False) -> None:
+        """Not run because it was revoked, or expired before it could run, or cancelled
+        while it ran (``task-revoked``, as Celery 5.7's worker sends them)."""
+        self._event("task-revoked", uuid=task_id, terminated=terminated,
+                    signum=15 if terminated else None, expired=expired)
 
     async def _send_events(self) -> None:
         while True:
@@ -174,6 +199,8 @@ class CeleryPresence:
             return sorted(self._task_names())
         if method == "active":
             return list(self.active.values())
+        if method == "revoke":  # acted on by the consumer's Revocations; this is the reply
+            return {"ok": "tasks flagged as revoked"}
         if method in ("reserved", "scheduled", "revoked"):
             return []
         if method == "active_queues":

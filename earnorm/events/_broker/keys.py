@@ -18,6 +18,9 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   messages that consumer holds;
 - ``Q:failed`` (job id -> JSON record), ``Q:failed:index`` (zset by failure time) and
   ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
+- ``Q:revoked``: zset of revoked task ids by the time the revoke expires (unix ms), shared by
+  every consumer of the queue and kept across restarts; ``Q:revoked:terminate``: the same for
+  those revoked with ``terminate=True``;
 - ``Q:stats``: counters; ``Q:monitor``: consumer id -> summary; ``Q:server``: what consumers saw
   of the Redis server (restarts, persistence);
 - ``Q:dedup:<key>``: a publish's ``dedup_key`` (the outbox relay's ``outbox:<event id>``),
@@ -75,6 +78,8 @@ class Keys:
     monitor: str
     recovered: str
     oversized: str
+    revoked: str
+    revoked_terminate: str
     server: str
     schedules: str
     schedules_info: str
@@ -99,6 +104,8 @@ class Keys:
             monitor=f"{q}:monitor",
             recovered=f"{q}:recovered",
             oversized=f"{q}:failed:oversized",
+            revoked=f"{q}:revoked",
+            revoked_terminate=f"{q}:revoked:terminate",
             server=f"{q}:server",
             schedules=f"{q}:schedules",
             schedules_info=f"{q}:schedules:info",

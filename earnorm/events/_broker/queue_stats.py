@@ -65,7 +65,8 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
     counters: Counters = {"processed": totals.get("processed", 0),
                           "failed": totals.get("failed", 0),
                           "retried": totals.get("retried", 0),
-                          "unhandled": totals.get("unhandled", 0)}
+                          "unhandled": totals.get("unhandled", 0),
+                          "revoked": totals.get("revoked", 0)}
     p = percentiles(merge(histograms))
     processing: ProcessingSummary = {
         "count": int(p["count"] or 0), "p50": p["p50"], "p95": p["p95"], "p99": p["p99"],
@@ -86,6 +87,7 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
         "counters_since": iso_ms(totals["since_ms"]) if totals.get("since_ms") else None,
         "counters_reset_by_restart": "reset_by_restart_ms" in totals,
         "recovered": snap["recovered"],
+        "revoked": snap["revoked"],
         "celery_unacked": snap["celery_unacked"],
         "server": server,
         "processing_ms": processing,

@@ -2,7 +2,7 @@
 dashboards and alerts work unchanged (``prometheus-client``, the ``metrics`` extra).
 
 Per-consumer counters come from this process: ``celery_task_{received,started,succeeded,failed,
-retried,rejected}_total`` and ``celery_task_sent_total`` (canvas follow-ups it published),
+retried,rejected,revoked}_total`` and ``celery_task_sent_total`` (canvas follow-ups it published),
 labelled ``name``, ``hostname``, ``queue_name`` (and ``exception`` on failed), and the
 ``celery_task_runtime`` histogram in seconds. Queue-wide gauges come from Redis, refreshed on
 every heartbeat, so every consumer reports the same truth: ``celery_queue_length``,
@@ -50,7 +50,8 @@ class Metrics:
         self.counters = {
             kind: counter(f"celery_task_{kind}", f"Tasks {kind} (celery-exporter's name).",
                           _TASK_LABELS, registry=registry)
-            for kind in ("sent", "received", "started", "succeeded", "retried", "rejected")
+            for kind in ("sent", "received", "started", "succeeded", "retried", "rejected",
+                         "revoked")
         }
         self.failed = counter("celery_task_failed", "Tasks failed for good.",
                               (*_TASK_LABELS, "exception"), registry=registry)
@@ -95,6 +96,7 @@ class Metrics:
                 ("earnorm_recovered_waiting", "Messages taken back from dead consumers, "
                                               "waiting to run."),
                 ("earnorm_celery_unacked", "Entries in Celery's unacked store."),
+                ("earnorm_revoked", "Revoked task ids in force (kept 3 hours)."),
             )
         }
 
@@ -136,6 +138,7 @@ class Metrics:
             "earnorm_failed_jobs": stats["failed"], "earnorm_delayed": stats["delayed"],
             "earnorm_inflight": stats["inflight"], "earnorm_recovered_waiting":
             stats["recovered"], "earnorm_celery_unacked": stats["celery_unacked"],
+            "earnorm_revoked": stats["revoked"],
             "earnorm_next_due_seconds": next_due if isinstance(next_due, (int, float)) else 0,
         }
         for name, value in values.items():

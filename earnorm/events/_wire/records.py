@@ -56,6 +56,7 @@ class Counters(TypedDict):
     failed: int
     retried: int
     unhandled: int  # events nobody subscribes to, acknowledged (unhandled_events="skip")
+    revoked: int  # revoked messages acked without running, or cancelled while they ran
 
 
 class ProcessingSummary(TypedDict):
@@ -115,6 +116,7 @@ class QueueStats(TypedDict):
     counters_since: str | None  # when these counters started
     counters_reset_by_restart: bool  # they started again because Redis lost its data
     recovered: int  # taken back from dead consumers, waiting to run one at a time
+    revoked: int  # revoked task ids in force (kept 3 hours), shared by every consumer
     celery_unacked: int  # entries in Celery's unacked store (every queue of this database)
     server: ServerStats
     processing_ms: ProcessingSummary

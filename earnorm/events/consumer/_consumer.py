@@ -59,6 +59,7 @@ from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
+from earnorm.events.consumer._revocations import Revocations
 from earnorm.events.consumer._scheduler import Scheduler
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._startup import log_startup, warn_if_unused
@@ -261,6 +262,8 @@ class Consumer(RunsInBackground):
                         on_shutdown=self.stop,
                     )
                     await tg.start(self._presence.run)
+                revocations = Revocations(broker.revoked, self._terminate)
+                await tg.start(revocations.run)
                 observer = None
                 if self._presence is not None or self._metrics is not None:
                     observer = TaskEvents(self._presence, self._metrics)
@@ -268,7 +271,7 @@ class Consumer(RunsInBackground):
                     config=self.config, registry=self.registry, clock=self.clock,
                     keys=broker.keys, settler=self._settler, batches=self._batches,
                     timings=self._timings, done=self._done, observer=observer,
-                    tracer=tracing.tracer())
+                    tracer=tracing.tracer(), revoked=revocations)
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
                 if self.metrics_port is not None:
@@ -298,6 +301,10 @@ class Consumer(RunsInBackground):
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await self._finish(broker, acks)
             self._stopped.set()
+
+    def _terminate(self, task_ids: set[str]) -> None:
+        if self._pipe is not None:
+            self._pipe.terminate(task_ids)
 
     async def _drain(self) -> None:
         while True:

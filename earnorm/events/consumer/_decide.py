@@ -71,7 +71,15 @@ class DeadLetter:
     name: str | None = None  # likewise, its task name
 
 
-Outcome = Ack | Unhandled | Defer | Retry | DeadLetter
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """Revoked (``"revoked"``: it never runs) or cancelled while it ran (``"terminated"``):
+    acked, counted, REVOKED stored for a Celery client; never retried."""
+
+    reason: str = "revoked"
+
+
+Outcome = Ack | Unhandled | Defer | Retry | DeadLetter | Revoked
 
 
 def handlers_to_run(

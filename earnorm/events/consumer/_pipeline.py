@@ -11,8 +11,9 @@ call, no outcome object. Every outcome goes through ``settle``, the one place it
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,11 @@ class Pipeline:
     done: DoneMarks | None  # idempotent handlers' marks
     observer: TaskEvents | None  # Celery task events and/or Prometheus counters, when on
     tracer: Any  # OpenTelemetry's, when configured
+    revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
     _plans: dict[str, _Plan] = field(default_factory=dict)
+    # task id -> the task running its handlers; ids whose cancellation is a terminate
+    _running: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    _terminating: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         done = self.done
@@ -97,6 +102,14 @@ class Pipeline:
             self.observer.settled(message, outcome, failures or [])
         await self.settler.apply(field, raw, message, outcome)
 
+    def terminate(self, task_ids: set[str]) -> None:
+        """Cancel the handlers running for these task ids (a revoke with terminate=True)."""
+        for task_id in task_ids:
+            task = self._running.get(task_id)
+            if task is not None and task_id not in self._terminating:
+                self._terminating.add(task_id)
+                task.cancel()
+
     # ------------------------------------------------------------------ one message
 
     async def process(self, field: int, raw: bytes,
@@ -110,6 +123,9 @@ class Pipeline:
         message = self.decode(raw)
         if isinstance(message, decide.DeadLetter):
             await self.settle(field, raw, None, message)
+            return
+        if message.id in self.revoked:
+            await self.settle(field, raw, message, decide.Revoked())
             return
         handlers = self.registry.handlers_for(message.task)
         early = decide.before_running(message, handlers, self.clock.now_ms(), self.keys,
@@ -132,7 +148,19 @@ class Pipeline:
         if now:
             limits = message_limits(message.headers.get("timelimit"))
             started = time.perf_counter()
-            failures, result = await self.run(now, event, message, limits)
+            running = self._running
+            running[message.id] = asyncio.current_task()  # type: ignore[assignment]
+            try:
+                failures, result = await self.run(now, event, message, limits)
+            except asyncio.CancelledError:
+                if message.id not in self._terminating:
+                    raise
+                self._terminating.discard(message.id)
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                await self.settle(field, raw, message, decide.Revoked("terminated"))
+                return
+            finally:
+                running.pop(message.id, None)
             self.timings.record(time.perf_counter() - started)
         if batched:
             item = PendingEvent(field, raw, message, event, failures, len(batched))

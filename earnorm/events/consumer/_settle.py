@@ -24,7 +24,7 @@ from earnorm.events._broker.results import ResultBackend
 from earnorm.events._broker.topology import for_cluster
 from earnorm.events._wire import canvas
 from earnorm.events._wire import decode as protocol
-from earnorm.events._wire.celery_errors import ChordError, client_failure
+from earnorm.events._wire.celery_errors import ChordError, TaskRevokedError, client_failure
 from earnorm.events._wire.clock import ServerClock
 from earnorm.events._wire.failures import FailureReason, failure_record
 from earnorm.events.consumer import _decide as decide
@@ -59,6 +59,7 @@ class Settler:
         self.failed = 0
         self.retried = 0
         self.unhandled = 0
+        self.revoked = 0
         self._unhandled_names: set[str] = set()
         # Settles waiting for a Redis that refuses writes, off the workers (see ``apply``).
         self._waiting: set[asyncio.Task[None]] = set()
@@ -152,12 +153,29 @@ class Settler:
             ours = await until_done("settle", lambda: broker.settle(
                 self.consumer_id, field, retry=retry), self._health, escape_refused=first_try)
             self.retried += ours
+        elif isinstance(outcome, decide.Revoked):
+            ours = await self._revoked(field, message, outcome.reason)
         else:
             ours = await self._dead_letter(field, raw, message, outcome)
         if not ours:
             log.warning("message in field %d was recovered by another consumer while this one "
                         "held it; its redelivered copy settles it", field)
         self._forget(field)
+
+    async def _revoked(self, field: int, message: protocol.Message | None, reason: str) -> bool:
+        """Revoked before it ran, or cancelled while it ran: REVOKED for a Celery client, as
+        its worker stores it (``TaskRevokedError('revoked' | 'terminated')``), then acked and
+        counted; never retried."""
+        assert message is not None
+        log.info("task %s (%s) %s", message.id, message.task,
+                 "terminated: revoked while it ran" if reason == "terminated" else "revoked: "
+                 "not run")
+        await self._store_result(message, lambda: result_meta.failure_meta(
+            message.id, TaskRevokedError(reason), "REVOKED", group_id=_group(message)))
+        ours = await until_done("settle", lambda: self._broker.settle(
+            self.consumer_id, field, count="revoked"), self._health)
+        self.revoked += ours
+        return ours
 
     def _warn_unhandled(self, name: str) -> None:
         if name in self._unhandled_names:

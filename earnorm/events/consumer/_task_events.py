@@ -52,6 +52,12 @@ class TaskEvents:
                               expired=outcome.reason is FailureReason.EXPIRED)
             if self.metrics is not None:
                 self.metrics.dead_lettered(str(outcome.reason))
+        elif isinstance(outcome, decide.Revoked) and message is not None:
+            if self.metrics is not None:
+                self.metrics.task("revoked", message.task)
+            if self.presence is not None:
+                self.presence.task_revoked(message.id, expired=False,
+                                           terminated=outcome.reason == "terminated")
         elif isinstance(outcome, decide.Unhandled) and self.metrics is not None:
             assert message is not None
             self.metrics.unhandled(message.task)
