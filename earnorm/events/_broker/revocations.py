@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from earnorm.events._broker.celery_presence import mailbox_channel
 from earnorm.events._broker.keys import Keys, text
+from earnorm.events._broker.topology import is_cluster
 
 # How long a revoke holds, as Celery's worker keeps its revoked ids (REVOKE_EXPIRES, 3 hours).
 REVOKE_EXPIRES_S = 10800.0
@@ -71,7 +72,10 @@ class RevokedStore:
 
     async def broadcasts(self) -> Any:
         """A pub/sub subscribed to Celery's remote-control channel (its ``revoke``
-        broadcasts); the caller reads it with ``get_message`` and closes it."""
+        broadcasts); the caller reads it with ``get_message`` and closes it. None on a Redis
+        Cluster (Celery does not run there; consumers follow the shared set alone)."""
+        if is_cluster(self.redis):
+            return None
         db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(mailbox_channel(db))

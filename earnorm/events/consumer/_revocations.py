@@ -82,14 +82,19 @@ class Revocations:
                     log.debug("revoke listener: %r; following the shared set meanwhile", exc)
                     await anyio.sleep(REFRESH_S)
         finally:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()
+            if pubsub is not None:
+                with anyio.CancelScope(shield=True):
+                    await pubsub.aclose()
 
     async def _listen(self, pubsub: Any) -> None:
         next_refresh = time.monotonic()
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=REFRESH_S)
+            if pubsub is None:  # a Redis Cluster: the shared set alone
+                await anyio.sleep(REFRESH_S)
+                message = None
+            else:
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=REFRESH_S)
             if message is not None and message.get("type") == "message":
                 try:
                     revoke = revoked_in(message["data"])
