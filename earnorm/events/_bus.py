@@ -343,7 +343,7 @@ class EventBus:
         """
         ids = [job_id] if isinstance(job_id, str) else [str(i) for i in job_id]
         await self.broker.revoked.add(ids, terminate=terminate)
-        await self.broker.broadcast_revoke(ids, terminate=terminate)
+        await self.broker.revoked.broadcast(ids, terminate=terminate)
 
     async def retry_job(self, job_id: str) -> str:
         """Put a failed job back on its queue with retries reset; its record is removed.

@@ -30,7 +30,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from earnorm._config import EventConfig
 from earnorm._errors import NotReplicated
 from earnorm.events._broker import scripts
-from earnorm.events._broker.celery_presence import mailbox_channel, revoke_broadcast
 from earnorm.events._broker.celery_unacked import CeleryUnacked
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
@@ -153,14 +152,6 @@ class Broker:
     async def queue_used(self) -> bool:
         """Whether any key of this queue exists (anything published, consumed or failed)."""
         return bool(await self.redis.exists(*self.keys.telltales))
-
-    async def broadcast_revoke(self, task_ids: list[str], *, terminate: bool) -> None:
-        """Celery's ``revoke`` broadcast on its remote-control channel: Celery workers and
-        EarnORM consumers listening act on it at once."""
-        db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0) \
-            if not self.cluster else 0
-        await self.redis.publish(mailbox_channel(db),
-                                 revoke_broadcast(task_ids, terminate=terminate))
 
     async def server_time_ms(self) -> float:
         """Redis's clock, in unix ms."""

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from earnorm._version import __version__
 from earnorm.events._broker.keys import kombu_binding, text
+from earnorm.events._broker.topology import is_cluster
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -58,6 +59,14 @@ def _envelope(body: Any, exchange: str, routing_key: str, headers: dict[str, Any
             "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
         },
     })
+
+
+def database_of(redis: Any) -> int:
+    """The Redis database ``redis`` uses, which names kombu's fanout channels (0 on a Redis
+    Cluster, which has only that one)."""
+    if is_cluster(redis):
+        return 0
+    return int(redis.connection_pool.connection_kwargs.get("db") or 0)
 
 
 def mailbox_channel(db: int) -> str:
@@ -101,8 +110,7 @@ class CeleryPresence:
         task_names: Callable[[], Iterable[str]], on_shutdown: Callable[[], None],
     ) -> None:
         self.redis = redis
-        db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
-        self._prefix = f"/{db}."
+        self._prefix = f"/{database_of(redis)}."
         self.hostname = node_name
         self.queue = queue
         self.concurrency = concurrency

@@ -14,7 +14,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from earnorm.events._broker.celery_presence import mailbox_channel
+from earnorm.events._broker.celery_presence import (
+    database_of,
+    mailbox_channel,
+    revoke_broadcast,
+)
 from earnorm.events._broker.keys import Keys, text
 from earnorm.events._broker.topology import is_cluster
 
@@ -76,10 +80,12 @@ class RevokedStore:
         Cluster (Celery does not run there; consumers follow the shared set alone)."""
         if is_cluster(self.redis):
             return None
-        db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
         pubsub = self.redis.pubsub()
-        await pubsub.subscribe(mailbox_channel(db))
+        await pubsub.subscribe(mailbox_channel(database_of(self.redis)))
         return pubsub
 
-    async def count(self) -> int:
-        return int(await self.redis.zcard(self.keys.revoked))
+    async def broadcast(self, task_ids: list[str], *, terminate: bool) -> None:
+        """Celery's ``revoke`` broadcast on its remote-control channel: Celery workers and
+        EarnORM consumers listening act on it at once."""
+        await self.redis.publish(mailbox_channel(database_of(self.redis)),
+                                 revoke_broadcast(task_ids, terminate=terminate))

@@ -44,9 +44,6 @@ class Revocations:
         expires = self.ids.get(task_id) if isinstance(task_id, str) else None
         return expires is not None and expires > time.time() * 1000
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     async def refresh(self) -> None:
         """Reload the shared set if it changed since the last look."""
         seq = await self.store.seq()

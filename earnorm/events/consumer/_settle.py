@@ -73,11 +73,6 @@ class Settler:
         if self._results is not None:
             await self._results.close()
 
-    @property
-    def waiting(self) -> int:
-        """Settles waiting for Redis to accept writes again."""
-        return len(self._waiting)
-
     async def wait_settled(self) -> None:
         """Until every waiting settle is done (a graceful stop gives them its timeout)."""
         while self._waiting:
