@@ -6,6 +6,7 @@ from redis.exceptions import (
     AskError,
     ClusterError,
     ExecAbortError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -22,9 +23,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # ``RedisClusterException``: the cluster client raises it when it cannot reach any node to
 # (re)load the slot map, at start and after every node went away (it is also its class for
 # client-side mistakes such as a cross-slot command, which no script of ours sends).
+# ``NoScriptError`` too: a Redis that restarted between redis-py's SCRIPT LOAD and its EVALSHA
+# forgot the script again; the script did not run, and the next try loads it once more.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError,
     ClusterError, TryAgainError, SlotNotCoveredError, AskError, RedisClusterException,
+    NoScriptError,
 )
 # Redis answered but refused a write it may accept later: out of memory (maxmemory with
 # noeviction), a replica during failover. A consumer backs off and retries; a publisher raises.
@@ -37,6 +41,8 @@ def is_transient(exc: BaseException) -> bool:
 
     >>> is_transient(RedisConnectionError("refused")), is_transient(OutOfMemoryError("OOM"))
     (True, False)
+    >>> is_transient(NoScriptError("NOSCRIPT No matching script"))  # Redis restarted meanwhile
+    True
     """
     return isinstance(exc, TRANSIENT_ERRORS)
 
