@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float,
                         default=float(env("EARNORM_SHUTDOWN_TIMEOUT", "30")),
                         help="seconds running handlers get to finish on SIGTERM (default: 30)")
+    parser.add_argument("--block-warn", type=float,
+                        default=float(env("EARNORM_BLOCK_WARN", "1")),
+                        help="seconds a handler may block the event loop before it is logged "
+                             "by name, counted, and the consumer is not ready for a while "
+                             "[EARNORM_BLOCK_WARN] (default: 1)")
+    parser.add_argument("--block-limit", type=float,
+                        default=_env_number("EARNORM_BLOCK_LIMIT", float),
+                        help="with --processes: a process whose event loop stays blocked "
+                             "past the handler's hard time limit, or this many seconds, is "
+                             "replaced and its messages recovered [EARNORM_BLOCK_LIMIT] "
+                             "(default: the heartbeat timeout)")
     parser.add_argument("--heartbeat-interval", type=float,
                         default=_env_number("EARNORM_HEARTBEAT_INTERVAL", float),
                         help="seconds between heartbeats [EARNORM_HEARTBEAT_INTERVAL]")
@@ -203,6 +214,7 @@ async def _serve(args: argparse.Namespace, app: AppSettings) -> int:
         "max_inflight_bytes": args.max_inflight_bytes,
         "shutdown_timeout": args.shutdown_timeout, "celery_events": args.celery_events,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host,
+        "block_warn": args.block_warn, "block_limit": args.block_limit,
     }
     if len(queues) == 1:
         consumer = Consumer(url, **options)

@@ -47,6 +47,7 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
             "inflight_bytes": summary.get("inflight_bytes"),
             "max_inflight_bytes": summary.get("max_inflight_bytes"),
             "largest_message_bytes": summary.get("largest_message_bytes"),
+            "loop_blocks": summary.get("loop_blocks"),
         })
         if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
             histograms.append(summary["histogram"])

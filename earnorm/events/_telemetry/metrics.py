@@ -13,7 +13,9 @@ and EarnORM's own
 ``earnorm_inflight``, ``earnorm_recovered_waiting``, ``earnorm_celery_unacked``; plus this
 process's ``earnorm_dead_letters_total{reason}`` (``delivery_limit``: deliveries past the
 limit), ``earnorm_unhandled_events_total{name}`` (events nobody subscribes to, skipped),
-``earnorm_recoveries_total`` and ``earnorm_schedule_ticks_total{schedule,outcome}``
+``earnorm_recoveries_total``, ``earnorm_loop_blocked_total{handler}`` and
+``earnorm_loop_blocked_seconds_total`` (handlers that blocked the event loop) and
+``earnorm_schedule_ticks_total{schedule,outcome}``
 (periodic ticks it fired, caught up or skipped: each tick is counted by the one consumer that
 claimed it, so the sum over consumers is the fleet's).
 """
@@ -71,6 +73,14 @@ class Metrics:
             "earnorm_schedule_ticks", "Periodic ticks this consumer claimed: outcome fired (an "
             "on-time event), caught_up (missed ticks covered by one catch-up event) or skipped "
             "(missed ticks dropped).", ("queue_name", "schedule", "outcome"), registry=registry)
+        self.loop_blocks = counter(
+            "earnorm_loop_blocked", "Times the event loop did not run for longer than the "
+            "consumer's block_warn, by the handler that blocked it ('' for code outside "
+            "handlers).", ("queue_name", "handler"), registry=registry)
+        self.loop_blocked_seconds = counter(
+            "earnorm_loop_blocked_seconds", "Seconds the event loop spent blocked, in blocks "
+            "longer than block_warn.", ("queue_name",), registry=registry)
+        self.loop_blocked_seconds.labels(queue)
         self.queue_length = gauge("celery_queue_length", "Messages waiting in the queue's "
                                   "ready lists.", ("queue_name",), registry=registry)
         self.worker_up = gauge("celery_worker_up", "1 while a consumer heartbeats.",
@@ -112,6 +122,12 @@ class Metrics:
 
     def recovered(self, count: int) -> None:
         self.recoveries.labels(self.queue).inc(count)
+
+    def loop_blocked(self, handler: str | None) -> None:
+        self.loop_blocks.labels(self.queue, handler or "").inc()
+
+    def loop_unblocked(self, seconds: float) -> None:
+        self.loop_blocked_seconds.labels(self.queue).inc(seconds)
 
     def unhandled(self, name: str) -> None:
         self.unhandled_events.labels(self.queue, name).inc()

@@ -83,6 +83,7 @@ class ConsumerInfo(TypedDict):
     inflight_bytes: int | None  # bytes of the messages it holds (fetched, not settled)
     max_inflight_bytes: int | None  # its budget for those
     largest_message_bytes: int | None  # the largest message it fetched
+    loop_blocks: int | None  # times a handler blocked its event loop past block_warn
 
 
 class ServerStats(TypedDict):

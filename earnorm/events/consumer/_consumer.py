@@ -56,6 +56,7 @@ from earnorm.events.consumer._batch import Batches, PendingEvent, flush_due_batc
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
+from earnorm.events.consumer._loop_watch import Block, LoopWatch, Watched, watch_loop
 from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._resilient import RedisHealth, until_done
@@ -67,7 +68,11 @@ from earnorm.events.consumer._task_events import TaskEvents
 
 log = logging.getLogger("earnorm.consumer")
 
-# event name -> (handlers_for's tuple, handlers run at once, batch handlers)
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 class Consumer(RunsInBackground):
@@ -107,6 +112,8 @@ class Consumer(RunsInBackground):
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         schedules: Sequence[Schedule] | None = None,
+        block_warn: float = 1.0,
+        block_limit: float | None = None,
     ) -> None:
         if bus is None and redis_url is None:
             raise EarnORMError("Consumer needs redis_url= or bus=")
@@ -143,6 +150,18 @@ class Consumer(RunsInBackground):
                               f"{max_inflight_bytes!r}")
         self.max_inflight_bytes = max_inflight_bytes
         self.shutdown_timeout = shutdown_timeout
+        # A handler blocking the event loop (``_loop_watch``): named and counted past
+        # block_warn s; a --processes child is replaced past its hard limit or block_limit
+        # (default: the heartbeat timeout, when other consumers take its messages anyway, or
+        # twice block_warn if that is longer).
+        self.block_warn = _positive("block_warn", block_warn)
+        self.block_limit = max(self.config.heartbeat_timeout, 2 * self.block_warn) \
+            if block_limit is None else _positive("block_limit", block_limit)
+        if self.block_limit <= self.block_warn:
+            raise ConfigError(f"block_limit ({self.block_limit:g}s) must be greater than "
+                              f"block_warn ({self.block_warn:g}s)")
+        self._watch: tuple[LoopWatch, Watched] | None = None
+        self._loop_blocks = 0
         self.poll_interval = poll_interval
         self.promote_interval = promote_interval
         self.consumer_id = consumer_id or f"c-{uuid.uuid4().hex[:12]}"
@@ -272,6 +291,7 @@ class Consumer(RunsInBackground):
                     keys=broker.keys, settler=self._settler, batches=self._batches,
                     timings=self._timings, done=self._done, observer=observer,
                     tracer=tracing.tracer(), revoked=revocations)
+                self._watch_loop(self._pipe)
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
                 if self.metrics_port is not None:
@@ -300,7 +320,27 @@ class Consumer(RunsInBackground):
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await self._finish(broker, acks)
+            if self._watch is not None:
+                self._watch[0].leave(self._watch[1])
+                self._watch = None
             self._stopped.set()
+
+    def _watch_loop(self, pipe: Pipeline) -> None:
+        metrics = self._metrics
+
+        def blocked(block: Block) -> None:  # in the watch's thread
+            self._loop_blocks += 1
+            if metrics is not None:
+                metrics.loop_blocked(block.handler)
+
+        def ended(block: Block, seconds: float) -> None:
+            if metrics is not None:
+                metrics.loop_unblocked(seconds)
+
+        watched = Watched(pipe.running_job, self.registry.all, blocked, ended)
+        watch = watch_loop(self.block_warn, self.block_limit)
+        watch.join(watched)
+        self._watch = watch, watched
 
     def _terminate(self, task_ids: set[str]) -> None:
         if self._pipe is not None:
@@ -369,6 +409,7 @@ class Consumer(RunsInBackground):
             "inflight_bytes": fetcher.held_bytes if fetcher else 0,
             "max_inflight_bytes": self.max_inflight_bytes,
             "largest_message_bytes": fetcher.largest if fetcher else 0,
+            "loop_blocks": self._loop_blocks,
             "window_s": self._timings.window,
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)
@@ -475,6 +516,11 @@ class Consumer(RunsInBackground):
     async def stats(self) -> QueueStats:
         """The queue's ``EventBus.stats()``."""
         return await self.bus.stats()
+
+    def loop_blocked(self) -> str | None:
+        """Why the event loop makes this consumer not ready (a handler blocked it within
+        ``ready_window``), or None."""
+        return None if self._watch is None else self._watch[0].not_ready(self.ready_window)
 
     @property
     def ready_window(self) -> float:

@@ -28,6 +28,8 @@ class Probe(Protocol):
         """``time.monotonic()`` of the fetch loop's last progress; None before it runs."""
     @property
     def ready_window(self) -> float: ...
+    def loop_blocked(self) -> str | None:
+        """Why a handler blocking the event loop makes the consumer not ready, or None."""
     @property
     def metrics(self) -> Metrics | None: ...
     @property
@@ -63,6 +65,9 @@ class Endpoints:
         broker, last_progress = probe.broker, probe.last_progress
         if not probe.started or last_progress is None or broker is None:
             return 503, "text/plain", b"not started\n"
+        blocked = probe.loop_blocked()
+        if blocked is not None:
+            return 503, "text/plain", f"not ready: {blocked}\n".encode()
         idle = time.monotonic() - last_progress
         if idle <= probe.ready_window:
             return 200, "text/plain", b"consuming\n"

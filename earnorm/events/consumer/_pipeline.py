@@ -56,8 +56,11 @@ class Pipeline:
     tracer: Any  # OpenTelemetry's, when configured
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
     _plans: dict[str, _Plan] = field(default_factory=dict)
-    # task id -> the task running its handlers; ids whose cancellation is a terminate
-    _running: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # task id -> the task running its handlers, the event name and the message's hard time
+    # limit (for terminate, and for the loop watch naming a blocked job); ids whose
+    # cancellation is a terminate
+    _running: dict[str, tuple[asyncio.Task[Any], str, float | None]] = field(
+        default_factory=dict)
     _terminating: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -105,10 +108,24 @@ class Pipeline:
     def terminate(self, task_ids: set[str]) -> None:
         """Cancel the handlers running for these task ids (a revoke with terminate=True)."""
         for task_id in task_ids:
-            task = self._running.get(task_id)
-            if task is not None and task_id not in self._terminating:
+            running = self._running.get(task_id)
+            if running is not None and task_id not in self._terminating:
                 self._terminating.add(task_id)
-                task.cancel()
+                running[0].cancel()
+
+    def running_job(self, task: asyncio.Task[Any]) -> tuple[str, str, float | None] | None:
+        """(job id, event name, the message's hard limit) of the job ``task`` runs, if any.
+        Called from the loop watch's thread while the loop is blocked: reads a copy."""
+        for _ in range(3):
+            try:
+                entries = list(self._running.items())
+            except RuntimeError:  # changed while copied: the loop is not blocked after all
+                continue
+            for job_id, (running, event, hard) in entries:
+                if running is task:
+                    return job_id, event, hard
+            return None
+        return None
 
     # ------------------------------------------------------------------ one message
 
@@ -149,7 +166,8 @@ class Pipeline:
             limits = message_limits(message.headers.get("timelimit"))
             started = time.perf_counter()
             running = self._running
-            running[message.id] = asyncio.current_task()  # type: ignore[assignment]
+            running[message.id] = (asyncio.current_task(),  # type: ignore[assignment]
+                                   message.task, limits[1])
             try:
                 failures, result = await self.run(now, event, message, limits)
             except asyncio.CancelledError:

@@ -11,6 +11,12 @@ of that slot (0.5 s up to 30 s); if one slot dies more than ``max_restarts`` tim
 (2, 4) will not do better a second time: the supervisor stops the others and exits with that
 code. SIGTERM/SIGINT go to every child (each stops gracefully), then it exits 0. Children get
 SIGTERM if the supervisor itself dies (Linux's parent-death signal), so none is orphaned.
+
+Each child has a pipe to the supervisor (``ChildLine``), on which its loop watch
+(``_loop_watch``) ticks while its event loop runs. A child whose handler blocks the loop past
+its hard limit asks to be replaced; one that says nothing for its block limit (a block holding
+the GIL, a stopped process) is replaced too. Replaced means SIGKILL, then the restart above:
+its messages are recovered like any dead consumer's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from earnorm.events.consumer._loop_watch import KILL, LIMIT, STOPPED, TICK, WATCH_FD_ENV
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -64,6 +73,43 @@ def restart_delay(recent_deaths: int) -> float:
     return float(min(30.0, 0.5 * 2 ** min(recent_deaths - 1, 10)))
 
 
+@dataclass
+class ChildLine:
+    r"""What a child's loop watch says on its pipe: ticks while its loop runs, its block
+    limit (which arms the silence check), a request to be replaced, that it stopped watching.
+
+    >>> line = ChildLine(fd=-1)
+    >>> line.feed(b"L2.5\n\x00\x00"); line.limit, line.kill
+    (2.5, False)
+    >>> line.feed(b"\x00K"); line.kill
+    False
+    >>> line.feed(b"\n"); line.kill
+    True
+    """
+
+    fd: int
+    limit: float | None = None
+    kill: bool = False
+    last: float = field(default_factory=time.monotonic)
+    _buffer: bytes = b""
+
+    def feed(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        buffer = self._buffer + data.replace(TICK, b"")
+        *lines, self._buffer = buffer.split(b"\n")
+        for line in lines:
+            if line == KILL:
+                self.kill = True
+            elif line == STOPPED:
+                self.limit = None
+            elif line.startswith(LIMIT):
+                with contextlib.suppress(ValueError):
+                    self.limit = float(line[len(LIMIT):])
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last
+
+
 class Supervisor:
     def __init__(self, child_args: Sequence[str], processes: int, *,
                  metrics_port: int | None = None, shutdown_timeout: float = 30.0,
@@ -85,11 +131,66 @@ class Supervisor:
             args += ["--metrics-port", str(self.metrics_port + slot)]
         return args
 
-    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            *self._command(slot), env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())})
+    async def _spawn(self, slot: int) -> tuple[asyncio.subprocess.Process, ChildLine]:
+        read, write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(slot), pass_fds=(write,),
+                env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid()),
+                     WATCH_FD_ENV: str(write)})
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
         self.children[slot] = process
-        return process
+        line = ChildLine(read)
+        os.set_blocking(read, False)
+        asyncio.get_running_loop().add_reader(read, self._hear, line)
+        return process, line
+
+    @staticmethod
+    def _hear(line: ChildLine) -> None:
+        try:
+            data = os.read(line.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            line.feed(data)
+        else:  # the child closed it: exited
+            Supervisor._hang_up(line)
+
+    @staticmethod
+    def _hang_up(line: ChildLine) -> None:
+        if line.fd >= 0:
+            asyncio.get_running_loop().remove_reader(line.fd)
+            os.close(line.fd)
+            line.fd = -1
+        line.limit = None
+
+    async def _replace_if_blocked(self, slot: int, process: asyncio.subprocess.Process,
+                                  line: ChildLine) -> None:
+        """Kill the child when its loop watch asks, or when its loop has said nothing for
+        its block limit (plus a second of grace)."""
+        while process.returncode is None:
+            await asyncio.sleep(0.1)
+            if self._stopping.is_set():
+                return
+            limit = line.limit
+            if line.kill:
+                log.error("consumer process %d (pid %d): a handler blocks its event loop past "
+                          "its limit: replacing it", slot, process.pid)
+            elif limit is not None and line.silent_for() > limit + 1:
+                log.error("consumer process %d (pid %d): its event loop has not run for %.1fs "
+                          "(limit %gs): replacing it", slot, process.pid, line.silent_for(),
+                          limit)
+            else:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return
 
     def stop(self) -> None:
         self._stopping.set()
@@ -108,12 +209,17 @@ class Supervisor:
         """Keep slot ``slot`` running until stopping; its exit code for the supervisor."""
         deaths: deque[float] = deque()
         while not self._stopping.is_set():
-            process = await self._spawn(slot)
+            process, line = await self._spawn(slot)
             log.info("consumer process %d started (pid %d)", slot, process.pid)
             waiter = asyncio.ensure_future(process.wait())
             stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
+            watching = asyncio.ensure_future(self._replace_if_blocked(slot, process, line))
+            try:
+                await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                watching.cancel()
+                self._hang_up(line)
             if not waiter.done():
                 waiter.cancel()
                 return 0
