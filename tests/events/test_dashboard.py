@@ -189,3 +189,69 @@ async def test_bulk_actions_follow_the_filter(bus: EventBus) -> None:
     assert purged == (200, {"removed": 1})
     assert retried == (200, {"retried": 3})
     assert left == (200, [])
+
+
+async def test_the_page_revokes_a_delayed_event_which_then_never_runs(
+    bus: EventBus, queue_name: str
+) -> None:
+    """The Delayed tab's Revoke button (after a confirm), the row then marked revoked, the
+    Queue tab's Revoked card; a consumer acks the event when it comes due, without running it.
+    The API refuses a revoke without the CSRF header."""
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
+        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    from playwright.async_api import Dialog, async_playwright
+
+    ran: list[str] = []
+    registry = HandlerRegistry()
+
+    async def handle(event: Event) -> None:
+        ran.append(event.id)
+
+    registry.register("dash.later", handle)
+    job = await bus.publish(Event(name="dash.later"), delay=3)
+    kept = await bus.publish(Event(name="dash.later"), delay=3)
+    base, server, task = await serve(dashboard_app(bus, token=TOKEN))
+    try:
+        no_csrf = await anyio.to_thread.run_sync(lambda: request(
+            f"{base}/api/revoke/{kept}", "POST", headers={"Cookie": f"earnorm_session={TOKEN}"}))
+        assert no_csrf == (403, {"error": "missing or wrong X-CSRF-Token"})
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = await browser.new_page()
+            confirms: list[str] = []
+
+            async def accept(dialog: Dialog) -> None:
+                confirms.append(dialog.message)
+                await dialog.accept()
+
+            page.on("dialog", accept)
+            await page.goto(base + "/")
+            await page.fill("input[name=token]", TOKEN)
+            await page.click("button[type=submit]")
+            await page.click("nav button[data-tab=delayed]")
+            await page.click(f"button[data-revoke='{job}']")
+            row = page.locator("#delayed-rows tr", has_text=job)
+            await row.locator("text=revoked: will not run").wait_for(timeout=10_000)
+            assert await page.locator(f"button[data-revoke='{kept}']").count() == 1
+            assert confirms and job in confirms[0]
+            await page.click("nav button[data-tab=overview]")
+            await page.locator(".card", has_text="Revoked").locator("b", has_text="1").wait_for(
+                timeout=10_000)
+            await browser.close()
+        async with Consumer(bus=bus, registry=registry):
+            await wait_until(lambda: ran == [kept], 15, message="the kept one ran when due")
+
+            async def acked() -> bool:
+                return (await bus.stats())["counters"].get("revoked") == 1
+
+            await wait_until(acked, 10, message="the revoked one acked, not run")
+    finally:
+        server.should_exit = True
+        await task
+    assert ran == [kept]
+    assert await bus.get_failed_jobs() == []

@@ -71,6 +71,14 @@ async def test_celery_inspect_status_and_control_see_our_consumer(
         active = await anyio.to_thread.run_sync(
             lambda: celery_cli(redis_url, queue_name, "inspect", "active", "--timeout", "3"))
         assert job in active and "user.created" in active, active
+        await bus.revoke("revoked-one")  # the queue's shared set, known to every consumer
+
+        async def inspect_revoked() -> bool:
+            revoked = await anyio.to_thread.run_sync(lambda: celery_cli(
+                redis_url, queue_name, "inspect", "revoked", "--timeout", "3"))
+            return "revoked-one" in revoked
+
+        await wait_until(inspect_revoked, 15, message="celery inspect revoked lists it")
         release.set()
         hostname = next(line for line in ping.splitlines() if node in line).split()[1]
         hostname = hostname.rstrip(":")

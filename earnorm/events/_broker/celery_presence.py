@@ -108,6 +108,7 @@ class CeleryPresence:
     def __init__(
         self, redis: Redis, *, node_name: str, queue: str, concurrency: int, prefetch: int,
         task_names: Callable[[], Iterable[str]], on_shutdown: Callable[[], None],
+        revoked_ids: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.redis = redis
         self._prefix = f"/{database_of(redis)}."
@@ -117,6 +118,7 @@ class CeleryPresence:
         self.prefetch = prefetch
         self._task_names = task_names
         self._on_shutdown = on_shutdown
+        self._revoked_ids = revoked_ids
         self._clock = itertools.count(1)
         self._started = time.time()
         self.active: dict[str, dict[str, Any]] = {}  # task id -> what ``inspect active`` shows
@@ -209,7 +211,9 @@ class CeleryPresence:
             return list(self.active.values())
         if method == "revoke":  # acted on by the consumer's Revocations; this is the reply
             return {"ok": "tasks flagged as revoked"}
-        if method in ("reserved", "scheduled", "revoked"):
+        if method == "revoked":  # the queue's, shared: every consumer knows them all
+            return sorted(self._revoked_ids())
+        if method in ("reserved", "scheduled"):
             return []
         if method == "active_queues":
             return [{"name": self.queue, "exchange": {"name": self.queue, "type": "direct"},

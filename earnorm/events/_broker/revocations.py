@@ -9,7 +9,7 @@ with every change, so a consumer reloads the set only when it changed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -73,6 +73,19 @@ class RevokedStore:
             pipe.zrangebyscore(self.keys.revoked_terminate, now, "+inf")
             revoked, terminate = await pipe.execute()
         return ({text(i): float(s) for i, s in revoked}, {text(i) for i in terminate})
+
+    async def which(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` revoked and in force (one ZSCORE each, pipelined: a bounded
+        look however many ids are revoked)."""
+        if not task_ids:
+            return set()
+        now = time.time() * 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.zscore(self.keys.revoked, task_id)
+            scores = await pipe.execute()
+        return {i for i, score in zip(task_ids, scores, strict=True)
+                if score is not None and float(score) > now}
 
     async def broadcasts(self) -> Any:
         """A pub/sub subscribed to Celery's remote-control channel (its ``revoke``

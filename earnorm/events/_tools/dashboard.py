@@ -115,7 +115,10 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
         if (refused := guard(request)) is not None:
             return refused
         limit = min(int(request.query_params.get("limit", 50)), 500)
-        return JSON([{"due_ms": score, **summary} for score, summary in await next_due(limit)])
+        due = await next_due(limit)
+        revoked = await bus.broker.revoked.which([str(s.get("id")) for _, s in due])
+        return JSON([{"due_ms": score, **summary, "revoked": summary.get("id") in revoked}
+                     for score, summary in due])
 
     async def failed(request: Any) -> Any:
         if (refused := guard(request)) is not None:
@@ -152,6 +155,15 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
         event, reason = filters(request)
         return JSON({"removed": await bus.purge_failed(event, reason)})
 
+    async def revoke(request: Any) -> Any:
+        """Revoke a job: it never runs; ``?terminate=1`` also cancels it if it is running."""
+        if (refused := guard(request, action=True)) is not None:
+            return refused
+        job_id = request.path_params["job_id"]
+        terminate = request.query_params.get("terminate", "") in ("1", "true")
+        await bus.revoke(job_id, terminate=terminate)
+        return JSON({"revoked": job_id, "terminate": terminate})
+
     async def event_detail(request: Any) -> Any:
         if (refused := guard(request)) is not None:
             return refused
@@ -187,6 +199,7 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
         Route("/api/failed/{job_id}", remove, methods=["DELETE"]),
         Route("/api/failed/{job_id}/retry", retry, methods=["POST"]),
         Route("/api/events/{event_id}", event_detail),
+        Route("/api/revoke/{job_id}", revoke, methods=["POST"]),
     ])
 
 

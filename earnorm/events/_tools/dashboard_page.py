@@ -43,7 +43,7 @@ Failed <span id="failed-count"></span></button><button data-tab="event">Event</b
 <th>Status</th><th>Last heartbeat</th><th>Running</th><th>Processed</th><th>Failed</th></tr>
 </thead><tbody id="consumer-rows"></tbody></table></section>
 <section id="delayed" hidden><table><thead><tr><th>Due</th><th>Event</th><th>Id</th>
-<th>Retries</th></tr></thead><tbody id="delayed-rows"></tbody></table></section>
+<th>Retries</th><th></th></tr></thead><tbody id="delayed-rows"></tbody></table></section>
 <section id="failed" hidden>
 <label>Event <input id="f-event" placeholder="order.paid"></label>
 <label>Reason <select id="f-reason"><option value="">any</option>
@@ -57,7 +57,10 @@ Failed <span id="failed-count"></span></button><button data-tab="event">Event</b
 <tbody id="failed-rows"></tbody></table>
 <h3 id="job-title" hidden>Job</h3><pre id="job-detail" hidden></pre></section>
 <section id="event" hidden><label>Event id <input id="event-id" size="40"></label>
-<button class="act" id="event-go">Look up</button><pre id="event-detail"></pre></section>
+<button class="act" id="event-go">Look up</button>
+<button class="act" id="event-revoke">Revoke</button>
+<button class="act" id="event-terminate">Revoke and stop it if running</button>
+<pre id="event-detail"></pre></section>
 </main>
 <script>
 "use strict";
@@ -115,6 +118,7 @@ async function overview() {
   for (const [name, value, note] of [["Ready", q.ready_total, ready], ["Delayed", q.delayed,
       q.next_due_s === null ? "" : `next in ${q.next_due_s}s`], ["In flight", q.inflight, ""],
       ["Failed", q.failed, ""], ["Processed", q.counters.processed, ""],
+      ["Revoked", q.revoked, `${q.counters.revoked} not run`],
       ["Consumers", q.consumers.filter((c) => c.status === "alive").length, "alive"]]) {
     const card = document.createElement("div"); card.className = "card";
     const b = document.createElement("b"); b.textContent = value;
@@ -144,6 +148,12 @@ async function delayed() {
   rows("delayed-rows", await api("delayed?limit=100"), (tr, d) => {
     cell(tr, new Date(d.due_ms).toISOString()); cell(tr, d.name); cell(tr, d.id);
     cell(tr, d.retries);
+    if (d.revoked) { cell(tr, "revoked: will not run").className = "muted"; return; }
+    const td = document.createElement("td"); tr.appendChild(td);
+    button(td, "Revoke", async () => {
+      if (!confirm(`Revoke ${d.name} ${d.id}? It will not run.`)) return;
+      await api("revoke/" + encodeURIComponent(d.id), {method: "POST"}); refresh();
+    }).dataset.revoke = d.id;
   });
 }
 function filterQuery() {
@@ -186,6 +196,17 @@ $("event-go").addEventListener("click", async () => {
           await api("events/" + encodeURIComponent($("event-id").value)), null, 2); }
   catch (e) { $("event-detail").textContent = String(e.message); }
 });
+for (const [id, terminate] of [["event-revoke", false], ["event-terminate", true]]) {
+  $(id).addEventListener("click", async () => {
+    const job = $("event-id").value.trim(); if (!job) return;
+    if (!confirm(`Revoke ${job}?` + (terminate ? " If it is running it is cancelled." : "")))
+      return;
+    try { $("event-detail").textContent = JSON.stringify(await api(
+            "revoke/" + encodeURIComponent(job) + (terminate ? "?terminate=1" : ""),
+            {method: "POST"}), null, 2); }
+    catch (e) { $("event-detail").textContent = String(e.message); }
+  });
+}
 for (const el of ["f-event", "f-reason"]) $(el).addEventListener("change", () => refresh());
 document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => {
   tab = b.dataset.tab;

@@ -272,16 +272,16 @@ class Consumer(RunsInBackground):
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 tg.start_soon(heartbeat.run)
+                revocations = Revocations(broker.revoked, self._terminate)
                 if self.celery_events:
                     self._presence = CeleryPresence(
                         broker.redis, node_name=self.node_name,
                         queue=self.config.queue_name, concurrency=self.concurrency,
                         prefetch=self.prefetch,
                         task_names=lambda: {h.pattern for h in self.registry.all()},
-                        on_shutdown=self.stop,
+                        on_shutdown=self.stop, revoked_ids=revocations.live,
                     )
                     await tg.start(self._presence.run)
-                revocations = Revocations(broker.revoked, self._terminate)
                 await tg.start(revocations.run)
                 observer = None
                 if self._presence is not None or self._metrics is not None:

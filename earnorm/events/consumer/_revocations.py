@@ -44,6 +44,11 @@ class Revocations:
         expires = self.ids.get(task_id) if isinstance(task_id, str) else None
         return expires is not None and expires > time.time() * 1000
 
+    def live(self) -> list[str]:
+        """The revoked ids in force (``celery inspect revoked``)."""
+        now = time.time() * 1000
+        return [task_id for task_id, expires in self.ids.items() if expires > now]
+
     async def refresh(self) -> None:
         """Reload the shared set if it changed since the last look."""
         seq = await self.store.seq()
