@@ -145,6 +145,30 @@ async def test_terminate_cancels_the_running_handler_and_it_is_not_retried(
     assert stats["delayed"] == 0 and stats["failed"] == 0
 
 
+async def test_an_event_revoked_while_it_waits_for_its_batch_is_not_run(
+    redis_url: str, queue_name: str, bus: EventBus,
+) -> None:
+    batches: list[list[str]] = []
+    registry = HandlerRegistry()
+
+    async def handle(events: list[Event]) -> None:
+        batches.append([e.id for e in events])
+
+    registry.register("slow.task", handle, batch_size=10, batch_timeout=1.5)
+    app = client(redis_url, queue_name)
+    async with Consumer(bus=bus, registry=registry) as consumer:
+        ids = [app.send_task("slow.task").id for _ in range(3)]
+        await wait_until(lambda: len(consumer._batches) == 3, 10, message="3 in the batch")
+        await bus.revoke(ids[1])
+        await wait_until(lambda: ids[1] in consumer._pipeline().revoked, 5,
+                         message="the consumer heard the revoke")
+        await wait_until(lambda: batches, 10, message="the batch ran")
+        await wait_until(lambda: revoked_is(bus, 1), 10, message="the revoked one acked")
+        await get_raises_revoked(app, ids[1])
+    app.close()
+    assert batches == [[ids[0], ids[2]]]
+
+
 async def test_a_celery_worker_in_the_fleet_honours_our_revoke(
     redis_url: str, queue_name: str, bus: EventBus,
 ) -> None:

@@ -219,6 +219,36 @@ async def test_periodic_ticks_fire_once_across_consumers_on_a_cluster(cluster: C
     assert {round(b - a, 3) for a, b in itertools.pairwise(stamps)} == {0.5}, "a tick missing"
 
 
+async def test_a_revoke_on_a_cluster_reaches_every_consumer_without_a_broadcast(
+    cluster: Cluster,
+) -> None:
+    """No pub/sub fan-out on a cluster (Celery does not run there): two consumers follow the
+    queue's revoked set, in the queue's slot; a revoked delayed event and a revoked ready one
+    never run, the others do."""
+    queue = cluster.queues_on_distinct_masters(1)[0]
+    seen: list[int] = []
+    registry = recording_registry("cluster.revoked", seen)
+    bus = await EventBus.connect(cluster.url, queue_name=queue)
+    try:
+        later = await bus.publish(Event(name="cluster.revoked", data={"i": 1}), delay=1)
+        now = await bus.publish(Event(name="cluster.revoked", data={"i": 2}))
+        await bus.publish(Event(name="cluster.revoked", data={"i": 3}), delay=1)
+        await bus.revoke([later, now])
+
+        def consumer() -> Consumer:
+            return Consumer(cluster.url, queue_name=queue, registry=registry, concurrency=4)
+        async with consumer(), consumer():
+            await wait_until(lambda: 3 in seen, 15, message="the kept one ran")
+
+            async def both_acked() -> bool:
+                return (await bus.stats())["counters"].get("revoked") == 2
+
+            await wait_until(both_acked, 10, message="the revoked ones acked, not run")
+    finally:
+        await bus.close()
+    assert seen == [3]
+
+
 def _migrate_slot(cluster: Cluster, slot: int, source: int, target: int) -> int:
     """Move ``slot`` from the master on port ``source`` to the one on ``target`` the way
     ``redis-cli --cluster reshard`` does (IMPORTING / MIGRATING, MIGRATE in small batches, then

@@ -197,6 +197,9 @@ class Pipeline:
             self.settler.ack_handled(field)
 
     async def run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
+        items = await self._drop_revoked(items)
+        if not items:
+            return
         started = time.perf_counter()
         await run_batch(handler, items, call_handler)
         share = (time.perf_counter() - started) / len(items)
@@ -208,6 +211,22 @@ class Pipeline:
                     item.message, item.failures, self.config.retry_policy,
                     self.clock.now_ms(), self.keys)
                 await self.settle(item.field, item.raw, item.message, outcome, item.failures)
+
+
+    async def _drop_revoked(self, items: list[PendingEvent]) -> list[PendingEvent]:
+        """Events revoked while they waited for their batch: settled REVOKED (once, however
+        many batch handlers each waited for) instead of run."""
+        revoked = self.revoked
+        if not any(item.message.id in revoked for item in items):
+            return items
+        live = []
+        for item in items:
+            if item.message.id not in revoked:
+                live.append(item)
+            elif item.waiting:
+                item.waiting = 0
+                await self.settle(item.field, item.raw, item.message, decide.Revoked())
+        return live
 
 
 def _traced(tracer: Any, config: EventConfig, run: RunStage) -> RunStage:
