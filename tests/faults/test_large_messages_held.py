@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -190,3 +191,48 @@ async def test_large_messages_held_by_a_killed_consumer_run_once_elsewhere(
 
 async def _no_leftovers(redis: Redis, queue: str) -> bool:
     return await leftovers(redis, queue) == []
+
+
+def sized(target: int, keys_queue: str) -> bytes:
+    """An encoded event of exactly ``target`` bytes, or within a few bytes under it."""
+    pad = target
+    while True:
+        raw = encode_event(event(pad), keys_queue)
+        if len(raw) <= target:
+            return raw
+        pad -= max(1, (len(raw) - target) * 3 // 4)
+
+
+async def test_a_message_near_the_limit_is_held_and_one_just_over_is_set_aside_unscripted(
+    bus: EventBus,
+) -> None:
+    """A message's weight (the allocator's size class) may be a quarter over its length: one
+    within max_message_bytes but weighed over it is held and run like any large one (it was
+    read into a script, ~6 ms a MB, to be measured); one just over it is set aside by a RENAME
+    once the consumer read its exact length, recorded too_large under its id."""
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    limit = 4 * MB
+    within, over = sized(limit, keys.queue), sized(limit + 100_000, keys.queue)
+    assert limit - 16 < len(within) <= limit < len(over)
+    await redis.rpush("weighed", within)
+    assert (await redis.memory_usage("weighed", samples=0) or 0) > limit  # the premise
+    await redis.delete("weighed")
+    await redis.lpush(keys.queue, within, over)
+
+    fetched = await broker.fetch("c1", 10, 0, may_take_alone=True, max_bytes=limit,
+                                 alone_at=3, cap_bytes=64 * MB)
+
+    over_id = orjson.loads(over)["headers"]["id"]
+    assert fetched.messages[0] == within and fetched.aside == {1}
+    assert fetched.diverted == 1 and fetched.diverted_ids == [over_id]
+    assert await redis.hgetall(keys.inflight("c1")) == {b"1": MARK}
+    job = await bus.get_failed_job(over_id)
+    assert job["reason"] == "too_large" and job.get("size") == len(over)
+    assert job["name"] == "fault.recorded"
+    assert await redis.lrange(keys.aside_of(over_id), 0, -1) == [over]
+    assert await broker.ack("c1", [1]) == 1
+    assert await leftovers(redis, keys.queue) == []
+
+    assert await bus.retry_job(over_id) == over_id  # back on the queue, natively
+    assert await redis.lrange(keys.queue, 0, -1) == [over]
+    assert not await redis.exists(keys.aside_of(over_id), keys.aside)

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import Event, EventBus
+from earnorm.events._broker.keys import text
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
 
@@ -62,10 +63,15 @@ async def test_a_50_mb_message_never_reaches_the_consumer(
     for job_id, job in jobs.items():
         assert job["reason"] == "too_large" and job.get("size") == len(waiting)
         assert job["name"] == "fault.recorded"
-        assert await redis.hstrlen(f"{queue_name}:failed:oversized", job_id) == len(waiting)
+        kept = await redis.lrange(f"{queue_name}:aside:{job_id}", 0, -1)
+        assert kept == [waiting if job_id == waiting_id else idle]
+    assert {text(m) for m in await redis.smembers(f"{queue_name}:aside")} == set(jobs)
     assert set(recorded(record)) == {*small, after}
     # Nothing lost: an operator can put it back (here it would be diverted again).
     await bus.retry_job(waiting_id)
     assert await redis.llen(queue_name) == 1
-    assert not await redis.hexists(f"{queue_name}:failed:oversized", waiting_id)
+    assert not await redis.exists(f"{queue_name}:aside:{waiting_id}")
+    assert await redis.smembers(f"{queue_name}:aside") == {idle_id.encode()}
+    await bus.remove_job(idle_id)
+    assert not await redis.exists(f"{queue_name}:aside:{idle_id}", f"{queue_name}:aside")
     await bus.close()

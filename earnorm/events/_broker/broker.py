@@ -45,6 +45,7 @@ from earnorm.events._broker.publish_lane import PublishLane
 from earnorm.events._broker.revocations import RevokedStore
 from earnorm.events._broker.server import ServerProbe
 from earnorm.events._broker.topology import is_cluster, same_slot
+from earnorm.events._wire.failures import UNNAMED_PREFIX, too_large_record
 
 # Bytes one fetch script moves at most (plus one message): a message costs the script ~6 ms a
 # MB on this machine (docs/latency.md), so small batches and one large message at a time.
@@ -59,6 +60,18 @@ LARGE_BYTES = 256 * 1024
 # PROBE_CAP_BYTES natively, and reads at most LARGE_BYTES per pop into Lua.
 PROBE_WINDOW = 2
 PROBE_CAP_BYTES = 24 * 1024 * 1024
+
+
+def hold_max(max_bytes: int) -> int:
+    """The largest weight (MEMORY USAGE of a one-message list) a message within ``max_bytes``
+    can have: the allocator's size class is at most a quarter over, plus the list's own
+    overhead. The fetch holds a message up to this and the consumer checks its exact length;
+    over it, the message is surely too large.
+
+    >>> hold_max(16 * 1024 * 1024) // 1024
+    20544
+    """
+    return max_bytes + max_bytes // 4 + 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Redelivery:
@@ -81,6 +94,9 @@ class Fetched:
     # Indexes in ``messages`` taken back meanwhile by a consumer that thought us dead (a large
     # message whose key was renamed away before we read it): not ours, not to be run.
     gone: frozenset[int] = frozenset()
+    # Indexes of held messages found over max_message_bytes once read, set aside (counted in
+    # ``diverted``): not to be run.
+    aside: frozenset[int] = frozenset()
 
 
 def _fetched(result: Any) -> tuple[Fetched, list[int]]:
@@ -293,34 +309,54 @@ class Broker:
         k = self.keys
         keys = [
             k.inflight(consumer_id), k.landing(consumer_id), k.recovered,
-            k.deliveries(consumer_id), k.failed, k.failed_index, k.oversized, k.stats,
+            k.deliveries(consumer_id), k.failed, k.failed_index, k.aside, k.stats,
             k.probe(consumer_id), *k.ready,
         ]
         return keys, [count, first_field, 1 if may_take_alone else 0, max_bytes, alone_at,
                       max(cap_bytes, 1), k.held_prefix(consumer_id), HELD_MARK, LARGE_BYTES,
-                      PROBE_WINDOW, PROBE_CAP_BYTES]
+                      PROBE_WINDOW, PROBE_CAP_BYTES, hold_max(max_bytes)]
 
-    async def _read_held(self, consumer_id: str, first_field: int, result: Any) -> Fetched:
+    async def _read_held(self, consumer_id: str, first_field: int, result: Any,
+                         max_bytes: int) -> Fetched:
         """The fetch script's reply, with each large message read from its own key (one
-        LINDEX each: Redis copies it once into the reply, no script reads it)."""
+        LINDEX each: Redis copies it once into the reply, no script reads it). One over
+        ``max_bytes`` (its weight only estimated it) is set aside, unread by any script."""
         fetched, held = _fetched(result)
         if not held:
             return fetched
         fields = [first_field + i + 1 for i in held]
-        self._held.setdefault(consumer_id, set()).update(fields)
+        mine = self._held.setdefault(consumer_id, set())
+        mine.update(fields)
         async with self.redis.pipeline(transaction=False) as pipe:
             for field in fields:
                 pipe.lindex(self.keys.held(consumer_id, field), 0)
             bodies = await pipe.execute()
-        gone = set()
-        for index, body in zip(held, bodies, strict=True):
+        gone, aside, named = set(), set(), []
+        for index, field, body in zip(held, fields, bodies, strict=True):
             if body is None:
                 gone.add(index)
+            elif len(body) > max_bytes:
+                job_id, record = too_large_record(body, max_bytes, self._now_ms())
+                if await self.failed.set_aside(
+                        self.keys.inflight(consumer_id), self.keys.deliveries(consumer_id),
+                        self.keys.held(consumer_id, field), field, job_id, record):
+                    aside.add(index)
+                    named += [job_id] if not job_id.startswith(UNNAMED_PREFIX) else []
+                else:
+                    gone.add(index)
+                mine.discard(field)
+                fetched.messages[index] = b""
             else:
                 fetched.messages[index] = body
-        if gone:
-            fetched = replace(fetched, gone=frozenset(gone))
+        if gone or aside:
+            fetched = replace(fetched, gone=frozenset(gone), aside=frozenset(aside),
+                              diverted=fetched.diverted + len(aside),
+                              diverted_ids=fetched.diverted_ids + named)
         return fetched
+
+    @staticmethod
+    def _now_ms() -> float:
+        return time.time() * 1000
 
     async def fetch(
         self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,
@@ -335,7 +371,7 @@ class Broker:
         keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
                                       max_bytes, alone_at, cap_bytes)
         return await self._read_held(consumer_id, first_field,
-                                     await self._fetch(keys=keys, args=args))
+                                     await self._fetch(keys=keys, args=args), max_bytes)
 
     async def wait_and_fetch(
         self, consumer_id: str, timeout: float, count: int, first_field: int, *,
@@ -357,7 +393,7 @@ class Broker:
             return await self.fetch(consumer_id, count, first_field,
                                     may_take_alone=may_take_alone, max_bytes=max_bytes,
                                     alone_at=alone_at, cap_bytes=cap_bytes)
-        return await self._read_held(consumer_id, first_field, result)
+        return await self._read_held(consumer_id, first_field, result, max_bytes)
 
     async def ack(self, consumer_id: str, fields: Sequence[int]) -> int:
         """Remove handled fields from in-flight and count them as processed, atomically.

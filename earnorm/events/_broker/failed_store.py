@@ -27,8 +27,17 @@ return pushed
 """
 
 
-# KEYS: failed, failed index, oversized, main ready list. ARGV: job id.
+# KEYS: failed, failed index, oversized (earlier versions' hash), main ready list, the aside
+# set, the job's aside key. ARGV: job id. Kept aside in its own key, the message moves back
+# natively (RPOPLPUSH: no script reads it); from the old hash it is read once more.
 _REQUEUE_OVERSIZED = """
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[5], ARGV[1])
+  redis.call('RPOPLPUSH', KEYS[6], KEYS[4])
+  return 1
+end
 local v = redis.call('HGET', KEYS[3], ARGV[1])
 if not v or redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -36,6 +45,25 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('LPUSH', KEYS[4], v)
 return 1
 """
+
+# KEYS: inflight, deliveries, the held key, the job's aside key, failed, failed index, the
+# aside set, stats. ARGV: field, job id, record. A held message found too large once read:
+# set aside by RENAME (its bytes are not read again), recorded; only if the field is ours.
+_SET_ASIDE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('RENAME', KEYS[3], KEYS[4])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[6], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[2])
+redis.call('SADD', KEYS[7], ARGV[2])
+redis.call('HINCRBY', KEYS[8], 'failed', 1)
+return 1
+"""
+
+# Aside keys one purge call unlinks at most (UNLINK frees them in the background).
+_UNLINK_BATCH = 500
 
 
 class FailedStore:
@@ -46,6 +74,7 @@ class FailedStore:
         self.keys = keys
         self._requeue = redis.register_script(_REQUEUE_FAILED)
         self._requeue_oversized = redis.register_script(_REQUEUE_OVERSIZED)
+        self._set_aside = redis.register_script(_SET_ASIDE)
 
 
     async def page(
@@ -89,7 +118,9 @@ class FailedStore:
             pipe.hdel(self.keys.failed, *job_ids)
             pipe.zrem(self.keys.failed_index, *job_ids)
             pipe.hdel(self.keys.oversized, *job_ids)
-            removed, _, _ = await pipe.execute()
+            pipe.srem(self.keys.aside, *job_ids)
+            pipe.unlink(*(self.keys.aside_of(j) for j in job_ids))
+            removed, *_ = await pipe.execute()
         return int(removed)
 
     async def purge(self) -> int:
@@ -100,14 +131,32 @@ class FailedStore:
             # would block every client while it frees them).
             pipe.unlink(self.keys.failed, self.keys.failed_index, self.keys.oversized)
             count, _ = await pipe.execute()
+        # The messages kept aside, a bounded batch at a time (each is over max_message_bytes,
+        # so there are never many).
+        while ids := await self._spop_aside():
+            await self.redis.unlink(*(self.keys.aside_of(i) for i in ids))
         return int(count)
+
+    async def _spop_aside(self) -> list[str]:
+        ids: Any = await self.redis.spop(self.keys.aside, _UNLINK_BATCH)
+        return [text(i) for i in ids or ()]
 
     async def requeue_oversized(self, job_id: str) -> bool:
         """Put a ``too_large`` job's message, kept aside in Redis, back on the main ready list
         (it never travels through this process). It is diverted again unless the consumers'
         max_message_bytes was raised meanwhile."""
-        keys = [self.keys.failed, self.keys.failed_index, self.keys.oversized, self.keys.ready[0]]
+        k = self.keys
+        keys = [k.failed, k.failed_index, k.oversized, k.ready[0], k.aside, k.aside_of(job_id)]
         return bool(await self._requeue_oversized(keys=keys, args=[job_id]))
+
+    async def set_aside(self, inflight: str, deliveries: str, held: str, field: int,
+                        job_id: str, record: bytes) -> bool:
+        """A held message found over max_message_bytes once read: kept aside by renaming its
+        key, and recorded as ``too_large``. False if the field was no longer ours."""
+        k = self.keys
+        keys = [inflight, deliveries, held, k.aside_of(job_id), k.failed, k.failed_index,
+                k.aside, k.stats]
+        return bool(await self._set_aside(keys=keys, args=[field, job_id, record]))
 
     async def requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
         """Put a failed job's message back on the queue and drop its record, atomically."""

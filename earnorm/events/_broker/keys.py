@@ -16,8 +16,11 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   envelope``, messages taken back from dead consumers; served one at a time;
 - ``Q:deliveries:<consumer>``: hash field -> ``"<deliveries>:<ids>"`` for the recovered
   messages that consumer holds;
-- ``Q:failed`` (job id -> JSON record), ``Q:failed:index`` (zset by failure time) and
-  ``Q:failed:oversized`` (job id -> a message too large to fetch, kept aside in Redis);
+- ``Q:failed`` (job id -> JSON record), ``Q:failed:index`` (zset by failure time);
+  ``Q:aside:<job id>``: a one-element list holding a message too large to run (over
+  ``max_message_bytes``), kept aside in Redis, and ``Q:aside`` the set of those job ids (so a
+  purge finds them); ``Q:failed:oversized``: the hash earlier versions kept them in (read,
+  requeued and removed, never written);
 - ``Q:revoked``: zset of revoked task ids by the time the revoke expires (unix ms), shared by
   every consumer of the queue and kept across restarts; ``Q:revoked:terminate``: the same for
   those revoked with ``terminate=True``;
@@ -78,6 +81,7 @@ class Keys:
     monitor: str
     recovered: str
     oversized: str
+    aside: str
     revoked: str
     revoked_terminate: str
     server: str
@@ -104,6 +108,7 @@ class Keys:
             monitor=f"{q}:monitor",
             recovered=f"{q}:recovered",
             oversized=f"{q}:failed:oversized",
+            aside=f"{q}:aside",
             revoked=f"{q}:revoked",
             revoked_terminate=f"{q}:revoked:terminate",
             server=f"{q}:server",
@@ -136,6 +141,11 @@ class Keys:
     def parked_prefix(self, consumer_id: str) -> str:
         """+ a suffix: a large message handed back from that consumer, named in Q:recovered."""
         return f"{self.queue}:parked:{consumer_id}:"
+
+    def aside_of(self, job_id: str) -> str:
+        """The key keeping a too-large message aside (``aside`` + ``:`` + its job id: the
+        scripts that divert a message name it so)."""
+        return f"{self.aside}:{job_id}"
 
     def probe(self, consumer_id: str) -> str:
         """The fetch script's scratch list for that consumer."""

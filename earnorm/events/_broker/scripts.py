@@ -16,7 +16,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # Diverting a message larger than ARGV[4] bytes into the failed store, inside Redis, so that it
 # never reaches a client: a small JSON record (size, preview, SHA-1), the message itself kept
-# aside in Q:failed:oversized. Expects KEYS[5..8] = failed, failed index, oversized, stats.
+# aside in a one-element list Q:aside:<job id>, its id added to the set Q:aside (so requeueing
+# it is a native RPOPLPUSH, and a purge finds it). Expects KEYS[5..8] = failed, failed index,
+# the aside set, stats.
 _DIVERT = _NOW_MS + """
 local max_bytes = tonumber(ARGV[4])
 local diverted, diverted_ids = 0, {}
@@ -45,7 +47,10 @@ local function divert(v, deliveries, died)
     .. ',"deliveries":' .. deliveries .. ',"died_holding":' .. died .. '}'
   redis.call('HSET', KEYS[5], job, record)
   redis.call('ZADD', KEYS[6], now, job)
-  redis.call('HSET', KEYS[7], job, v)
+  local aside = KEYS[7] .. ':' .. job
+  redis.call('DEL', aside)
+  redis.call('RPUSH', aside, v)
+  redis.call('SADD', KEYS[7], job)
   redis.call('HINCRBY', KEYS[8], 'failed', 1)
   diverted = diverted + 1
   if id then diverted_ids[#diverted_ids + 1] = job end
@@ -72,12 +77,13 @@ redis.call('LPUSH', KEYS[2], ARGV[3])
 return false
 """
 
-# KEYS: inflight, landing, recovered, deliveries, failed, failed index, oversized, stats,
+# KEYS: inflight, landing, recovered, deliveries, failed, failed index, aside set, stats,
 #       probe (a scratch list), ready lists in serving order.
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
 #       deliveries from which a recovered message runs alone, max bytes for this call,
 #       held-key prefix (+ field), HELD_MARK, large (bytes), probe window (messages), bytes
-#       the probes may copy in this call (then it stops, after one message at least).
+#       the probes may copy in this call (then it stops, after one message at least), the
+#       largest estimate that is held rather than measured (over it, surely too large).
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
 #          run alone else 0, recovered still waiting, diverted, ids of those diverted that
 #          named one (a Celery client may wait on them), held {index, size}...}.
@@ -91,10 +97,12 @@ return false
 # within max_bytes) never enters Lua: the list's tail is dropped with LTRIM and the probe list
 # is renamed to Q:held:<consumer>:<field> (the in-flight field gets HELD_MARK); the consumer
 # reads it with a plain LINDEX and acks it with UNLINK. So the script's time is bounded by the
-# bytes its probes copy natively (ARGV[11]), whatever the messages weigh. A message whose
-# estimate exceeds max_bytes is read into Lua to be measured exactly and, if too large,
-# diverted (kept aside with a record named by its headers): the one case whose cost still
-# grows with the message (docs/latency.md).
+# bytes its probes copy natively (ARGV[11]), whatever the messages weigh. The estimate may be
+# over max_bytes for a message within it, so one up to ARGV[12] (max_bytes plus the estimate's
+# error) is held too, and the consumer, which reads its exact length, sets aside one that is
+# over (``FailedStore.set_aside``: a RENAME). Only a message surely too large is read into
+# Lua, to find the job id in its headers, and diverted: the one case whose cost still grows
+# with the message, for messages of more than 1.25 x max_message_bytes (docs/latency.md).
 #
 # Messages are taken until the count or the byte cap is reached (the one that crosses the cap
 # is kept, so at least one always moves): the cap bounds how much the consumer holds.
@@ -112,6 +120,7 @@ local alone_at = tonumber(ARGV[5])
 local cap = tonumber(ARGV[6])
 local held_prefix, mark = ARGV[7], ARGV[8]
 local large, window, probe_cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local hold_max = tonumber(ARGV[12])
 local probe = KEYS[9]
 local out, fields, infos, held = {}, {}, {}, {}
 local probed = 0  -- bytes the probes copied: their time
@@ -151,7 +160,7 @@ local function take_tail(list)
       k = 1
       size = weigh(list, len - 1, 1)
     end
-    if k == 1 and size > large and size <= max_bytes then
+    if k == 1 and size > large and size <= hold_max then
       redis.call('LTRIM', list, 0, -2)
       hold(probe, size)
     else

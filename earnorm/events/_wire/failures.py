@@ -4,6 +4,8 @@ and reading one back (as ``get_failed_jobs`` shows it, and to run it again)."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,6 +108,44 @@ def failure_record(
         except Exception:  # the record must be written even if the data is odd
             record["data"] = None
     return orjson.dumps(record)
+
+
+# A too-large message's job id when its headers name none (the fetch script's choice too).
+UNNAMED_PREFIX = "too-large-"
+_HEADER_ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
+_HEADER_TASK = re.compile(rb'"task"\s*:\s*"([^"\\]+)"')
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def too_large_record(raw: bytes, max_bytes: int, now_ms: float) -> tuple[str, bytes]:
+    """(job id, record) for a message over ``max_bytes``, kept aside unrun: the record the
+    fetch script writes for one (scripts._DIVERT), without decoding the message: the id and
+    task are looked for in the 8 KB after ``"headers"``.
+
+    >>> job, record = too_large_record(b'{"headers": {"id": "j1", "task": "t"}, "x": 1}', 10, 0)
+    >>> job, orjson.loads(record)["name"], orjson.loads(record)["reason"]
+    ('j1', 't', 'too_large')
+    """
+    sha = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+    at = raw.find(b'"headers"')
+    head = raw[at:at + 8200] if at >= 0 else b""
+    found_id, found_task = _HEADER_ID.search(head), _HEADER_TASK.search(head)
+
+    def ascii(value: bytes) -> str:
+        return _NOT_PRINTABLE.sub(b"?", value).decode()
+
+    job = ascii(found_id.group(1)) if found_id else UNNAMED_PREFIX + sha
+    record: dict[str, object] = {
+        "job_id": job, "reason": "too_large",
+        "detail": f"message of {len(raw)} bytes exceeds max_message_bytes ({max_bytes}); kept "
+                  "aside, not run",
+        "name": ascii(found_task.group(1)) if found_task else None, "data": None,
+        "metadata": {}, "attempts": 0, "first_failed_at": None, "last_failed_at": None,
+        "failed_at_ms": now_ms, "handlers": [], "errors": [], "error_type": None,
+        "error": f"too large: {len(raw)} bytes", "traceback": None, "size": len(raw),
+        "sha1": sha, "preview": ascii(raw[:200]), "deliveries": 1, "died_holding": [],
+    }
+    return job, orjson.dumps(record)
 
 
 def _merge_previous(record: FailedJob, previous: bytes) -> None:

@@ -211,7 +211,8 @@ class Fetcher:
                 await self._report_diverted(fetched)
                 # Held before any reclaim: it hands back what is in flight and not held, and
                 # this fetch's messages are in flight (they would run twice).
-                self._add(first, fetched.messages, fetched.redeliveries, fetched.gone)
+                self._add(first, fetched.messages, fetched.redeliveries, fetched.gone,
+                          fetched.aside)
             if self._orphans_possible:
                 await self._reclaim_orphans()
             if fetched is None:
@@ -234,11 +235,13 @@ class Fetcher:
             await self._on_diverted(fetched.diverted_ids)
 
     def _add(self, first: int, batch: list[bytes], redeliveries: dict[int, Redelivery],
-             gone: frozenset[int] = frozenset()) -> None:
+             gone: frozenset[int] = frozenset(), aside: frozenset[int] = frozenset()) -> None:
         if gone:  # taken back by a consumer that thought us dead: not ours to run
             log.warning("%d large message(s) were recovered by another consumer before this "
                         "one read them (was it paused past its heartbeat timeout?)", len(gone))
-            kept = [i for i in range(len(batch)) if i not in gone]
+        if gone or aside:  # aside: over max_message_bytes once read, in the failed store
+            skip = gone | aside
+            kept = [i for i in range(len(batch)) if i not in skip]
             self._add_fields([first + i for i in kept], [batch[i] for i in kept],
                              {j: redeliveries[i] for j, i in enumerate(kept)
                               if i in redeliveries})
