@@ -7,6 +7,7 @@ leaves a key behind."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -33,7 +34,7 @@ def event(size: int = 0, name: str = "fault.recorded", i: int = 0) -> Event:
 async def leftovers(redis: Redis, queue: str) -> list[bytes]:
     """Keys of the queue that only a held large message uses."""
     found = []
-    for kind in ("held", "parked", "probe"):
+    for kind in ("held", "parked", "probe", "later"):
         found += [key async for key in redis.scan_iter(match=f"{queue}:{kind}:*")]
     return found
 
@@ -236,3 +237,42 @@ async def test_a_message_near_the_limit_is_held_and_one_just_over_is_set_aside_u
     assert await bus.retry_job(over_id) == over_id  # back on the queue, natively
     assert await redis.lrange(keys.queue, 0, -1) == [over]
     assert not await redis.exists(keys.aside_of(over_id), keys.aside)
+
+
+async def test_a_large_retry_and_a_large_delayed_publish_wait_by_reference(
+    bus: EventBus,
+) -> None:
+    """A large message's retry, and a large event published with a delay, wait in keys of
+    their own (``Q:later:*``) named by the delayed set: the promote script hands the
+    reference to the fetch, which holds the key; no script reads the message."""
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    large = encode_event(event(2 * MB), keys.queue)
+    await redis.lpush(keys.queue, large)
+    fetched = await broker.fetch("c1", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                                 alone_at=3)
+    assert fetched.messages == [large]
+    retried = large.replace(b'"retries":0', b'"retries":1')
+    assert await broker.settle("c1", 1, retry=(retried, 0, 0))
+    published = await bus.publish(event(2 * MB), delay=0.01)
+    assert not await redis.exists(keys.held("c1", 1), keys.inflight("c1"))
+    members: Any = await redis.zrange(keys.delayed, 0, -1)
+    assert len(members) == 2 and all(m.startswith(b"0:" + MARK) for m in members)
+    later = [key async for key in redis.scan_iter(match=f"{keys.queue}:later:*")]
+    assert len(later) == 2
+    assert [await redis.ttl(k) for k in later] == [-1, -1]  # made to last
+
+    await wait_until(lambda: _promoted(broker), 5, message="both promoted")
+    assert await redis.llen(keys.queue) == 0  # references are ours: not on Celery's list
+    again = await broker.fetch("c2", 10, 0, may_take_alone=True, max_bytes=16 * MB,
+                               alone_at=3, cap_bytes=16 * MB)
+    ids = [orjson.loads(m)["headers"]["id"] for m in again.messages]
+    assert len(again.messages) == 2, ids
+    assert retried in again.messages and published in ids, (ids, published)
+    assert set((await redis.hgetall(keys.inflight("c2"))).values()) == {MARK}
+    assert await broker.ack("c2", [1, 2]) == 2
+    assert await leftovers(redis, keys.queue) == []
+
+
+async def _promoted(broker: Any) -> bool:
+    await broker.promote_due()
+    return int(await broker.redis.zcard(broker.keys.delayed)) == 0

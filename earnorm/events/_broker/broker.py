@@ -18,6 +18,7 @@ while it refuses the writes that would grow it (publish, retry, dead-letter): th
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,6 +61,12 @@ LARGE_BYTES = 256 * 1024
 # PROBE_CAP_BYTES natively, and reads at most LARGE_BYTES per pop into Lua.
 PROBE_WINDOW = 2
 PROBE_CAP_BYTES = 24 * 1024 * 1024
+
+
+# A large retry's own key (Q:later:<token>) lives this long unless the settle that names it in
+# the delayed set runs (it PERSISTs it): written first, it must not outlive a settle that was
+# refused or found the message no longer ours.
+LATER_ORPHAN_MS = 10 * 60 * 1000
 
 
 def hold_max(max_bytes: int) -> int:
@@ -200,11 +207,12 @@ class Broker:
         one connection and then WAIT."""
         by_list: dict[int, list[bytes]] = {}
         delayed: dict[bytes, float] = {}
+        later: list[tuple[str, bytes]] = []
         for raw, index, due_ms in items:
             if due_ms is None:
                 by_list.setdefault(index, []).append(raw)
             else:
-                delayed[delayed_member(raw, index)] = due_ms
+                delayed[self._delayed_member(raw, index, later)] = due_ms
         if len(by_list) == 1 and not delayed and not self.config.min_replicas_ack:
             [(index, raws)] = by_list.items()  # one LPUSH is atomic on its own: no MULTI
             await self._lpush(self.keys.ready[index], *raws)
@@ -213,14 +221,32 @@ class Broker:
         def build(pipe: Any) -> None:
             for index, raws in by_list.items():
                 pipe.lpush(self.keys.ready[index], *raws)
+            for key, raw in later:
+                pipe.rpush(key, raw)
             if delayed:
                 pipe.zadd(self.keys.delayed, delayed)
         await self._write(build, transaction=True)
 
+    def _delayed_member(self, raw: bytes, ready_index: int,
+                        later: list[tuple[str, bytes]]) -> bytes:
+        """The delayed-set member for ``raw``; a large message goes to a key of its own
+        (appended to ``later``, to be written with the member) and the member names it, so
+        the promote script never reads it (scripts.PROMOTE)."""
+        if len(raw) <= LARGE_BYTES:
+            return delayed_member(raw, ready_index)
+        key = self.keys.later(uuid.uuid4().hex)
+        later.append((key, raw))
+        return delayed_member(HELD_MARK.encode() + key.encode(), ready_index)
+
     async def schedule(self, raw: bytes, ready_index: int, due_ms: float) -> None:
-        member = {delayed_member(raw, ready_index): due_ms}
-        if self.config.min_replicas_ack:
-            await self._replicated(lambda pipe: pipe.zadd(self.keys.delayed, member))
+        later: list[tuple[str, bytes]] = []
+        member = {self._delayed_member(raw, ready_index, later): due_ms}
+        if self.config.min_replicas_ack or later:
+            def build(pipe: Any) -> None:
+                for key, body in later:
+                    pipe.rpush(key, body)
+                pipe.zadd(self.keys.delayed, member)
+            await self._write(build, transaction=True)
             return
         await self.redis.zadd(self.keys.delayed, member)
 
@@ -428,9 +454,15 @@ class Broker:
         cid = consumer_id or ""
         member: bytes = b""
         due = 0.0
+        later: list[tuple[str, bytes]] = []
         if retry is not None:
             raw, ready_index, due = retry
-            member = delayed_member(raw, ready_index)
+            member = self._delayed_member(raw, ready_index, later)
+            if later:  # written first, made to last by the settle below (else it expires)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.rpush(*later[0])
+                    pipe.pexpire(later[0][0], LATER_ORPHAN_MS)
+                    await pipe.execute()
         job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
         if pushes and self.cluster:
             pushes = await self._push_elsewhere(pushes)
@@ -442,9 +474,12 @@ class Broker:
             "" if field is None or consumer_id is None else field, member, due,
             1 if count_retry else 0, job_id, record, failed_ms, count,
             k.held(cid, field) if held and field is not None else "",
+            later[0][0] if later else "",
             *(raw for _, raw in pushes),
         ]
         ours = bool(await self._settle(keys=keys, args=args))
+        if later and not ours:
+            await self.redis.unlink(later[0][0])
         if held and field is not None:
             mine.discard(field)
         return ours
@@ -476,9 +511,10 @@ class Broker:
 
     async def promote_due(self, limit: int = 500) -> tuple[int, float | None, float]:
         """Move due delayed messages to the ready lists. Returns (moved, next due ms, now ms)."""
-        keys = [self.keys.delayed, *self.keys.ready]
+        keys = [self.keys.delayed, self.keys.recovered, *self.keys.ready]
         sent = time.monotonic()
-        moved, next_due, now = await self._promote(keys=keys, args=[limit, FETCH_CAP_BYTES])
+        moved, next_due, now = await self._promote(keys=keys,
+                                                   args=[limit, FETCH_CAP_BYTES, HELD_MARK])
         nxt = float(next_due)
         # Redis's time as the reply arrives: read mid-way, on average, through the round trip.
         now_ms = float(now) + (time.monotonic() - sent) * 500

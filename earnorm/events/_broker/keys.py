@@ -12,6 +12,9 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   read by a script; ``Q:parked:<consumer>:<...>``: the same message handed back after that
   consumer died or stopped, named in ``Q:recovered`` by ``HELD_MARK`` + the key;
   ``Q:probe:<consumer>``: the fetch script's scratch list (sizes messages before reading them);
+- ``Q:later:<token>``: a one-element list holding a large delayed message (a retry, or a
+  publish with a delay, over ``LARGE_BYTES``), named in ``Q:delayed`` by ``HELD_MARK`` + the
+  key, so the promote script moves it to its ready list natively, unread;
 - ``Q:recovered``: list of ``b"<deliveries>:<ids of consumers that died holding it>:" +
   envelope``, messages taken back from dead consumers; served one at a time;
 - ``Q:deliveries:<consumer>``: hash field -> ``"<deliveries>:<ids>"`` for the recovered
@@ -146,6 +149,10 @@ class Keys:
         """The key keeping a too-large message aside (``aside`` + ``:`` + its job id: the
         scripts that divert a message name it so)."""
         return f"{self.aside}:{job_id}"
+
+    def later(self, token: str) -> str:
+        """A large delayed message's own key (named in the delayed set by reference)."""
+        return f"{self.queue}:later:{token}"
 
     def probe(self, consumer_id: str) -> str:
         """The fetch script's scratch list for that consumer."""

@@ -238,8 +238,9 @@ return removed
 # KEYS: inflight, deliveries, delayed, failed, failed index, stats, then lists to LPUSH to.
 # ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
 #       job id ('' = none), record, failed ms, counter to add one to ('' = none), the key
-#       holding the field's large message ('' = none), then one envelope per list (a canvas's
-#       follow-ups: the next chain step, callbacks, errbacks).
+#       holding the field's large message ('' = none), the key a large retry was written to
+#       by reference (made to last: PERSIST; '' = none), then one envelope per list (a
+#       canvas's follow-ups: the next chain step, callbacks, errbacks).
 # Only if the field is still ours: a consumer that another one declared dead and recovered must
 # not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
 # so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
@@ -251,6 +252,7 @@ if ARGV[1] ~= '' then
 end
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  if ARGV[10] ~= '' then redis.call('PERSIST', ARGV[10]) end
   if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[6], 'retried', 1) end
 end
 if ARGV[5] ~= '' then
@@ -259,18 +261,22 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
 end
 if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[8], 1) end
-for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 3]) end
+for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 4]) end
 return 1
 """
 
-# KEYS: delayed, ready lists by index. ARGV: max count, max bytes (one member more at most).
+# KEYS: delayed, recovered, ready lists by index. ARGV: max count, max bytes (one member more
+# at most), HELD_MARK. A member naming a key (a large message's, Q:later:<token>) is not
+# pushed to a ready list: any command that moves a list element returns it, and a reply read
+# into Lua costs ~6 ms a MB. The reference goes to Q:recovered instead (at 0 deliveries),
+# where the fetch renames the key into its own held key, unread.
 # Returns {moved, next due ms or -1, now ms}. Due messages go to the consuming (right) end so a
 # backlog does not delay them further; pushed latest-first so the earliest is taken first.
 # Members are read one at a time, so the byte cap bounds the script's time (and 1M events due
 # at once are promoted in bounded slices).
 PROMOTE = _ALLOW_OOM + _NOW_MS + """
 now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000  -- to the microsecond, like due times
-local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, cap, mark = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local due, bytes = {}, 0
 while #due < limit and bytes < cap do
   local next = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
@@ -284,8 +290,11 @@ if #due > 0 then
     local m = due[i]
     local sep = string.find(m, ':', 1, true)
     local index = tonumber(string.sub(m, 1, sep - 1)) or 0
-    local key = KEYS[2 + index] or KEYS[2]
-    redis.call('RPUSH', key, string.sub(m, sep + 1))
+    if string.sub(m, sep + 1, sep + #mark) == mark then
+      redis.call('RPUSH', KEYS[2], '0::' .. string.sub(m, sep + 1))
+    else
+      redis.call('RPUSH', KEYS[3 + index] or KEYS[3], string.sub(m, sep + 1))
+    end
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

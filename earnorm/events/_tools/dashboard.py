@@ -211,8 +211,12 @@ def _brief(job: Any) -> dict[str, Any]:
 
 def _summary(raw: bytes) -> dict[str, Any]:
     from earnorm._errors import MessageDecodeError
+    from earnorm.events._broker.keys import HELD_MARK
     from earnorm.events._wire import decode as protocol
 
+    if raw.startswith(HELD_MARK.encode()):  # a large message, in a key of its own
+        return {"name": "(a large message)", "id": None, "retries": None,
+                "data": None, "raw_size": None}
     try:
         message = protocol.decode(raw)
     except MessageDecodeError as exc:
