@@ -148,6 +148,10 @@ async def test_a_large_message_retried_then_dead_lettered_leaves_no_key(
         jobs = await wait_for_failed(bus)
     assert calls == [2 * MB] * 3
     assert jobs[0]["data"]["pad"] == "x" * (2 * MB)
+    stored = await bus.redis.hget(bus.broker.keys.failed, jobs[0]["job_id"])
+    assert stored is not None and len(stored) < len(jobs[0]["envelope"]) + 64 * 1024, \
+        "the data is read from the envelope, not stored twice"
+    assert "data_in_envelope" not in jobs[0]
     assert await leftovers(bus.redis, queue) == []
 
 

@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import orjson
 
@@ -102,12 +103,23 @@ def failure_record(
         record["envelope"] = raw.decode("utf-8")
     except UnicodeDecodeError:  # keep the exact bytes: nothing is lost, even garbage
         record["envelope_base64"] = base64.b64encode(raw).decode("ascii")
-    if message is not None:
-        try:
-            record["data"] = to_wire(message.to_event().data)
-        except Exception:  # the record must be written even if the data is odd
-            record["data"] = None
+    if message is not None and len(raw) > DATA_IN_ENVELOPE_BYTES:
+        record["data_in_envelope"] = True  # read_record decodes it: not stored twice
+    elif message is not None:
+        record["data"] = _data_of(message)
     return orjson.dumps(record)
+
+
+# Over this, a record does not repeat the message's data beside its envelope: the settle
+# script passes the record through Lua once (~6 ms a MB), so it stays as small as it can be.
+DATA_IN_ENVELOPE_BYTES = 256 * 1024
+
+
+def _data_of(message: Message) -> Any:
+    try:
+        return to_wire(message.to_event().data)
+    except Exception:  # the record must be written (and read) even if the data is odd
+        return None
 
 
 # A too-large message's job id when its headers name none (the fetch script's choice too).
@@ -168,6 +180,8 @@ def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJo
     failure time in ms only: the ISO forms are filled in here."""
     job: FailedJob = orjson.loads(record)
     job["job_id"] = job_id
+    if job.pop("data_in_envelope", False):
+        job["data"] = _envelope_data(job)
     ms = job.get("failed_at_ms") or failed_ms or 0.0
     job["failed_at_ms"] = ms
     if not job.get("last_failed_at"):
@@ -175,6 +189,16 @@ def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJo
     if not job.get("first_failed_at"):
         job["first_failed_at"] = job["last_failed_at"]
     return job
+
+
+def _envelope_data(job: FailedJob) -> Any:
+    envelope = job.get("envelope")
+    if not isinstance(envelope, str):
+        return None
+    try:
+        return _data_of(protocol.decode(envelope.encode()))
+    except Exception:
+        return None
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:

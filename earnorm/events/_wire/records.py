@@ -48,6 +48,9 @@ class FailedJob(TypedDict):
     preview: NotRequired[str]  # too_large: its first bytes (non-ASCII shown as '?')
     envelope: NotRequired[str]
     envelope_base64: NotRequired[str]
+    # stored only: a large message's data is not repeated beside its envelope; read_record
+    # decodes it from there (get_failed_jobs() shows ``data`` as for any record)
+    data_in_envelope: NotRequired[bool]
     cursor: NotRequired[str]  # added by get_failed_jobs(): pass it back for the next page
 
 
