@@ -362,12 +362,13 @@ class Broker:
             if body is None:
                 gone.add(index)
             elif len(body) > max_bytes:
-                job_id, record = too_large_record(body, max_bytes, self._now_ms())
+                job_id, record = too_large_record(body, max_bytes, time.time() * 1000)
                 if await self.failed.set_aside(
                         self.keys.inflight(consumer_id), self.keys.deliveries(consumer_id),
                         self.keys.held(consumer_id, field), field, job_id, record):
                     aside.add(index)
-                    named += [job_id] if not job_id.startswith(UNNAMED_PREFIX) else []
+                    if not job_id.startswith(UNNAMED_PREFIX):  # a client may wait on it
+                        named.append(job_id)
                 else:
                     gone.add(index)
                 mine.discard(field)
@@ -379,10 +380,6 @@ class Broker:
                               diverted=fetched.diverted + len(aside),
                               diverted_ids=fetched.diverted_ids + named)
         return fetched
-
-    @staticmethod
-    def _now_ms() -> float:
-        return time.time() * 1000
 
     async def fetch(
         self, consumer_id: str, count: int, first_field: int, *, may_take_alone: bool,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -107,16 +108,10 @@ class SupervisorLine:
             os.write(self.fd, data)
 
 
-_line: SupervisorLine | None = None
-_line_read = False
-
-
+@functools.cache
 def supervisor_line() -> SupervisorLine | None:
     """This process's line to its supervisor, if it is a ``--processes`` child."""
-    global _line, _line_read
-    if not _line_read:
-        _line, _line_read = SupervisorLine.from_env(), True
-    return _line
+    return SupervisorLine.from_env()
 
 
 @dataclass(eq=False)
@@ -126,8 +121,6 @@ class LoopWatch:
     limit: float
     line: SupervisorLine | None = None
     interval: float = 0.0
-    blocks: int = 0
-    blocked_seconds: float = 0.0
     _watched: list[Watched] = field(default_factory=list)
     _last: float = 0.0
     _loop_thread: int = 0
@@ -213,7 +206,6 @@ class LoopWatch:
     def _began(self) -> None:
         block, owner = self._identify()
         self._current, self._owner, self._asked_kill = block, owner, False
-        self.blocks += 1
         log.warning("event loop blocked for %.1fs by %s: every other handler, the heartbeat "
                     "and the endpoints wait (a blocking call in an async handler?)",
                     time.monotonic() - block.since, block.describe())
@@ -221,7 +213,6 @@ class LoopWatch:
             owner.blocked(block)
 
     def _ended(self, block: Block, seconds: float) -> None:
-        self.blocked_seconds += seconds
         self._last_block = (block, seconds, self._last)
         self._current = None
         log.warning("event loop ran again after %.1fs blocked by %s", seconds,
