@@ -257,6 +257,50 @@ def _recover_large(size: int, count: int) -> tuple[Callable[..., Awaitable[None]
     return setup, run
 
 
+_MONGO: list[Any] = []  # the MongoDB-wire server the outbox case starts (stopped by main)
+
+
+def _mongo_uri() -> str:
+    import os
+
+    if os.environ.get("MONGODB_URI"):
+        return os.environ["MONGODB_URI"]
+    if not _MONGO:
+        from tests.orm import jongodb
+
+        _MONGO.append(jongodb.start())
+    return str(_MONGO[0].uri)
+
+
+def _outbox(count: int) -> tuple[Callable[..., Awaitable[None]],
+                                 Callable[..., Awaitable[None]]]:
+    """``count`` events committed to the transactional outbox (relay off), then one relay
+    moves them all to Redis: its pushes are the commands measured."""
+    import earnorm
+    from earnorm._outbox import OutboxRelay
+
+    async def setup(redis: Redis, queue: str) -> None:
+        port = redis.connection_pool.connection_kwargs["port"]
+        await earnorm.init(mongo_uri=_mongo_uri(), database=f"lat_{uuid.uuid4().hex[:8]}",
+                           redis_uri=f"redis://127.0.0.1:{port}",
+                           event_config={"queue_name": queue, "outbox_relay": False})
+        for start in range(0, count, 1_000):
+            async with earnorm.transaction():
+                await earnorm.event_bus.publish_batch(
+                    [Event(name="lat.outbox", data={"i": i})
+                     for i in range(start, min(start + 1_000, count))])
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        try:
+            relay = OutboxRelay(earnorm.event_bus, earnorm.env.database)
+            while await relay.relay_once():
+                pass
+            assert relay.relayed == count, relay.relayed
+        finally:
+            await earnorm.close()
+    return setup, run
+
+
 async def _version(binary: str) -> str:
     process = await asyncio.create_subprocess_exec(binary, "--version",
                                                    stdout=asyncio.subprocess.PIPE)
@@ -265,26 +309,8 @@ async def _version(binary: str) -> str:
     return next((w.split("=", 1)[1] for w in words if w.startswith("v=")), "?")
 
 
-async def main(quick: bool, only: str | None = None) -> None:
-    scale = 10 if quick else 1
-    cases: list[tuple[str, str, tuple[Any, Any]]] = [
-        ("fetch large messages", "10 x 8 MB", _large(6 * MB, 10)),
-        ("fetch the largest message", "1 x 16 MB", _large(int(11.9 * MB), 1)),
-        ("retry, then dead-letter, large messages", "3 x 8 MB, 2 retries",
-         _large_failing(6 * MB, 3, 2)),
-        ("recover a dead consumer's large messages", "4 x 8 MB", _recover_large(6 * MB, 4)),
-        ("promote delayed events due at once", f"{1_000_000 // scale:,} x 0.5 KB",
-         _due_at_once(1_000_000 // scale)),
-        ("recover a dead consumer's in-flight", f"{10_000 // scale:,} x 0.5 KB",
-         _recover(10_000 // scale)),
-        ("retry failed jobs (retry_failed)", f"{100_000 // scale:,}",
-         _failed(100_000 // scale, "retry")),
-        ("purge failed jobs (purge_failed)", f"{100_000 // scale:,}",
-         _failed(100_000 // scale, "purge")),
-    ]
-    if only:  # re-measure some operations; the others' rows are kept from the last run
-        cases = [case for case in cases if only in case[0]]
-    rows: list[dict[str, Any]] = []
+async def _run_cases(cases: list[tuple[str, str, tuple[Any, Any]]],
+                     rows: list[dict[str, Any]]) -> None:
     for kind, binary in _servers().items():
         _BINARY[0] = binary
         version = (await _version(binary))
@@ -294,6 +320,37 @@ async def main(quick: bool, only: str | None = None) -> None:
                          **result})
             print(f"{kind:12} {name:40} {size:>16}  worst {result['worst_ms']:8.2f} ms  "
                   f"({result['command']}), {result['seconds']:.1f} s in all", flush=True)
+
+
+async def main(quick: bool, only: str | None = None) -> None:
+    scale = 10 if quick else 1
+    cases: list[tuple[str, str, tuple[Any, Any]]] = [
+        ("fetch large messages", "10 x 8 MB", _large(6 * MB, 10)),
+        ("fetch the largest message", "1 x 16 MB", _large(int(11.9 * MB), 1)),
+        ("retry, then dead-letter, large messages", "3 x 8 MB, 2 retries",
+         _large_failing(6 * MB, 3, 2)),
+        ("dead-letter the largest message", "1 x 16 MB, no retries",
+         _large_failing(int(11.9 * MB), 1, 0)),
+        ("recover a dead consumer's large messages", "4 x 8 MB", _recover_large(6 * MB, 4)),
+        ("promote delayed events due at once", f"{1_000_000 // scale:,} x 0.5 KB",
+         _due_at_once(1_000_000 // scale)),
+        ("recover a dead consumer's in-flight", f"{10_000 // scale:,} x 0.5 KB",
+         _recover(10_000 // scale)),
+        ("retry failed jobs (retry_failed)", f"{100_000 // scale:,}",
+         _failed(100_000 // scale, "retry")),
+        ("purge failed jobs (purge_failed)", f"{100_000 // scale:,}",
+         _failed(100_000 // scale, "purge")),
+        ("relay the transactional outbox", f"{100_000 // scale:,} entries",
+         _outbox(100_000 // scale)),
+    ]
+    if only:  # re-measure some operations; the others' rows are kept from the last run
+        cases = [case for case in cases if only in case[0]]
+    rows: list[dict[str, Any]] = []
+    try:
+        await _run_cases(cases, rows)
+    finally:
+        for mongo in _MONGO:
+            mongo.stop()
     machine = f"{platform.machine()}, {platform.python_version()}, {platform.platform()}"
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / "latency_budget.json"

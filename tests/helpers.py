@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
 import orjson
 
-from earnorm import Event, HandlerRegistry
+from earnorm import Event, HandlerRegistry, LocalRedis, start_local_redis
 
 
 def loads(raw: object) -> Any:
     """JSON from a Redis reply (bytes), failing the test plainly when the key was missing."""
     assert isinstance(raw, (bytes, str)), f"expected a JSON reply, got {raw!r}"
     return orjson.loads(raw)
+
+
+@contextlib.contextmanager
+def private_redis(*args: str) -> Iterator[LocalRedis]:
+    """A server of the test's own, started with ``args`` (``"--maxmemory-policy",
+    "noeviction"``), stopped after it."""
+    server = start_local_redis(extra_args=args)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def wait_until(

@@ -21,7 +21,7 @@ from earnorm._errors import (
     PublishError,
 )
 from earnorm.events import _staging as staging
-from earnorm.events._broker.broker import Broker
+from earnorm.events._broker.broker import Broker, hold_max
 from earnorm.events._broker.connect import mask_url, open_redis, unreachable
 from earnorm.events._broker.errors import TRANSIENT_ERRORS
 from earnorm.events._broker.queue_stats import queue_stats
@@ -87,7 +87,8 @@ class EventBus:
         else:
             raw.update(overrides)
             cfg = EventConfig.from_dict(raw)
-        bus = cls(open_redis(redis_url), cfg, url=redis_url)
+        bus = cls(open_redis(redis_url, largest_reply=hold_max(cfg.max_message_bytes)), cfg,
+                  url=redis_url)
         bus._owns_redis = True
         try:
             await bus.sync_clock()

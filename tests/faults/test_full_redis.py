@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from earnorm import Consumer, Event, EventBus, HandlerRegistry, LocalRedis, start_local_redis
-from tests.helpers import wait_until
+from earnorm import Consumer, Event, EventBus, HandlerRegistry, LocalRedis
+from tests.helpers import private_redis, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +23,8 @@ FAST = {"max_retries": 3, "interval_start": 0.05, "interval_step": 0.05, "interv
 
 @pytest.fixture
 def full_redis() -> Iterator[LocalRedis]:
-    server = start_local_redis(extra_args=("--maxmemory-policy", "noeviction"))
-    try:
+    with private_redis("--maxmemory-policy", "noeviction") as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def fill(server: LocalRedis, redis: Redis, queue: str,

@@ -27,18 +27,15 @@ from earnorm import (
     start_local_redis,
 )
 from tests.events.test_malformed import envelope
-from tests.helpers import wait_until
+from tests.helpers import private_redis, wait_until
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def lru_redis() -> Iterator[LocalRedis]:
-    server = start_local_redis(extra_args=("--maxmemory-policy", "allkeys-lru"))
-    try:
+    with private_redis("--maxmemory-policy", "allkeys-lru") as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_an_evicting_policy_is_refused_at_init_and_at_consumer_start(

@@ -32,6 +32,7 @@ from earnorm._config import EventConfig
 from earnorm._errors import NotReplicated
 from earnorm.events._broker import scripts
 from earnorm.events._broker.celery_unacked import CeleryUnacked
+from earnorm.events._broker.errors import ReplyLost
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
 from earnorm.events._broker.keys import (
@@ -108,6 +109,9 @@ class Fetched:
 
 def _fetched(result: Any) -> tuple[Fetched, list[int]]:
     """The script's reply, and the indexes of the messages held in keys of their own."""
+    if result == -1:
+        raise ReplyLost("a fetch was sent again after its first run went through (the client "
+                        "retried a failed read): what that run moved is handed back")
     messages, infos, alone, waiting, diverted, diverted_ids, held = result
     redeliveries = {
         int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),

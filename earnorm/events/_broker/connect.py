@@ -6,10 +6,16 @@ TLS and credentials travel in the URL, as redis-py reads it::
         &ssl_certfile=/etc/client.pem&ssl_keyfile=/etc/client.key&ssl_cert_reqs=required
 
 Every other query parameter of ``redis.asyncio.Redis.from_url`` works the same way.
+
+A read timeout (``?socket_timeout=``, none by default) is never shorter than reading the
+largest reply we may ask for (a message near ``max_message_bytes``) on a slow link: a shorter
+one is lifted, with a warning naming both, because a reply that cannot arrive in time would
+make every try of that read time out the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -22,6 +28,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm._errors import BrokerConnectionError, ConfigError
 from earnorm.events._broker import topology
+
+log = logging.getLogger("earnorm.events")
+
+# The slowest link a read is planned for (16 Mbit/s), and a round trip's allowance on top.
+READ_BYTES_PER_SECOND = 2 * 1024 * 1024
+READ_ALLOWANCE_SECONDS = 1.0
+DEFAULT_READ_TIMEOUT = 5.0  # redis-py's, when the URL gives none
+_SOCKET_TIMEOUT = re.compile(r"(?<=[?&])socket_timeout=([^&;#]*)")
 
 # Query parameters redis-py accepts that hold a secret (a password may be given either way).
 _SECRET_PARAMS = frozenset({"password", "ssl_password", "sentinel_password"})
@@ -55,11 +69,56 @@ def mask_url(url: str) -> str:
     return _QUERY.sub(_mask_query, _USERINFO.sub(lambda m: m.group(1) + "***@", url))
 
 
-def open_redis(url: str, **options: Any) -> Redis:
+def min_read_timeout(largest_reply: int) -> float:
+    """The shortest read timeout that lets a reply of ``largest_reply`` bytes arrive over the
+    slowest link planned for.
+
+    >>> min_read_timeout(20 * 1024 * 1024)
+    11.0
+    """
+    return READ_ALLOWANCE_SECONDS + largest_reply / READ_BYTES_PER_SECOND
+
+
+def fit_read_timeout(url: str, largest_reply: int) -> str:
+    """``url`` with a ``socket_timeout`` too short for ``largest_reply`` lifted to
+    ``min_read_timeout`` (logged once, naming both); unchanged otherwise.
+
+    >>> fit_read_timeout("redis://h/0?socket_timeout=0.5", 20 * 1024 * 1024)
+    'redis://h/0?socket_timeout=11'
+    >>> fit_read_timeout("redis://h/0?socket_timeout=30", 20 * 1024 * 1024)
+    'redis://h/0?socket_timeout=30'
+    >>> fit_read_timeout("redis://h/0", 20 * 1024 * 1024)
+    'redis://h/0'
+    """
+    if not isinstance(url, str) or "socket_timeout=" not in url:
+        return url
+    floor = min_read_timeout(largest_reply)
+
+    def lift(match: re.Match[str]) -> str:
+        try:
+            given = float(match.group(1))
+        except ValueError:
+            return match.group(0)  # redis-py reports it
+        if given <= 0 or given >= floor:
+            return match.group(0)
+        log.warning("socket_timeout=%gs in the Redis URL is shorter than reading the largest reply "
+                    "asked for (%.1f MB: max_message_bytes and the size estimate's margin, at "
+                    "%.0f MB/s): using %gs, else that read would time out on every try",
+                    given, largest_reply / 1e6, READ_BYTES_PER_SECOND / 1e6, floor)
+        return f"socket_timeout={floor:g}"
+    return _SOCKET_TIMEOUT.sub(lift, url)
+
+
+def open_redis(url: str, *, largest_reply: int = 0, **options: Any) -> Redis:
     """A client for ``url`` that retries briefly on connection errors; callers above it decide
     how long to keep trying. ``redis://``, ``rediss://``, ``unix://``, and the cluster and
     sentinel forms of ``topology`` (whose clients are ``RedisCluster`` and a Sentinel-managed
-    ``Redis``)."""
+    ``Redis``). ``largest_reply``: the most bytes one reply may hold (``fit_read_timeout``)."""
+    if largest_reply:
+        url = fit_read_timeout(url, largest_reply)
+        if "socket_timeout=" not in url:  # redis-py's own default (5 s) may be too short
+            options.setdefault("socket_timeout", max(DEFAULT_READ_TIMEOUT,
+                                                     min_read_timeout(largest_reply)))
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in ("redis", "rediss", "unix") and topology.kind(url) == "single":
         shown = mask_url(url) if isinstance(url, str) else repr(url)

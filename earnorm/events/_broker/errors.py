@@ -16,6 +16,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+
+class ReplyLost(RedisConnectionError):
+    """A script was sent again (the client's own retry after a failed read) after its first
+    run went through: that run's reply is lost. Transient: the caller reclaims what the lost
+    reply held and tries again."""
+
+
 # Errors that mean "Redis could not be reached or did not answer in time": the operation may
 # succeed if tried again later, and callers back off and retry.
 # On a cluster, a slot without a master during a failover (CLUSTERDOWN, TRYAGAIN, uncovered

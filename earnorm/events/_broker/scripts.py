@@ -86,7 +86,8 @@ return false
 #       largest estimate that is held rather than measured (over it, surely too large).
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
 #          run alone else 0, recovered still waiting, diverted, ids of those diverted that
-#          named one (a Celery client may wait on them), held {index, size}...}.
+#          named one (a Celery client may wait on them), held {index, size}...}; or -1 if
+#          the first field is in use (this call was sent before: its reply was lost).
 #
 # A message's bytes cost ~6 ms a MB once they enter Lua (the reply is built by growing one
 # buffer, then copied into Lua; HSET and the script's reply copy them again), so a message is
@@ -122,6 +123,9 @@ local held_prefix, mark = ARGV[7], ARGV[8]
 local large, window, probe_cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local hold_max = tonumber(ARGV[12])
 local probe = KEYS[9]
+-- Sent again with the same fields (a client's retry after a lost reply, when the first run
+-- went through): writing them again would overwrite the messages it moved. Say so instead.
+if redis.call('HEXISTS', KEYS[1], seq + 1) == 1 then return -1 end
 local out, fields, infos, held = {}, {}, {}, {}
 local probed = 0  -- bytes the probes copied: their time
 local function full()

@@ -36,7 +36,7 @@ from earnorm._errors import (
     EarnORMError,
 )
 from earnorm.events._broker import topology
-from earnorm.events._broker.broker import Broker, Redelivery
+from earnorm.events._broker.broker import Broker, Redelivery, hold_max
 from earnorm.events._broker.celery_presence import CeleryPresence
 from earnorm.events._broker.connect import open_redis, unreachable
 from earnorm.events._broker.errors import RETRYABLE_ERRORS, TRANSIENT_ERRORS
@@ -224,7 +224,8 @@ class Consumer(RunsInBackground):
         if self._given_bus is not None:
             self._redis = self._given_bus.redis
         else:
-            self._redis = open_redis(self.redis_url)
+            self._redis = open_redis(self.redis_url,
+                                     largest_reply=hold_max(self.config.max_message_bytes))
         broker = Broker(self._redis, self.config)
         self._broker = broker
         return broker

@@ -14,6 +14,12 @@ what is left of it (one message more at most, and at least one when nothing is h
 message larger than the budget still moves). So a consumer's messages take about the budget
 plus one message, whatever they weigh.
 
+A fetch whose reply does not arrive within the read timeout is not simply sent again (its
+messages would go back and forth without ever running): the consumer logs once, with the
+cause, that its fetches make no progress, backs off, and asks for half as much each time (down
+to one message) until a fetch gets through. The read timeout itself is never shorter than the
+largest reply (``connect.fit_read_timeout``), so this is for a link slower than planned.
+
 Recovered messages (taken back from a consumer that died holding them) come first. One held at
 ``ALONE_AT`` or more deaths is fetched alone into an empty buffer, and nothing else is fetched
 until it is settled: the consumer runs it alone, so a message that kills its process again takes
@@ -30,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import repeat
 
 import anyio
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from earnorm.events._broker.broker import FETCH_CAP_BYTES, Broker, Fetched, Redelivery
 from earnorm.events._broker.errors import RETRYABLE_ERRORS
@@ -89,6 +96,7 @@ class Fetcher:
         self._redelivery_done.set()
         self._scope: anyio.CancelScope | None = None
         self.last_progress = time.monotonic()  # the last fetch that got through (readyz)
+        self.timed_out = 0  # fetches in a row whose reply did not arrive in time
 
     def stop(self) -> None:
         """No more fetching; workers waiting for work get ``None``."""
@@ -177,6 +185,8 @@ class Fetcher:
             cap = FETCH_CAP_BYTES if not self.held else min(
                 FETCH_CAP_BYTES, left // MEMORY_PER_WIRE_BYTE)
             want = min(room, MAX_FETCH)
+            if self.timed_out:  # ask for less until one gets through
+                cap, want = cap >> self.timed_out, max(1, want >> self.timed_out)
             first = self._seq + 1
             self._seq += want
             fetched = None
@@ -201,6 +211,15 @@ class Fetcher:
                     break
                 backoff.reset()
                 self.last_progress = time.monotonic()
+                if self.timed_out:
+                    log.warning("fetching makes progress again (after %d timed-out fetches)",
+                                self.timed_out)
+                    self.timed_out = 0
+            except (RedisTimeoutError, TimeoutError) as exc:
+                self._orphans_possible = True
+                self._timed_out(exc, want, cap)
+                await anyio.sleep(backoff.next_wait())
+                continue
             except RETRYABLE_ERRORS as exc:
                 self._orphans_possible = True
                 await backoff.wait(exc)
@@ -225,6 +244,17 @@ class Fetcher:
                 # Recovered messages wait for an empty buffer: let the workers drain it.
                 self._empty.clear()
                 await self._wait(self._empty)
+
+    def _timed_out(self, exc: BaseException, want: int, cap: int) -> None:
+        """A fetch's reply did not arrive in time: said once per run of them, with the cause;
+        the next ones ask for half as much."""
+        if not self.timed_out:
+            log.warning(
+                "fetch made no progress: its reply (up to %d message(s), %d bytes, or one "
+                "message up to max_message_bytes=%d) did not arrive within the read timeout "
+                "(%s: %s); backing off and asking for half as much until one gets through",
+                want, cap, self.max_bytes, type(exc).__name__, exc)
+        self.timed_out = min(self.timed_out + 1, 20)
 
     async def _report_diverted(self, fetched: Fetched) -> None:
         if not fetched.diverted:
@@ -277,4 +307,5 @@ class Fetcher:
             return
         self._orphans_possible = False
         if returned:
-            log.warning("returned %d message(s) fetched during a connection failure", returned)
+            (log.debug if self.timed_out > 1 else log.warning)(
+                "returned %d message(s) fetched during a connection failure", returned)
