@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from earnorm._errors import ConfigError
+from earnorm._rate import parse_rate
 
 Serializer = Literal["json", "msgpack"]
 Compression = Literal["zlib"] | None
@@ -169,6 +170,10 @@ class EventConfig:
     # one WARNING per event name; "dead_letter" keeps it in the failed store (no_handler). A
     # Celery task no handler knows always goes to the failed store: it was sent to be run.
     unhandled_events: UnhandledEvents = "skip"
+    # Rate limits per event name across every consumer of the queue (``{"email.send":
+    # "100/m"}``), in events per second; a handler's own ``rate_limit`` also applies (the
+    # lower wins). Over the limit, an event waits in the delayed set for its slot.
+    rate_limits: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | EventConfig | None) -> EventConfig:
@@ -185,6 +190,7 @@ class EventConfig:
             "celery_visibility_timeout", "result_backend", "result_expires",
             "min_replicas_ack", "min_replicas_timeout", "outbox_relay", "outbox_poll_interval",
             "outbox_claim_timeout", "outbox_retention", "outbox_dedup_ttl", "unhandled_events",
+            "rate_limits",
         }
         _reject_unknown("event_config", raw, known)
         queue = raw.get("queue_name", cls.queue_name)
@@ -256,6 +262,10 @@ class EventConfig:
             raise ConfigError(
                 "event_config.heartbeat_timeout must be greater than heartbeat_interval"
             )
+        rates = raw.get("rate_limits", {})
+        if not isinstance(rates, Mapping) or not all(isinstance(k, str) and k for k in rates):
+            raise ConfigError("event_config.rate_limits must map event names to rates "
+                              f"('10/s', '100/m', '1000/h'), got {rates!r}")
         return cls(
             queue_name=queue,
             retry_policy=RetryPolicy.from_dict(raw.get("retry_policy", {})),
@@ -294,6 +304,9 @@ class EventConfig:
             outbox_relay=outbox_relay,
             **outbox,
             unhandled_events=unhandled,
+            rate_limits=tuple(sorted(
+                (name, parse_rate(rate, f"event_config.rate_limits[{name!r}]"))
+                for name, rate in rates.items())),
             celery_visibility_timeout=float(_number(
                 "event_config", "celery_visibility_timeout",
                 raw.get("celery_visibility_timeout", cls.celery_visibility_timeout), minimum=1,

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from earnorm._config import RetryPolicy
 from earnorm._errors import ConfigError
+from earnorm._rate import parse_rate
 from earnorm.events._wire.event import Event
 
 HandlerFunc = Callable[[Event], Awaitable[Any]]
@@ -47,6 +48,9 @@ class Handler:
     # ``timelimit`` header (apply_async(soft_time_limit=, time_limit=)) wins.
     soft_time_limit: float | None = None
     time_limit: float | None = None
+    # Events per second for this handler's event names across every consumer of the queue
+    # (Celery's syntax: "10/s", "100/m", "1000/h"); over it, an event waits in Redis.
+    rate_limit: float | None = None
 
 
 def _known_options() -> list[str]:
@@ -120,6 +124,7 @@ class HandlerRegistry:
         metadata: Mapping[str, Any] | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        rate_limit: str | float | None = None,
         **unknown: Any,
     ) -> Handler:
         if unknown:
@@ -177,6 +182,7 @@ class HandlerRegistry:
             idempotency_ttl=float(idempotency_ttl),
             soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
             time_limit=None if time_limit is None else float(time_limit),
+            rate_limit=None if rate_limit is None else parse_rate(rate_limit, "rate_limit"),
         )
         if any(h.name == handler.name for h in self.all()):
             raise ConfigError(f"a handler named {handler.name!r} is already registered")

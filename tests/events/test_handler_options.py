@@ -1,5 +1,5 @@
 """A handler option nobody reads is refused, naming it and the known ones: a misspelled
-``retry_polcy=`` or another queue's ``rate_limit=`` used to register fine and do nothing."""
+``retry_polcy=`` or another queue's ``acks_late=`` used to register fine and do nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from earnorm import ConfigError, Event, HandlerRegistry, event_handler, model_ev
 async def _noop(event: Event) -> None: ...
 
 
-@pytest.mark.parametrize("option", ["rate_limit", "retry_polcy", "queue"])
+@pytest.mark.parametrize("option", ["acks_late", "retry_polcy", "queue"])
 def test_an_unknown_option_is_refused_naming_it_and_the_known_ones(option: str) -> None:
     registry = HandlerRegistry()
     with pytest.raises(ConfigError, match=rf"unknown handler option\(s\) for 'x': {option}"

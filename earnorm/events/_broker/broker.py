@@ -156,6 +156,7 @@ class Broker:
         self._recover = redis.register_script(scripts.for_server(scripts.RECOVER, flags))
         self._reclaim = redis.register_script(scripts.for_server(scripts.RECLAIM, flags))
         self._oldest = redis.register_script(scripts.for_server(scripts.OLDEST, flags))
+        self._rate_slot = redis.register_script(scripts.RATE_SLOT)
 
     async def prepare(self) -> None:
         """Read what the server supports (script flags need Redis 7)."""
@@ -503,6 +504,12 @@ class Broker:
         return await self.settle(consumer_id, field, retry=(raw, ready_index, due_ms),
                                  count_retry=False)
 
+    async def rate_slot(self, event_name: str, interval_us: int) -> tuple[int, int]:
+        """Reserve the next slot of ``event_name``'s rate limit: (slot, now), microseconds of
+        Redis's clock."""
+        slot, now = await self._rate_slot(keys=[self.keys.rates], args=[event_name, interval_us])
+        return int(slot), int(now)
+
     async def dead_letter(
         self, consumer_id: str | None, field: int | None, job_id: str, record: bytes,
         failed_ms: float,
@@ -596,6 +603,7 @@ class Broker:
             pipe.zcard(k.revoked)
             pipe.zcard(UNACKED_INDEX)
             pipe.exists(*k.telltales)
+            pipe.hgetall(k.rates)
             results = await pipe.execute()
         oldest = await self._oldest(keys=list(k.ready))
         n = len(k.ready)
@@ -604,7 +612,7 @@ class Broker:
             now_ms = seconds * 1000 + micros / 1000
         ready = results[:n]
         (delayed, next_delayed, failed, consumers, counters, monitor, server, recovered,
-         revoked, celery_unacked, seen) = results[n:]
+         revoked, celery_unacked, seen, rates) = results[n:]
         inflight = 0
         if consumers:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -624,6 +632,7 @@ class Broker:
             "recovered": int(recovered),
             "revoked": int(revoked),
             "celery_unacked": int(celery_unacked),
+            "rate_slots_us": {text(name): int(slot) for name, slot in rates.items()},
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
             "counters": {text(key): int(float(v)) for key, v in counters.items()},
             "monitor": {text(key): v for key, v in monitor.items()},

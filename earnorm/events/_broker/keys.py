@@ -31,6 +31,8 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   of the Redis server (restarts, persistence);
 - ``Q:dedup:<key>``: a publish's ``dedup_key`` (the outbox relay's ``outbox:<event id>``),
   for its TTL; ``Q:done:<handler>:<event id>``: an idempotent handler handled that event;
+- ``Q:rates``: event name -> the next free slot of its rate limit (us, Redis's clock), shared
+  by every consumer of the queue;
 - ``Q:outbox``: the outbox relays' counters (relayed, errors, the last error);
 - ``Q:cache:<key>``: ``env.cache`` entries (unless ``init()`` names another prefix);
 - beside them, ``earnorm:app-queues`` (one hash for every queue): queue name -> when an app
@@ -91,6 +93,7 @@ class Keys:
     schedules: str
     schedules_info: str
     outbox: str
+    rates: str
     cache_prefix: str
     done_prefix: str
 
@@ -118,6 +121,7 @@ class Keys:
             schedules=f"{q}:schedules",
             schedules_info=f"{q}:schedules:info",
             outbox=f"{q}:outbox",
+            rates=f"{q}:rates",
             cache_prefix=f"{q}:cache:",
             done_prefix=f"{q}:done:",
         )

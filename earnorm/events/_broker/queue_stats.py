@@ -48,6 +48,7 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
             "max_inflight_bytes": summary.get("max_inflight_bytes"),
             "largest_message_bytes": summary.get("largest_message_bytes"),
             "loop_blocks": summary.get("loop_blocks"),
+            "rate_waits": summary.get("rate_waits"),
         })
         if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
             histograms.append(summary["histogram"])
@@ -90,6 +91,8 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
         "recovered": snap["recovered"],
         "revoked": snap["revoked"],
         "celery_unacked": snap["celery_unacked"],
+        "rate_limited": {name: round(max(slot / 1000 - now_ms, 0.0) / 1000, 3)
+                         for name, slot in sorted(snap["rate_slots_us"].items())},
         "server": server,
         "processing_ms": processing,
         "latency_s": _latency_s(snap, now_ms),

@@ -81,6 +81,14 @@ class Metrics:
             "earnorm_loop_blocked_seconds", "Seconds the event loop spent blocked, in blocks "
             "longer than block_warn.", ("queue_name",), registry=registry)
         self.loop_blocked_seconds.labels(queue)
+        self.rate_waits = counter(
+            "earnorm_rate_waits", "Events this consumer sent to wait in the delayed set for "
+            "their rate limit's slot, by event name.", ("queue_name", "name"),
+            registry=registry)
+        self.rate_limited = gauge(
+            "earnorm_rate_limited_seconds", "Seconds until a rate-limited event name's next "
+            "free slot: how far ahead the events waiting for it reach (0: none waiting).",
+            ("queue_name", "name"), registry=registry)
         self.queue_length = gauge("celery_queue_length", "Messages waiting in the queue's "
                                   "ready lists.", ("queue_name",), registry=registry)
         self.worker_up = gauge("celery_worker_up", "1 while a consumer heartbeats.",
@@ -159,6 +167,11 @@ class Metrics:
         }
         for name, value in values.items():
             self.gauges[name].labels(q).set(value)
+        for name, seconds in stats.get("rate_limited", {}).items():
+            self.rate_limited.labels(q, name).set(seconds)
+
+    def rate_wait(self, name: str) -> None:
+        self.rate_waits.labels(self.queue, name).inc()
 
     def generate(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

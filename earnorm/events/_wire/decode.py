@@ -39,6 +39,8 @@ H_VERSION = "earnorm_version"
 H_METADATA = "earnorm_metadata"
 H_PENDING = "earnorm_pending"  # handlers still to run on a retry (earlier ones succeeded)
 H_FIRST_FAILURE = "earnorm_first_failure"
+# The slot (us, Redis's clock) a rate limit reserved for the message: it runs then, unlimited.
+H_RATE_SLOT = "earnorm_rate_slot"
 
 # The headers EarnORM interprets (Celery's protocol-2 headers, kombu's, ours): every other header
 # is the user's, kept on ``event.headers`` across retries, dead letters and ``retry_job``.
@@ -46,7 +48,7 @@ INTERPRETED_HEADERS = frozenset({
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
     "replaced_task_nesting", "stamped_headers", "stamps", "compression", "redelivered",
-    H_TIMESTAMP, H_VERSION, H_METADATA, H_PENDING, H_FIRST_FAILURE,
+    H_TIMESTAMP, H_VERSION, H_METADATA, H_PENDING, H_FIRST_FAILURE, H_RATE_SLOT,
 })
 
 _DECOMPRESSORS: dict[str, Callable[[], Any]] = {

@@ -21,6 +21,7 @@ from earnorm.events._wire.decode import (
     H_FIRST_FAILURE,
     H_METADATA,
     H_PENDING,
+    H_RATE_SLOT,
     H_TIMESTAMP,
     H_VERSION,
     INTERPRETED_HEADERS,
@@ -251,9 +252,20 @@ def encode_retry(
     headers["parent_id"] = message.id
     headers["ignore_result"] = False
     headers.setdefault(H_FIRST_FAILURE, datetime.now(UTC).isoformat())
+    headers.pop(H_RATE_SLOT, None)  # a retry takes a slot of its own
     if pending is not None:
         headers[H_PENDING] = pending
     return _reissue(message, headers, origin=_ORIGIN)
+
+
+def encode_rate_slot(message: Message, slot_us: int) -> bytes:
+    """The message as it waits for the slot a rate limit reserved for it: unchanged but for
+    ``eta`` (the slot, on Redis's clock as every due time is), so a Celery worker would hold it
+    until then too, and ``earnorm_rate_slot``, so it then runs without taking another slot."""
+    headers = dict(message.headers)
+    headers["eta"] = datetime.fromtimestamp(slot_us / 1e6, UTC).isoformat()
+    headers[H_RATE_SLOT] = slot_us
+    return _reissue(message, headers)
 
 
 def encode_reset(
@@ -266,6 +278,7 @@ def encode_reset(
     headers["eta"] = None
     headers.pop(H_PENDING, None)
     headers.pop(H_FIRST_FAILURE, None)
+    headers.pop(H_RATE_SLOT, None)
     if pending is not None:
         headers[H_PENDING] = pending
     if clear_expires:

@@ -87,6 +87,7 @@ class ConsumerInfo(TypedDict):
     max_inflight_bytes: int | None  # its budget for those
     largest_message_bytes: int | None  # the largest message it fetched
     loop_blocks: int | None  # times a handler blocked its event loop past block_warn
+    rate_waits: int | None  # events it sent to wait for their rate limit's slot
 
 
 class ServerStats(TypedDict):
@@ -122,6 +123,9 @@ class QueueStats(TypedDict):
     recovered: int  # taken back from dead consumers, waiting to run one at a time
     revoked: int  # revoked task ids in force (kept 3 hours), shared by every consumer
     celery_unacked: int  # entries in Celery's unacked store (every queue of this database)
+    # Rate-limited event names -> seconds until the next free slot (0: none waiting): how far
+    # behind the events waiting for their slots in the delayed set reach.
+    rate_limited: dict[str, float]
     server: ServerStats
     processing_ms: ProcessingSummary
     latency_s: float | None

@@ -59,6 +59,7 @@ from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._loop_watch import Block, LoopWatch, Watched, watch_loop
 from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
+from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._revocations import Revocations
 from earnorm.events.consumer._scheduler import Scheduler
@@ -291,7 +292,9 @@ class Consumer(RunsInBackground):
                     config=self.config, registry=self.registry, clock=self.clock,
                     keys=broker.keys, settler=self._settler, batches=self._batches,
                     timings=self._timings, done=self._done, observer=observer,
-                    tracer=tracing.tracer(), revoked=revocations)
+                    tracer=tracing.tracer(), revoked=revocations,
+                    rates=RateLimits(broker, self.config, broker.keys, health,
+                                     self._metrics.rate_wait if self._metrics else None))
                 self._watch_loop(self._pipe)
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
@@ -411,6 +414,7 @@ class Consumer(RunsInBackground):
             "max_inflight_bytes": self.max_inflight_bytes,
             "largest_message_bytes": fetcher.largest if fetcher else 0,
             "loop_blocks": self._loop_blocks,
+            "rate_waits": self._pipe.rates.waited if self._pipe and self._pipe.rates else 0,
             "window_s": self._timings.window,
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)

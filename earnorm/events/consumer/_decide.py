@@ -41,10 +41,12 @@ class Unhandled:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """Not due yet: move it to the delayed set, unchanged, until ``due_ms``."""
+    """Not due yet: move it to the delayed set until ``due_ms``, unchanged (or as
+    ``envelope``: a rate limit's slot marked on it)."""
 
     due_ms: float
     ready_index: int
+    envelope: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
+from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._task_events import TaskEvents
 
@@ -55,6 +56,7 @@ class Pipeline:
     observer: TaskEvents | None  # Celery task events and/or Prometheus counters, when on
     tracer: Any  # OpenTelemetry's, when configured
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
+    rates: RateLimits | None = None  # rate limits across the fleet (consumer._rates)
     _plans: dict[str, _Plan] = field(default_factory=dict)
     # task id -> the task running its handlers, the event name and the message's hard time
     # limit (for terminate, and for the loop watch naming a blocked job); ids whose
@@ -150,6 +152,12 @@ class Pipeline:
         if early is not None:
             await self.settle(field, raw, message, early)
             return
+        rates = self.rates
+        if rates is not None and (interval := rates.interval(message.task, handlers)):
+            wait = await rates.wait(message, interval)
+            if wait is not None:  # its slot is later: it waits for it in Redis
+                await self.settle(field, raw, message, wait)
+                return
         _, now, batched = self.plan(message, handlers)
         try:
             event = message.to_event()

@@ -141,8 +141,8 @@ class Settler:
             self.unhandled += ours
         elif isinstance(outcome, decide.Defer):
             ours = await until_done("settle", lambda: broker.defer(
-                self.consumer_id, field, raw, outcome.ready_index, outcome.due_ms), self._health,
-                escape_refused=first_try)
+                self.consumer_id, field, outcome.envelope or raw, outcome.ready_index,
+                outcome.due_ms), self._health, escape_refused=first_try)
         elif isinstance(outcome, decide.Retry):
             retry = (outcome.envelope, outcome.ready_index, outcome.due_ms)
             ours = await until_done("settle", lambda: broker.settle(

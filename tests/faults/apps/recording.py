@@ -7,6 +7,8 @@ that ``write()`` returned survives a SIGKILL of the process (it is in the kernel
 - ``EARNORM_TEST_RECORD_STARTS=1``: also a ``start <event id> <pid>`` line when a call begins.
 - ``EARNORM_TEST_HANDLER_SLEEP``: seconds each call awaits before it completes (a "hung" handler
   when long: the loop stays free, so heartbeats go on).
+- ``fault.limited`` events (rate limit ``EARNORM_TEST_RATE_LIMIT``, default 20/s, across the
+  fleet): a ``ran <event id> <unix time> <pid>`` line each.
 - ``EARNORM_TEST_HANDLER_REDIS=1``: each call also does ``HINCRBY <queue>:touched <id> 1`` on the
   consumer's Redis first, so it fails while Redis is down (a handler that needs the same Redis).
 """
@@ -14,6 +16,7 @@ that ``write()`` returned survives a SIGKILL of the process (it is in the kernel
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 from redis.asyncio import Redis
@@ -43,6 +46,11 @@ async def record(event: Event) -> None:
     if _TOUCH:
         await _touch(event.id)
     os.write(_FD, f"done {event.id}\n".encode())
+
+
+@event_handler("fault.limited", rate_limit=os.environ.get("EARNORM_TEST_RATE_LIMIT", "20/s"))
+async def limited(event: Event) -> None:
+    os.write(_FD, f"ran {event.id} {time.time():.6f} {_PID}\n".encode())
 
 
 @event_handler("soak.tick")
