@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -280,15 +280,21 @@ def _outbox(count: int) -> tuple[Callable[..., Awaitable[None]],
     from earnorm._outbox import OutboxRelay
 
     async def setup(redis: Redis, queue: str) -> None:
+        from earnorm._outbox import stage
+        from earnorm.events._staging import Staged
+
         port = redis.connection_pool.connection_kwargs["port"]
         await earnorm.init(mongo_uri=_mongo_uri(), database=f"lat_{uuid.uuid4().hex[:8]}",
                            redis_uri=f"redis://127.0.0.1:{port}",
                            event_config={"queue_name": queue, "outbox_relay": False})
-        for start in range(0, count, 1_000):
-            async with earnorm.transaction():
-                await earnorm.event_bus.publish_batch(
-                    [Event(name="lat.outbox", data={"i": i})
-                     for i in range(start, min(start + 1_000, count))])
+        # Written as committed transactions write them (stage()), 5,000 at a time outside one:
+        # the test server's transactions make 100k entries take most of an hour to write.
+        for start in range(0, count, 5_000):
+            items = []
+            for i in range(start, min(start + 5_000, count)):
+                event = Event(name="lat.outbox", data={"i": i})
+                items.append(Staged(event.id, encode_event(event, queue), 0, None, None))
+            await stage(earnorm.env.database, cast(Any, None), [], queue, items)
 
     async def run(server: LocalRedis, queue: str) -> None:
         try:
@@ -340,8 +346,10 @@ async def main(quick: bool, only: str | None = None) -> None:
          _failed(100_000 // scale, "retry")),
         ("purge failed jobs (purge_failed)", f"{100_000 // scale:,}",
          _failed(100_000 // scale, "purge")),
-        ("relay the transactional outbox", f"{100_000 // scale:,} entries",
-         _outbox(100_000 // scale)),
+        # 10k, not 100k: the tests' MongoDB-wire server slows down with the collection's size
+        # (100k took over half an hour); the relay's Redis side does not depend on it.
+        ("relay the transactional outbox", f"{10_000 // scale:,} entries",
+         _outbox(10_000 // scale)),
     ]
     if only:  # re-measure some operations; the others' rows are kept from the last run
         cases = [case for case in cases if only in case[0]]
