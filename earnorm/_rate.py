@@ -42,16 +42,3 @@ def interval_us(rate: float) -> int:
     (50000, 600000)
     """
     return max(1, round(1_000_000 / rate))
-
-
-def show_rate(rate: float) -> str:
-    """The rate as a person reads it.
-
-    >>> show_rate(20.0), show_rate(100 / 60), show_rate(1000 / 3600)
-    ('20/s', '100/m', '1000/h')
-    """
-    for unit, seconds in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        count = rate * seconds
-        if abs(count - round(count)) < 1e-6 * max(count, 1):
-            return f"{round(count)}/{unit}"
-    return f"{rate:g}/s"

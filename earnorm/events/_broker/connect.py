@@ -7,10 +7,10 @@ TLS and credentials travel in the URL, as redis-py reads it::
 
 Every other query parameter of ``redis.asyncio.Redis.from_url`` works the same way.
 
-A read timeout (``?socket_timeout=``, none by default) is never shorter than reading the
-largest reply we may ask for (a message near ``max_message_bytes``) on a slow link: a shorter
-one is lifted, with a warning naming both, because a reply that cannot arrive in time would
-make every try of that read time out the same way.
+A read timeout (``?socket_timeout=``; redis-py's own default is 5 s) is never shorter than
+reading the largest reply we may ask for (a message near ``max_message_bytes``) on a slow
+link: a shorter one is lifted, with a warning naming both, because a reply that cannot arrive
+in time would make every try of that read time out the same way.
 """
 
 from __future__ import annotations

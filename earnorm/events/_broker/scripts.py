@@ -459,10 +459,8 @@ return out
 # after the previous reservation, never before now). KEYS: the rates hash. ARGV: event name,
 # interval (us). Returns {the slot, now} in microseconds of Redis's clock: the caller runs the
 # event at once if the slot is now, else schedules it for the slot, which stays reserved.
-RATE_SLOT = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+RATE_SLOT = _NOW_MS + """
+now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- to the microsecond
 local slot = math.max(now, tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0'))
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', slot + tonumber(ARGV[2])))
 return {string.format('%.0f', slot), string.format('%.0f', now)}

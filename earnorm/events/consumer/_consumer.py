@@ -293,7 +293,7 @@ class Consumer(RunsInBackground):
                     keys=broker.keys, settler=self._settler, batches=self._batches,
                     timings=self._timings, done=self._done, observer=observer,
                     tracer=tracing.tracer(), revoked=revocations,
-                    rates=RateLimits(broker, self.config, broker.keys, health,
+                    rates=RateLimits(broker, self.config, health,
                                      self._metrics.rate_wait if self._metrics else None))
                 self._watch_loop(self._pipe)
                 if self._metrics is not None:
@@ -414,7 +414,7 @@ class Consumer(RunsInBackground):
             "max_inflight_bytes": self.max_inflight_bytes,
             "largest_message_bytes": fetcher.largest if fetcher else 0,
             "loop_blocks": self._loop_blocks,
-            "rate_waits": self._pipe.rates.waited if self._pipe and self._pipe.rates else 0,
+            "rate_waits": self._pipe.rates.waited if self._pipe else 0,
             "window_s": self._timings.window,
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)

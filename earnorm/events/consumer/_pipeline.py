@@ -55,8 +55,8 @@ class Pipeline:
     done: DoneMarks | None  # idempotent handlers' marks
     observer: TaskEvents | None  # Celery task events and/or Prometheus counters, when on
     tracer: Any  # OpenTelemetry's, when configured
+    rates: RateLimits  # rate limits across the fleet (consumer._rates)
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
-    rates: RateLimits | None = None  # rate limits across the fleet (consumer._rates)
     _plans: dict[str, _Plan] = field(default_factory=dict)
     # task id -> the task running its handlers, the event name and the message's hard time
     # limit (for terminate, and for the loop watch naming a blocked job); ids whose
@@ -153,7 +153,7 @@ class Pipeline:
             await self.settle(field, raw, message, early)
             return
         rates = self.rates
-        if rates is not None and (interval := rates.interval(message.task, handlers)):
+        if interval := rates.interval(message.task, handlers):
             wait = await rates.wait(message, interval)
             if wait is not None:  # its slot is later: it waits for it in Redis
                 await self.settle(field, raw, message, wait)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from earnorm._config import EventConfig
 from earnorm._rate import interval_us
 from earnorm.events._broker.broker import Broker
-from earnorm.events._broker.keys import Keys
 from earnorm.events._handlers import Handler
 from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.encode import encode_rate_slot
@@ -31,11 +30,10 @@ SLACK_US = 2_000
 
 
 class RateLimits:
-    def __init__(self, broker: Broker, config: EventConfig, keys: Keys, health: RedisHealth,
+    def __init__(self, broker: Broker, config: EventConfig, health: RedisHealth,
                  on_wait: Callable[[str], None] | None = None) -> None:
         self.broker = broker
         self.on_wait = on_wait  # told the event name of each wait (metrics)
-        self.keys = keys
         self.health = health
         self.configured = dict(config.rate_limits)
         # event name -> (the handlers it was worked out for, interval in us or 0)
@@ -67,5 +65,5 @@ class RateLimits:
         self.waited += 1
         if self.on_wait is not None:
             self.on_wait(name)
-        return Defer(slot / 1000, self.keys.ready_index(message.priority),
+        return Defer(slot / 1000, self.broker.keys.ready_index(message.priority),
                      encode_rate_slot(message, slot))
