@@ -199,10 +199,11 @@ def _failed(count: int, action: str) -> tuple[Callable[..., Awaitable[None]],
     return setup, run
 
 
-def _large_failing(size: int, count: int, retries: int) -> tuple[
+def _large_failing(size: int, count: int, retries: int, then_retry: bool = False) -> tuple[
         Callable[..., Awaitable[None]], Callable[..., Awaitable[None]]]:
     """Large messages whose handler fails: each retried ``retries`` times (the settle script
-    schedules it, the promote script brings it back), then dead-lettered."""
+    schedules it, the promote script brings it back), then dead-lettered (and, with
+    ``then_retry``, put back on the queue by ``retry_job`` once the consumer stopped)."""
     async def setup(redis: Redis, queue: str) -> None:
         for i in range(count):
             event = Event(name="lat.fails", data={"pad": "x" * size, "i": i})
@@ -224,6 +225,27 @@ def _large_failing(size: int, count: int, retries: int) -> tuple[
                     await asyncio.sleep(0.05)
                 else:
                     raise TimeoutError("the failing messages were not dead-lettered")
+            if then_retry:
+                for job in await bus.get_failed_jobs(limit=count):
+                    await bus.retry_job(job["job_id"])
+        finally:
+            await bus.close()
+    return setup, run
+
+
+def _stats_large(size: int) -> tuple[Callable[..., Awaitable[None]],
+                                     Callable[..., Awaitable[None]]]:
+    """``stats()`` polled while a large message is the oldest ready one (its headers give the
+    queue's latency: weighed in a scratch list first, never read into a script)."""
+    async def setup(redis: Redis, queue: str) -> None:
+        event = Event(name="lat.head", data={"pad": "x" * size})
+        await redis.lpush(queue, encode_event(event, queue))
+
+    async def run(server: LocalRedis, queue: str) -> None:
+        bus = await EventBus.connect(server.url, queue_name=queue)
+        try:
+            for _ in range(20):
+                await bus.stats()
         finally:
             await bus.close()
     return setup, run
@@ -335,9 +357,11 @@ async def main(quick: bool, only: str | None = None) -> None:
         ("fetch the largest message", "1 x 16 MB", _large(int(11.9 * MB), 1)),
         ("retry, then dead-letter, large messages", "3 x 8 MB, 2 retries",
          _large_failing(6 * MB, 3, 2)),
-        ("dead-letter the largest message", "1 x 16 MB, no retries",
-         _large_failing(int(11.9 * MB), 1, 0)),
+        ("dead-letter the largest message", "1 x 16 MB, no retries; then retry_job",
+         _large_failing(int(11.9 * MB), 1, 0, then_retry=True)),
         ("recover a dead consumer's large messages", "4 x 8 MB", _recover_large(6 * MB, 4)),
+        ("stats() with the largest message oldest", "1 x 16 MB, 20 calls",
+         _stats_large(int(11.9 * MB))),
         ("promote delayed events due at once", f"{1_000_000 // scale:,} x 0.5 KB",
          _due_at_once(1_000_000 // scale)),
         ("recover a dead consumer's in-flight", f"{10_000 // scale:,} x 0.5 KB",

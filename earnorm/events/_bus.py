@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -31,7 +32,12 @@ from earnorm.events._telemetry import tracing
 from earnorm.events._wire import encode
 from earnorm.events._wire.clock import ServerClock
 from earnorm.events._wire.event import Event
-from earnorm.events._wire.failures import parse_cursor, read_record, requeue_message
+from earnorm.events._wire.failures import (
+    parse_cursor,
+    read_record,
+    requeue_message,
+    with_envelope,
+)
 from earnorm.events._wire.records import FailedJob, QueueStats
 
 log = logging.getLogger("earnorm.events")
@@ -302,6 +308,14 @@ class EventBus:
         >>> more = await event_bus.get_failed_jobs(  # doctest: +SKIP
         ...     limit=50, cursor=page[-1]["cursor"])
         """
+        return await self._failed_page(limit, cursor, event_name, reason, complete=True)
+
+    async def _failed_page(
+        self, limit: int, cursor: str | None, event_name: str | None, reason: str | None, *,
+        complete: bool,
+    ) -> list[FailedJob]:
+        """``get_failed_jobs``; with ``complete=False`` a message kept aside is not read (a
+        page of 500 large ones would be gigabytes)."""
         after = parse_cursor(cursor)
         out: list[FailedJob] = []
         while len(out) < limit:
@@ -317,6 +331,8 @@ class EventBus:
                     continue
                 if reason is not None and job.get("reason") != reason:
                     continue
+                if complete:
+                    job = await self._complete(job)
                 job["cursor"] = f"{failed_ms!r}:{job_id}"
                 out.append(job)
                 if len(out) >= limit:
@@ -328,7 +344,27 @@ class EventBus:
         record = await self.broker.failed.get(job_id)
         if record is None:
             raise JobNotFound(self._not_found(job_id))
-        return read_record(job_id, record, None)
+        return await self._complete(read_record(job_id, record, None))
+
+    async def _complete(self, job: FailedJob) -> FailedJob:
+        """A record whose large message was kept aside, given its message."""
+        if not job.get("envelope_aside"):
+            return job
+        return with_envelope(job, await self.broker.failed.aside_message(job["job_id"]))
+
+    async def _requeue(self, job: FailedJob) -> bool:
+        """Put one failed job's message back (False: removed or retried concurrently)."""
+        job_id = job["job_id"]
+        failed = self.broker.failed
+        if job.get("reason") == "too_large":  # its message was kept aside, in Redis
+            return await failed.requeue_oversized(job_id)
+        if job.get("envelope_aside") and "envelope" not in job and "envelope_base64" not in job:
+            job = await self._complete(job)
+        fresh, priority = requeue_message(job)
+        index = self.broker.keys.ready_index(priority)
+        if job.get("envelope_aside"):
+            return await failed.requeue_aside(job_id, fresh, index)
+        return await failed.requeue(job_id, fresh, index)
 
     async def revoke(self, job_id: str | Iterable[str], *, terminate: bool = False) -> None:
         """Revoke one job (or several): a revoked job that is ready, delayed or waiting for a
@@ -350,13 +386,7 @@ class EventBus:
         """Put a failed job back on its queue with retries reset; its record is removed.
         Only the handlers that gave up run again. ``JobNotFound`` for an unknown id."""
         job = await self.get_failed_job(job_id)
-        if job.get("reason") == "too_large":  # its message was kept aside, in Redis
-            if not await self.broker.failed.requeue_oversized(job_id):
-                raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
-            return job_id
-        fresh, priority = requeue_message(job)
-        if not await self.broker.failed.requeue(job_id, fresh,
-                                                 self.broker.keys.ready_index(priority)):
+        if not await self._requeue(job):
             raise JobNotFound(f"failed job {job_id!r} was removed concurrently")
         return job_id
 
@@ -373,12 +403,14 @@ class EventBus:
         back on the queue."""
         count = 0
         cursor = None
-        while page := await self.get_failed_jobs(500, cursor, event_name, reason):
+        while page := await self._failed_page(500, cursor, event_name, reason, complete=False):
             cursor = page[-1]["cursor"]
             batch = []
             for job in page:
-                if job.get("reason") == "too_large":
-                    count += await self.broker.failed.requeue_oversized(job["job_id"])
+                if job.get("reason") == "too_large" or job.get("envelope_aside"):
+                    # kept aside: each moves back on its own, not through a script
+                    with contextlib.suppress(EventValidationError):
+                        count += await self._requeue(job)
                     continue
                 try:
                     fresh, priority = requeue_message(job)
@@ -398,7 +430,7 @@ class EventBus:
             return await self.broker.failed.purge()
         count = 0
         cursor = None
-        while page := await self.get_failed_jobs(500, cursor, event_name, reason):
+        while page := await self._failed_page(500, cursor, event_name, reason, complete=False):
             cursor = page[-1]["cursor"]
             count += await self.broker.failed.remove_many([job["job_id"] for job in page])
         return count

@@ -17,6 +17,7 @@ from earnorm import Consumer, Event, EventBus, HandlerRegistry
 from earnorm.events import FailedJob
 from earnorm.events._broker.broker import LARGE_BYTES
 from earnorm.events._broker.keys import HELD_MARK
+from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.encode import encode_event
 from tests.faults.workers import Worker, recorded
 from tests.helpers import wait_until
@@ -77,6 +78,23 @@ async def test_a_message_just_over_the_large_cut_is_held_and_one_under_it_is_not
     assert values == {b"1": under, b"2": MARK}
 
 
+async def test_stats_weighs_the_oldest_message_before_reading_its_headers(
+    bus: EventBus,
+) -> None:
+    """stats() reads the oldest ready message's headers (its age) inside Redis: a large one is
+    weighed in a scratch list first and not read (its age unknown), a small one is."""
+    broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
+    await redis.lpush(keys.queue, encode_event(event(2 * MB), keys.queue))
+    small = Event(name="fault.recorded", data={})
+    await redis.lpush(keys.ready[1], encode_event(small, keys.queue))
+    snap = await broker.snapshot()
+    assert len(snap["oldest_ready"]) == 2
+    assert ("", "") in snap["oldest_ready"], "the large message's headers were read"
+    stamps = [stamp for _, stamp in snap["oldest_ready"] if stamp]
+    assert len(stamps) == 1 and stamps[0].startswith(small.timestamp.isoformat()[:16])
+    assert not await redis.exists(keys.probe("~stats"))
+
+
 async def test_a_dead_consumers_large_message_comes_back_by_reference(bus: EventBus) -> None:
     broker, keys, redis = bus.broker, bus.broker.keys, bus.redis
     large = encode_event(event(3 * MB), keys.queue)
@@ -129,7 +147,9 @@ async def test_a_large_message_retried_then_dead_lettered_leaves_no_key(
     bus: EventBus, redis_url: str,
 ) -> None:
     """Published while the consumer waits idle (so it arrives through the landing list),
-    retried twice, then stored as failed with its data."""
+    retried twice, then stored as failed with its data: its held key is renamed aside, so the
+    record written by the settle script is small whatever the message weighs; ``retry_job``
+    puts it back (fresh, retries reset) and ``remove_job`` leaves no key."""
     registry = HandlerRegistry()
     calls: list[int] = []
 
@@ -138,21 +158,40 @@ async def test_a_large_message_retried_then_dead_lettered_leaves_no_key(
         raise RuntimeError("fails on purpose")
     registry.register("big.#", handle, retry_policy={
         "max_retries": 2, "interval_start": 0, "interval_step": 0.05})
-    queue = bus.broker.keys.queue
+    keys = bus.broker.keys
     async def waiting() -> bool:
         return any(c.get("cmd") == "blmove" for c in await bus.redis.client_list())
-    async with Consumer(redis_url, queue_name=queue, registry=registry):
+    async with Consumer(redis_url, queue_name=keys.queue, registry=registry):
         await wait_until(waiting, 10, message="the consumer in its blocking wait")
         await bus.publish(event(2 * MB, name="big.fails"))
         await wait_until(lambda: len(calls) == 3, 30, message=f"three attempts: {calls}")
         jobs = await wait_for_failed(bus)
     assert calls == [2 * MB] * 3
+    job_id = jobs[0]["job_id"]
     assert jobs[0]["data"]["pad"] == "x" * (2 * MB)
-    stored = await bus.redis.hget(bus.broker.keys.failed, jobs[0]["job_id"])
-    assert stored is not None and len(stored) < len(jobs[0]["envelope"]) + 64 * 1024, \
-        "the data is read from the envelope, not stored twice"
-    assert "data_in_envelope" not in jobs[0]
-    assert await leftovers(bus.redis, queue) == []
+    assert jobs[0]["envelope_aside"] is True
+    assert orjson.loads(jobs[0]["envelope"])["headers"]["id"] == job_id
+    stored = await bus.redis.hget(keys.failed, job_id)
+    assert stored is not None and len(stored) < 64 * 1024, \
+        f"the record leaves the message aside ({len(stored or b'')} bytes)"
+    assert await bus.redis.sismember(keys.aside, job_id)
+    assert await leftovers(bus.redis, keys.queue) == []
+
+    await bus.retry_job(job_id)
+    assert not await bus.redis.exists(keys.aside_of(job_id), keys.failed)
+    assert not await bus.redis.sismember(keys.aside, job_id)
+    back = await bus.redis.lrange(keys.ready[0], 0, -1)
+    assert len(back) == 1
+    fresh = protocol.decode(back[0])
+    assert fresh.id == job_id and fresh.retries == 0
+    assert fresh.to_event().data["pad"] == "x" * (2 * MB)
+
+    async with Consumer(redis_url, queue_name=keys.queue, registry=registry):
+        await wait_until(lambda: len(calls) == 6, 30, message=f"three more attempts: {calls}")
+        await wait_for_failed(bus)
+    await bus.remove_job(job_id)
+    assert not await bus.redis.exists(keys.aside_of(job_id), keys.failed)
+    assert await leftovers(bus.redis, keys.queue) == []
 
 
 async def wait_for_failed(bus: EventBus) -> list[FailedJob]:

@@ -57,6 +57,8 @@ HAND_BACK_MOST = 500
 # A message the fetch script weighs at more than this (an allocator's size) is never read by a
 # script: it is moved into a key of its own and read with LINDEX (scripts.FETCH).
 LARGE_BYTES = 256 * 1024
+# The scratch list stats() weighs the oldest ready messages in (a consumer id cannot be this).
+STATS_PROBE = "~stats"
 # Messages the fetch script weighs at once, and the bytes its weighing may copy in one call
 # (~0.6 ms a MB here): so a call copies at most about PROBE_WINDOW x max_message_bytes plus
 # PROBE_CAP_BYTES natively, and reads at most LARGE_BYTES per pop into Lua.
@@ -449,7 +451,8 @@ class Broker:
         """Ack ``field`` and, in the same script, schedule ``retry`` (envelope, ready index, due
         ms) in the delayed set and/or store ``dead`` (job id, record, failed ms) in the failed
         store, and LPUSH each of ``pushes`` (list key, envelope); the counters follow (and
-        ``count``, a counter to add one to: "processed", "unhandled"). False if
+        ``count``, a counter to add one to: "processed", "unhandled"). A held field that is
+        dead-lettered is kept aside (``holds``), its record built without the envelope. False if
         the field was no longer ours (another consumer recovered it): then nothing is
         written."""
         k = self.keys
@@ -469,22 +472,28 @@ class Broker:
         if pushes and self.cluster:
             pushes = await self._push_elsewhere(pushes)
         keys = [k.inflight(cid), k.deliveries(cid), k.delayed, k.failed, k.failed_index, k.stats,
-                *(key for key, _ in pushes)]
-        mine = self._held.get(cid, set())
-        held = field is not None and field in mine
+                k.aside, *(key for key, _ in pushes)]
+        held = field is not None and self.holds(cid, field)
         args: list[Any] = [
             "" if field is None or consumer_id is None else field, member, due,
             1 if count_retry else 0, job_id, record, failed_ms, count,
             k.held(cid, field) if held and field is not None else "",
             later[0][0] if later else "",
+            k.aside_of(job_id) if held and dead is not None else "",
             *(raw for _, raw in pushes),
         ]
         ours = bool(await self._settle(keys=keys, args=args))
         if later and not ours:
             await self.redis.unlink(later[0][0])
         if held and field is not None:
-            mine.discard(field)
+            self._held.get(cid, set()).discard(field)
         return ours
+
+    def holds(self, consumer_id: str, field: int) -> bool:
+        """Whether ``field`` is a large message held in a key of its own: dead-lettered, it is
+        kept aside by renaming that key, so its record is written without the envelope
+        (``failure_record(envelope_aside=True)``)."""
+        return field in self._held.get(consumer_id, ())
 
     async def _push_elsewhere(self, pushes: Sequence[tuple[str, bytes]]
                               ) -> Sequence[tuple[str, bytes]]:
@@ -605,7 +614,7 @@ class Broker:
             pipe.exists(*k.telltales)
             pipe.hgetall(k.rates)
             results = await pipe.execute()
-        oldest = await self._oldest(keys=list(k.ready))
+        oldest = await self._oldest(keys=[k.probe(STATS_PROBE), *k.ready], args=[LARGE_BYTES])
         n = len(k.ready)
         if now_ms is None:
             seconds, micros = results.pop(0)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from earnorm.events._broker.keys import Keys, text
 
@@ -157,6 +158,35 @@ class FailedStore:
         keys = [inflight, deliveries, held, k.aside_of(job_id), k.failed, k.failed_index,
                 k.aside, k.stats]
         return bool(await self._set_aside(keys=keys, args=[field, job_id, record]))
+
+    async def aside_message(self, job_id: str) -> bytes | None:
+        """The message kept aside for ``job_id`` (``Q:aside:<job id>``); None if there is none."""
+        raw: Any = await self.redis.lindex(self.keys.aside_of(job_id), 0)
+        return raw if isinstance(raw, bytes) or raw is None else raw.encode()
+
+    async def requeue_aside(self, job_id: str, raw: bytes, ready_index: int) -> bool:
+        """``requeue`` for a job whose message was kept aside (a large one, dead-lettered while
+        held): ``raw``, its fresh envelope, is pushed by a plain LPUSH in a transaction, never
+        through a script (whose time would grow with it). The transaction runs only if the
+        aside key was not touched since it was read: a job retried or removed concurrently is
+        not pushed twice (False)."""
+        k = self.keys
+        aside = k.aside_of(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(aside)
+            if not await pipe.exists(aside):
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hdel(k.failed, job_id)
+            pipe.zrem(k.failed_index, job_id)
+            pipe.srem(k.aside, job_id)
+            pipe.unlink(aside)
+            pipe.lpush(k.ready[ready_index] if ready_index < len(k.ready) else k.ready[0], raw)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     async def requeue(self, job_id: str, raw: bytes, ready_index: int) -> bool:
         """Put a failed job's message back on the queue and drop its record, atomically."""

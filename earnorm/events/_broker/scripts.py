@@ -239,20 +239,31 @@ redis.call('HDEL', KEYS[3], unpack(ARGV, 3))
 return removed
 """
 
-# KEYS: inflight, deliveries, delayed, failed, failed index, stats, then lists to LPUSH to.
+# KEYS: inflight, deliveries, delayed, failed, failed index, stats, the aside set, then lists
+#       to LPUSH to.
 # ARGV: field ('' = none), delayed member ('' = none), due ms, count as a retry (0/1),
 #       job id ('' = none), record, failed ms, counter to add one to ('' = none), the key
 #       holding the field's large message ('' = none), the key a large retry was written to
-#       by reference (made to last: PERSIST; '' = none), then one envelope per list (a
-#       canvas's follow-ups: the next chain step, callbacks, errbacks).
+#       by reference (made to last: PERSIST; '' = none), the key to keep the held message
+#       aside in when it is dead-lettered (Q:aside:<job id>; '' = none), then one envelope per
+#       list (a canvas's follow-ups: the next chain step, callbacks, errbacks).
 # Only if the field is still ours: a consumer that another one declared dead and recovered must
-# not also retry or dead-letter the message (the recovered copy will). These writes grow memory,
-# so the script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
+# not also retry or dead-letter the message (the recovered copy will). A held message that is
+# dead-lettered is renamed aside, never read: its record (written without the envelope) is
+# small, so the script's time does not grow with the message. These writes grow memory, so the
+# script is refused whole (OOM) at maxmemory: back-pressure, retried by the consumer.
 SETTLE = """#!lua
 if ARGV[1] ~= '' then
+  -- a held key gone while the field is here: another consumer's recovery is moving it
+  if ARGV[11] ~= '' and redis.call('EXISTS', ARGV[9]) == 0 then return 0 end
   if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
   redis.call('HDEL', KEYS[2], ARGV[1])
-  if ARGV[9] ~= '' then redis.call('UNLINK', ARGV[9]) end
+  if ARGV[11] ~= '' then
+    redis.call('RENAME', ARGV[9], ARGV[11])
+    redis.call('SADD', KEYS[7], ARGV[5])
+  elseif ARGV[9] ~= '' then
+    redis.call('UNLINK', ARGV[9])
+  end
 end
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
@@ -265,7 +276,7 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
 end
 if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[8], 1) end
-for i = 7, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 4]) end
+for i = 8, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i + 4]) end
 return 1
 """
 
@@ -432,25 +443,35 @@ end
 return {seen, moved}
 """
 
-# KEYS: ready lists. For the oldest message of each (its consuming end), the headers stats()
-# needs for latency, cut out inside Redis so a huge message is never sent: {eta, timestamp}.
-OLDEST = """#!lua flags=no-writes
+# KEYS: a scratch list, then the ready lists. ARGV: the largest message read (bytes).
+# For the oldest message of each list (its consuming end), the headers stats() needs for
+# latency, cut out inside Redis so a huge message is never sent: {1, eta, timestamp}; {0}
+# for an empty list; {2} for a message too large to read here. A message's bytes cost a
+# script ~6 ms a MB, so it is first copied natively into the scratch list (SORT ... STORE, as
+# the fetch script weighs) and weighed there: only a small one is read.
+OLDEST = _ALLOW_OOM + """
 local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('LINDEX', KEYS[i], -1)
-  local eta, stamp = '', ''
-  if v then
-    local h = string.find(v, '"headers"', 1, true)
-    if h then
-      local head = string.sub(v, h, h + 16384)
-      eta = string.match(head, '"eta"%s*:%s*"([^"]*)"') or ''
-      stamp = string.match(head, '"earnorm_timestamp"%s*:%s*"([^"]*)"') or ''
+local probe, most = KEYS[1], tonumber(ARGV[1])
+for i = 2, #KEYS do
+  local len = redis.call('LLEN', KEYS[i])
+  local eta, stamp, present = '', '', 0
+  if len > 0 then
+    present = 2
+    redis.call('SORT', KEYS[i], 'BY', 'nosort', 'LIMIT', len - 1, 1, 'STORE', probe)
+    if redis.call('MEMORY', 'USAGE', probe, 'SAMPLES', '0') <= most then
+      present = 1
+      local v = redis.call('LINDEX', probe, 0)
+      local h = v and string.find(v, '"headers"', 1, true)
+      if h then
+        local head = string.sub(v, h, h + 16384)
+        eta = string.match(head, '"eta"%s*:%s*"([^"]*)"') or ''
+        stamp = string.match(head, '"earnorm_timestamp"%s*:%s*"([^"]*)"') or ''
+      end
     end
-    out[#out + 1] = {1, eta, stamp}
-  else
-    out[#out + 1] = {0, '', ''}
   end
+  out[#out + 1] = {present, eta, stamp}
 end
+redis.call('DEL', probe)
 return out
 """
 

@@ -67,12 +67,15 @@ def failure_record(
     deliveries: int = 0,
     died_holding: tuple[str, ...] = (),
     name: str | None = None,
+    envelope_aside: bool = False,
 ) -> bytes:
     """The JSON record stored under ``job_id`` in ``Q:failed``.
 
     ``previous`` is the record already stored for this job, if any: when handlers of one event
     give up at different attempts (each has its own retry policy), the record gathers them all,
-    so ``retry_job`` re-runs exactly the handlers that gave up.
+    so ``retry_job`` re-runs exactly the handlers that gave up. ``envelope_aside``: the message
+    is large and held in a key of its own, which the settle script renames to ``Q:aside:<job
+    id>``; the record leaves it out (its bytes never pass through Lua) and says so.
     """
     failures = failures or []
     first = (message.headers.get("earnorm_first_failure") if message else None) or _iso(now_ms)
@@ -99,11 +102,11 @@ def failure_record(
         record["died_holding"] = list(died_holding)
     if previous is not None:
         _merge_previous(record, previous)
-    try:
-        record["envelope"] = raw.decode("utf-8")
-    except UnicodeDecodeError:  # keep the exact bytes: nothing is lost, even garbage
-        record["envelope_base64"] = base64.b64encode(raw).decode("ascii")
-    if message is not None and len(raw) > DATA_IN_ENVELOPE_BYTES:
+    if envelope_aside:
+        record["envelope_aside"] = True
+    else:
+        _put_envelope(record, raw)
+    if message is not None and (envelope_aside or len(raw) > DATA_IN_ENVELOPE_BYTES):
         record["data_in_envelope"] = True  # read_record decodes it: not stored twice
     elif message is not None:
         record["data"] = _data_of(message)
@@ -113,6 +116,13 @@ def failure_record(
 # Over this, a record does not repeat the message's data beside its envelope: the settle
 # script passes the record through Lua once (~6 ms a MB), so it stays as small as it can be.
 DATA_IN_ENVELOPE_BYTES = 256 * 1024
+
+
+def _put_envelope(record: FailedJob, raw: bytes) -> None:
+    try:
+        record["envelope"] = raw.decode("utf-8")
+    except UnicodeDecodeError:  # keep the exact bytes: nothing is lost, even garbage
+        record["envelope_base64"] = base64.b64encode(raw).decode("ascii")
 
 
 def _data_of(message: Message) -> Any:
@@ -177,10 +187,11 @@ def _merge_previous(record: FailedJob, previous: bytes) -> None:
 
 def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJob:
     """A stored record as users see it. Records written inside Redis (``too_large``) carry the
-    failure time in ms only: the ISO forms are filled in here."""
+    failure time in ms only: the ISO forms are filled in here. A record whose message is kept
+    aside (``envelope_aside``) is complete once ``with_envelope`` gave it the message."""
     job: FailedJob = orjson.loads(record)
     job["job_id"] = job_id
-    if job.pop("data_in_envelope", False):
+    if not job.get("envelope_aside") and job.pop("data_in_envelope", False):
         job["data"] = _envelope_data(job)
     ms = job.get("failed_at_ms") or failed_ms or 0.0
     job["failed_at_ms"] = ms
@@ -188,6 +199,18 @@ def read_record(job_id: str, record: bytes, failed_ms: float | None) -> FailedJo
         job["last_failed_at"] = iso_ms(ms)
     if not job.get("first_failed_at"):
         job["first_failed_at"] = job["last_failed_at"]
+    return job
+
+
+def with_envelope(job: FailedJob, raw: bytes | None) -> FailedJob:
+    """``job`` (an ``envelope_aside`` record) completed with its message, read from its aside
+    key (None: removed meanwhile; the record stays without it, and cannot be retried). The flag
+    stays: ``retry_job`` puts such a message back without passing it through a script."""
+    if job.get("envelope_aside") and raw is not None:
+        _put_envelope(job, raw)
+        if job.pop("data_in_envelope", False):
+            job["data"] = _envelope_data(job)
+    job.pop("data_in_envelope", None)
     return job
 
 

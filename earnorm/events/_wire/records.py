@@ -51,6 +51,9 @@ class FailedJob(TypedDict):
     # stored only: a large message's data is not repeated beside its envelope; read_record
     # decodes it from there (get_failed_jobs() shows ``data`` as for any record)
     data_in_envelope: NotRequired[bool]
+    # a large message dead-lettered while held in a key of its own is kept in Q:aside:<job id>
+    # (renamed, never read by a script); ``envelope`` is read from there
+    envelope_aside: NotRequired[bool]
     cursor: NotRequired[str]  # added by get_failed_jobs(): pass it back for the next page
 
 

@@ -315,7 +315,7 @@ class Settler:
             job_id=job_id, reason=outcome.reason, raw=raw, now_ms=now_ms, message=message,
             detail=outcome.detail, failures=failures, previous=previous,
             deliveries=outcome.deliveries, died_holding=outcome.died_holding,
-            name=outcome.name,
+            name=outcome.name, envelope_aside=broker.holds(self.consumer_id, field),
         )
         why = outcome.detail or "; ".join(f"{f.handler}: {f.error!r}" for f in failures)
         log.error("message %s moved to the failed store: %s: %s", job_id, outcome.reason, why)
