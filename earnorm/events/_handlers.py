@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from earnorm._config import RetryPolicy
 from earnorm._errors import ConfigError
 from earnorm._rate import parse_rate
+from earnorm.events._concurrency import KeyLimit
 from earnorm.events._wire.event import Event
 
 HandlerFunc = Callable[[Event], Awaitable[Any]]
@@ -51,6 +52,9 @@ class Handler:
     # Events per second for this handler's event names across every consumer of the queue
     # (Celery's syntax: "10/s", "100/m", "1000/h"); over it, an event waits in Redis.
     rate_limit: float | None = None
+    # At most ``max`` of this handler's events with one key (``concurrency_key=``) run at once
+    # across every consumer of the queue (``max_concurrent=``); the others wait in Redis.
+    key_limit: KeyLimit | None = None
 
 
 def _known_options() -> list[str]:
@@ -125,10 +129,16 @@ class HandlerRegistry:
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
         rate_limit: str | float | None = None,
+        concurrency_key: str | Callable[[Event], Any] | None = None,
+        max_concurrent: int | None = None,
         **unknown: Any,
     ) -> Handler:
         if unknown:
             raise ConfigError(_unknown_options(pattern, unknown))
+        key_limit = KeyLimit.parse(concurrency_key, max_concurrent, pattern)
+        if key_limit is not None and batch_size is not None:
+            raise ConfigError(f"concurrency_key for {pattern!r} is for handlers of single "
+                              "events, not batches")
         for limit_name, limit in (("soft_time_limit", soft_time_limit),
                                   ("time_limit", time_limit)):
             if limit is not None and (isinstance(limit, bool) or not isinstance(
@@ -183,6 +193,7 @@ class HandlerRegistry:
             soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
             time_limit=None if time_limit is None else float(time_limit),
             rate_limit=None if rate_limit is None else parse_rate(rate_limit, "rate_limit"),
+            key_limit=key_limit,
         )
         if any(h.name == handler.name for h in self.all()):
             raise ConfigError(f"a handler named {handler.name!r} is already registered")

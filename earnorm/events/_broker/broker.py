@@ -35,6 +35,7 @@ from earnorm.events._broker.celery_unacked import CeleryUnacked
 from earnorm.events._broker.errors import ReplyLost
 from earnorm.events._broker.failed_store import FailedStore
 from earnorm.events._broker.idle_wait import BlockingWait
+from earnorm.events._broker.key_leases import KeyLeases
 from earnorm.events._broker.keys import (
     APP_QUEUES,
     HELD_MARK,
@@ -143,6 +144,8 @@ class Broker:
         # Consumer id -> its in-flight fields whose message is held in a key of its own: the
         # ack and settle scripts unlink that key with the field.
         self._held: dict[str, set[int]] = {}
+        self.leases = KeyLeases(redis, self.keys, self._held,
+                                keep_ms=int(config.heartbeat_timeout * 1000))
         # A cluster client routes each command to its slot's node: it keeps its own path.
         self._lane = None if self.cluster else PublishLane(redis)
         self.use_script_flags(script_flags)
@@ -159,6 +162,7 @@ class Broker:
         self._reclaim = redis.register_script(scripts.for_server(scripts.RECLAIM, flags))
         self._oldest = redis.register_script(scripts.for_server(scripts.OLDEST, flags))
         self._rate_slot = redis.register_script(scripts.RATE_SLOT)
+        self.leases.use_script_flags(flags)
 
     async def prepare(self) -> None:
         """Read what the server supports (script flags need Redis 7)."""
@@ -642,6 +646,7 @@ class Broker:
             "revoked": int(revoked),
             "celery_unacked": int(celery_unacked),
             "rate_slots_us": {text(name): int(slot) for name, slot in rates.items()},
+            "key_waiting": await self.leases.waiting(),
             "consumers": {text(cid): float(deadline) for cid, deadline in consumers},
             "counters": {text(key): int(float(v)) for key, v in counters.items()},
             "monitor": {text(key): v for key, v in monitor.items()},

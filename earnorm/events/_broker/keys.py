@@ -33,6 +33,12 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   for its TTL; ``Q:done:<handler>:<event id>``: an idempotent handler handled that event;
 - ``Q:rates``: event name -> the next free slot of its rate limit (us, Redis's clock), shared
   by every consumer of the queue;
+- ``Q:lease:<max>:<key>``: zset of the handlers running for one concurrency key (members
+  ``c:<consumer>:<field>``, alive while that consumer's heartbeat is; ``r:<job id>`` a slot
+  kept for a waiter just released, scored by when it lapses, unix ms); ``Q:keywait:<max>:<key>``:
+  list of ``b"<len(job id)>:<job id>" + envelope`` (or ``HELD_MARK`` + a parked key) waiting for
+  a slot of that key; ``Q:keywait``: zset of ``<max>:<key>`` that have waiters, by when they
+  last waited (unix ms), swept by every consumer;
 - ``Q:outbox``: the outbox relays' counters (relayed, errors, the last error);
 - ``Q:cache:<key>``: ``env.cache`` entries (unless ``init()`` names another prefix);
 - beside them, ``earnorm:app-queues`` (one hash for every queue): queue name -> when an app
@@ -94,6 +100,7 @@ class Keys:
     schedules_info: str
     outbox: str
     rates: str
+    key_waiting: str
     cache_prefix: str
     done_prefix: str
 
@@ -122,6 +129,7 @@ class Keys:
             schedules_info=f"{q}:schedules:info",
             outbox=f"{q}:outbox",
             rates=f"{q}:rates",
+            key_waiting=f"{q}:keywait",
             cache_prefix=f"{q}:cache:",
             done_prefix=f"{q}:done:",
         )
@@ -153,6 +161,14 @@ class Keys:
         """The key keeping a too-large message aside (``aside`` + ``:`` + its job id: the
         scripts that divert a message name it so)."""
         return f"{self.aside}:{job_id}"
+
+    def lease(self, limited: str) -> str:
+        """The running handlers of ``limited`` (``<max>:<key>``, a member of ``key_waiting``)."""
+        return f"{self.queue}:lease:{limited}"
+
+    def key_wait(self, limited: str) -> str:
+        """The messages waiting for a slot of ``limited`` (``<max>:<key>``)."""
+        return f"{self.key_waiting}:{limited}"
 
     def later(self, token: str) -> str:
         """A large delayed message's own key (named in the delayed set by reference)."""

@@ -49,6 +49,7 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
             "largest_message_bytes": summary.get("largest_message_bytes"),
             "loop_blocks": summary.get("loop_blocks"),
             "rate_waits": summary.get("rate_waits"),
+            "key_waits": summary.get("key_waits"),
         })
         if deadline >= now_ms and isinstance(summary.get("histogram"), dict):
             histograms.append(summary["histogram"])
@@ -93,6 +94,7 @@ async def queue_stats(broker: Broker, config: EventConfig) -> QueueStats:
         "celery_unacked": snap["celery_unacked"],
         "rate_limited": {name: round(max(slot / 1000 - now_ms, 0.0) / 1000, 3)
                          for name, slot in sorted(snap["rate_slots_us"].items())},
+        "key_limited": snap["key_waiting"],
         "server": server,
         "processing_ms": processing,
         "latency_s": _latency_s(snap, now_ms),

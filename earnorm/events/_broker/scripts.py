@@ -494,3 +494,80 @@ def for_server(source: str, flags: bool) -> str:
     if flags or not source.startswith("#!"):
         return source
     return source.split("\n", 1)[1]
+
+
+# Per-key concurrency (consumer._keylimits). A lease set holds the handlers running for one
+# key: ``c:<consumer>:<field>`` (alive while that consumer's heartbeat deadline is ahead) and
+# ``r:<job id>`` (a slot kept for a waiter just released, until its score). Dropping the dead
+# ones first is what frees the keys of a consumer killed while it held them. Expects
+# KEYS[1] = the lease set, KEYS[4] = the consumers zset, and ``now``.
+_LIVE_LEASES = _NOW_MS + """
+local function live_leases()
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local m, score = entries[i], tonumber(entries[i + 1])
+    local dead
+    if string.sub(m, 1, 2) == 'r:' then
+      dead = score < now
+    else
+      local cid = string.match(m, '^c:(.*):[^:]*$')
+      local deadline = cid and redis.call('ZSCORE', KEYS[4], cid)
+      dead = not deadline or tonumber(deadline) < now
+    end
+    if dead then redis.call('ZREM', KEYS[1], m) end
+  end
+  return redis.call('ZCARD', KEYS[1])
+end
+"""
+
+# KEYS: lease set, wait list, waiting index, consumers, inflight, deliveries.
+# ARGV: lease member (c:<consumer>:<field>), max, field, job id, envelope ('' when held), the
+#       held key ('' = not held), the parked key to move it to, HELD_MARK, waiting index member.
+# Returns 1: the slot is taken, run; 0: the message waits (moved out of in-flight, into the
+# wait list, in the same script); -1: the field is no longer ours (recovered meanwhile).
+# A message a release kept a slot for (``r:<job id>``) takes that one. A held (large) message
+# waits by reference: its key is renamed, never read.
+KEY_ACQUIRE = _ALLOW_OOM + _LIVE_LEASES + """
+local most = tonumber(ARGV[2])
+-- already ours: this call was sent again after a lost reply
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZREM', KEYS[1], 'r:' .. ARGV[4]) == 1 or live_leases() < most then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  return 1
+end
+if ARGV[6] ~= '' and redis.call('EXISTS', ARGV[6]) == 0 then return -1 end
+if redis.call('HDEL', KEYS[5], ARGV[3]) == 0 then return -1 end
+redis.call('HDEL', KEYS[6], ARGV[3])
+local entry = ARGV[5]
+if ARGV[6] ~= '' then
+  redis.call('RENAME', ARGV[6], ARGV[7])
+  entry = ARGV[8] .. ARGV[7]
+end
+redis.call('LPUSH', KEYS[2], #ARGV[4] .. ':' .. ARGV[4] .. entry)
+redis.call('ZADD', KEYS[3], now, ARGV[9])
+return 0
+"""
+
+# KEYS: lease set, wait list, waiting index, consumers, recovered.
+# ARGV: lease member to drop ('' = none: a sweep), max, how long a released waiter's slot is
+#       kept (ms), waiting index member.
+# Frees the member's slot, drops dead leases, and hands as many waiters as there are free
+# slots (oldest first) to Q:recovered, which every consumer serves before the ready lists,
+# each with a slot kept for it. Returns how many it released. Bounded by ``max``.
+KEY_RELEASE = _ALLOW_OOM + _LIVE_LEASES + """
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+local most, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local free = most - live_leases()
+local released = 0
+while released < free do
+  local e = redis.call('RPOP', KEYS[2])
+  if not e then break end
+  local colon = string.find(e, ':', 1, true)
+  local n = tonumber(string.sub(e, 1, colon - 1))
+  redis.call('ZADD', KEYS[1], now + keep, 'r:' .. string.sub(e, colon + 1, colon + n))
+  redis.call('RPUSH', KEYS[5], '0::' .. string.sub(e, colon + n + 1))
+  released = released + 1
+end
+if redis.call('LLEN', KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[4]) end
+return released
+"""

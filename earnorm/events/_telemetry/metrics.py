@@ -22,6 +22,7 @@ claimed it, so the sum over consumers is the fleet's).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from earnorm._errors import ConfigError
@@ -46,6 +47,7 @@ class Metrics:
     def __init__(self, queue: str, hostname: str) -> None:
         prom = _prometheus()
         self.queue = queue
+        self._waiting_keys: set[str] = set()  # key_waiting's label sets now set
         self.hostname = hostname
         self.registry = registry = prom.CollectorRegistry()
         counter, gauge = prom.Counter, prom.Gauge
@@ -84,6 +86,13 @@ class Metrics:
         self.rate_waits = counter(
             "earnorm_rate_waits", "Events this consumer sent to wait in the delayed set for "
             "their rate limit's slot, by event name.", ("queue_name", "name"),
+            registry=registry)
+        self.key_waits = counter(
+            "earnorm_key_waits", "Events this consumer sent to wait in Redis for a slot of "
+            "their concurrency key, by event name.", ("queue_name", "name"), registry=registry)
+        self.key_waiting = gauge(
+            "earnorm_key_waiting", "Events waiting for a slot of their concurrency key "
+            "(max:key), for the keys with the latest waits.", ("queue_name", "key"),
             registry=registry)
         self.rate_limited = gauge(
             "earnorm_rate_limited_seconds", "Seconds until a rate-limited event name's next "
@@ -169,9 +178,19 @@ class Metrics:
             self.gauges[name].labels(q).set(value)
         for name, seconds in stats.get("rate_limited", {}).items():
             self.rate_limited.labels(q, name).set(seconds)
+        waiting = stats.get("key_limited", {})
+        for labels in list(self._waiting_keys - waiting.keys()):  # gone: a label set less
+            with contextlib.suppress(KeyError):
+                self.key_waiting.remove(q, labels)
+        for key, count in waiting.items():
+            self.key_waiting.labels(q, key).set(count)
+        self._waiting_keys = set(waiting)
 
     def rate_wait(self, name: str) -> None:
         self.rate_waits.labels(self.queue, name).inc()
+
+    def key_wait(self, name: str) -> None:
+        self.key_waits.labels(self.queue, name).inc()
 
     def generate(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

@@ -48,7 +48,7 @@ Failed <span id="failed-count"></span></button><button data-tab="event">Event</b
 <label>Event <input id="f-event" placeholder="order.paid"></label>
 <label>Reason <select id="f-reason"><option value="">any</option>
 <option>handler_error</option><option>no_handler</option><option>undecodable</option>
-<option>expired</option><option>delivery_limit</option><option>too_large</option>
+<option>expired</option><option>delivery_limit</option><option>too_large</option><option>no_concurrency_key</option>
 <option>eta_out_of_range</option><option>unsupported_protocol</option></select></label>
 <button class="act" id="retry-all">Retry all shown</button>
 <button class="act" id="purge">Remove all shown</button>

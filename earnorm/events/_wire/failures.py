@@ -34,6 +34,7 @@ class FailureReason(StrEnum):
     TOO_LARGE = "too_large"  # over max_message_bytes: kept aside in Redis, never fetched
     ETA_OUT_OF_RANGE = "eta_out_of_range"  # a Celery eta further away than max_delay
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # Celery protocol 1
+    NO_CONCURRENCY_KEY = "no_concurrency_key"  # its handler's concurrency_key found no value
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,7 @@ class ConsumerInfo(TypedDict):
     largest_message_bytes: int | None  # the largest message it fetched
     loop_blocks: int | None  # times a handler blocked its event loop past block_warn
     rate_waits: int | None  # events it sent to wait for their rate limit's slot
+    key_waits: int | None  # events it sent to wait for a slot of their concurrency key
 
 
 class ServerStats(TypedDict):
@@ -129,6 +130,9 @@ class QueueStats(TypedDict):
     # Rate-limited event names -> seconds until the next free slot (0: none waiting): how far
     # behind the events waiting for their slots in the delayed set reach.
     rate_limited: dict[str, float]
+    # Concurrency keys with events waiting for a slot (``<max_concurrent>:<key>``, the 20 with
+    # the latest waits) -> how many wait.
+    key_limited: dict[str, int]
     server: ServerStats
     processing_ms: ProcessingSummary
     latency_s: float | None

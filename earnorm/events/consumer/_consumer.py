@@ -56,6 +56,7 @@ from earnorm.events.consumer._batch import Batches, PendingEvent, flush_due_batc
 from earnorm.events.consumer._endpoints import Endpoints
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES, Fetcher
 from earnorm.events.consumer._heartbeat import Heartbeat
+from earnorm.events.consumer._keylimits import KeyLimits
 from earnorm.events.consumer._loop_watch import Block, LoopWatch, Watched, watch_loop
 from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._promoter import promote_due_forever
@@ -294,7 +295,9 @@ class Consumer(RunsInBackground):
                     timings=self._timings, done=self._done, observer=observer,
                     tracer=tracing.tracer(), revoked=revocations,
                     rates=RateLimits(broker, self.config, health,
-                                     self._metrics.rate_wait if self._metrics else None))
+                                     self._metrics.rate_wait if self._metrics else None),
+                    keys_limits=KeyLimits(broker, self.consumer_id, health, fetcher.forget,
+                                          self._metrics.key_wait if self._metrics else None))
                 self._watch_loop(self._pipe)
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
@@ -415,6 +418,7 @@ class Consumer(RunsInBackground):
             "largest_message_bytes": fetcher.largest if fetcher else 0,
             "loop_blocks": self._loop_blocks,
             "rate_waits": self._pipe.rates.waited if self._pipe else 0,
+            "key_waits": self._pipe.keys_limits.waited if self._pipe else 0,
             "window_s": self._timings.window,
             "histogram": self._timings.histogram(),
         }, option=orjson.OPT_NON_STR_KEYS)

@@ -56,6 +56,11 @@ class Heartbeat:
                 log.warning("recovered %d message(s) from dead consumer %s", moved, other)
                 if moved and self._on_recovered is not None:
                     self._on_recovered(moved)
+        # Keys whose waiters nobody released lately (their slot holders died, or a release was
+        # lost with its consumer): hand them the free slots.
+        released = await broker.leases.sweep(now_ms - self.config.heartbeat_interval * 1000)
+        if released:
+            log.info("released %d event(s) waiting for a concurrency key's slot", released)
         restored = await broker.celery.restore_expired(now_ms / 1000)
         if restored:
             log.warning("restored %d message(s) from Celery's unacked store, older than the "

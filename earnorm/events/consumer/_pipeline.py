@@ -32,6 +32,7 @@ from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
+from earnorm.events.consumer._keylimits import KeyLimits
 from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._task_events import TaskEvents
@@ -56,6 +57,7 @@ class Pipeline:
     observer: TaskEvents | None  # Celery task events and/or Prometheus counters, when on
     tracer: Any  # OpenTelemetry's, when configured
     rates: RateLimits  # rate limits across the fleet (consumer._rates)
+    keys_limits: KeyLimits  # per-key concurrency across the fleet (consumer._keylimits)
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
     _plans: dict[str, _Plan] = field(default_factory=dict)
     # task id -> the task running its handlers, the event name and the message's hard time
@@ -165,6 +167,24 @@ class Pipeline:
             await self.settle(field, raw, message,
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
+        if (key_limit := self.keys_limits.limit(message.task, handlers)) is None:
+            await self._execute(field, raw, message, event, now, batched, redelivery)
+            return
+        lease = await self.keys_limits.acquire(field, raw, message, event, key_limit)
+        if lease is None:  # it waits in Redis for a slot of its key
+            return
+        if isinstance(lease, decide.DeadLetter):
+            await self.settle(field, raw, message, lease)
+            return
+        try:
+            await self._execute(field, raw, message, event, now, batched, redelivery)
+        finally:
+            await self.keys_limits.release(lease)
+
+    async def _execute(self, field: int, raw: bytes, message: protocol.Message, event: Event,
+                       now: tuple[Handler, ...], batched: tuple[Handler, ...],
+                       redelivery: Redelivery | None) -> None:
+        """Run the handlers and settle what they did."""
         failures: decide.Failures = []
         result = None
         observer = self.observer if not batched else None

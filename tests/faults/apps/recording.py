@@ -9,6 +9,9 @@ that ``write()`` returned survives a SIGKILL of the process (it is in the kernel
   when long: the loop stays free, so heartbeats go on).
 - ``fault.limited`` events (rate limit ``EARNORM_TEST_RATE_LIMIT``, default 20/s, across the
   fleet): a ``ran <event id> <unix time> <pid>`` line each.
+- ``fault.keyed`` events (``concurrency_key="key"``, ``max_concurrent`` from
+  ``EARNORM_TEST_KEY_MAX``, default 1, across the fleet): ``begin <event id> <key> <unix time>
+  <pid>`` and, ``EARNORM_TEST_KEYED_SLEEP`` seconds later (default 0.02), ``end ...`` lines.
 - ``EARNORM_TEST_HANDLER_REDIS=1``: each call also does ``HINCRBY <queue>:touched <id> 1`` on the
   consumer's Redis first, so it fails while Redis is down (a handler that needs the same Redis).
 """
@@ -51,6 +54,18 @@ async def record(event: Event) -> None:
 @event_handler("fault.limited", rate_limit=os.environ.get("EARNORM_TEST_RATE_LIMIT", "20/s"))
 async def limited(event: Event) -> None:
     os.write(_FD, f"ran {event.id} {time.time():.6f} {_PID}\n".encode())
+
+
+_KEYED_SLEEP = float(os.environ.get("EARNORM_TEST_KEYED_SLEEP", "0.02"))
+
+
+@event_handler("fault.keyed", concurrency_key="key",
+               max_concurrent=int(os.environ.get("EARNORM_TEST_KEY_MAX", "1")))
+async def keyed(event: Event) -> None:
+    key = event.data["key"]
+    os.write(_FD, f"begin {event.id} {key} {time.time():.6f} {_PID}\n".encode())
+    await anyio.sleep(_KEYED_SLEEP)
+    os.write(_FD, f"end {event.id} {key} {time.time():.6f} {_PID}\n".encode())
 
 
 @event_handler("soak.tick")
