@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from bson import ObjectId
@@ -55,9 +56,13 @@ async def dispatch_model_event(
     id: str | ObjectId | None,
     obj: Any = None,
     delay: Delay = None,
+    debounce: float | timedelta | None = None,
 ) -> str:
     """Publish ``<model>.<action>`` (``User``, ``"created"`` -> ``user.created``) with the id and
-    the document's fields; with ``delay`` (seconds or timedelta) it runs later. Returns the job id.
+    the document's fields; with ``delay`` (seconds or timedelta) it runs later. With
+    ``debounce`` (seconds), a burst of these for one document runs once, ``debounce`` seconds
+    after the last (a save burst -> one reindex: the key is ``<event name>:<id>``). Returns
+    the job id.
 
     Inside a model method::
 
@@ -71,6 +76,9 @@ async def dispatch_model_event(
         data=data,
         metadata={"model": name, "action": action},
     )
+    if debounce is not None:
+        return await event_bus.publish(event, debounce_key=f"{event.name}:{data['id']}",
+                                       debounce=debounce)
     return await event_bus.publish(event, delay=delay)
 
 

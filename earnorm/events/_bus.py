@@ -53,6 +53,22 @@ def _ttl_ms(ttl: float | timedelta) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _debounce_ms(key: Any, quiet: Any, delay: Delay, dedup_key: str | None) -> int:
+    """The quiet period of a debounced publish, in ms; ``EventValidationError`` naming the
+    argument that is missing or does not go with it."""
+    if not isinstance(key, str) or not key:
+        raise EventValidationError(f"debounce_key must be a non-empty string (with debounce=), "
+                                   f"got {key!r}")
+    seconds = quiet.total_seconds() if isinstance(quiet, timedelta) else quiet
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise EventValidationError(f"debounce must be a positive number of seconds or a "
+                                   f"timedelta (with debounce_key=), got {quiet!r}")
+    if delay is not None or dedup_key is not None:
+        raise EventValidationError("debounce_key does not go with delay= or dedup_key=: the "
+                                   "debounce is the delay, counted from the last publish")
+    return max(1, int(seconds * 1000))
+
+
 def _seconds(delay: Delay) -> float | None:
     if delay is None:
         return None
@@ -169,7 +185,8 @@ class EventBus:
     async def publish(
         self, event: Event, delay: Delay = None, *, priority: int = 0,
         headers: Mapping[str, Any] | None = None, dedup_key: str | None = None,
-        dedup_ttl: float | timedelta = 3600.0,
+        dedup_ttl: float | timedelta = 3600.0, debounce_key: str | None = None,
+        debounce: float | timedelta | None = None,
     ) -> str:
         """Publish one event; with ``delay`` (seconds or timedelta) it is held in Redis's
         delayed set until due, or, with ``delay_mode="eta"``, pushed now with Celery's ``eta``
@@ -181,7 +198,21 @@ class EventBus:
         ``dedup_key``: a second publish with the same key within ``dedup_ttl`` seconds
         (default one hour) is dropped, atomically with the push, and returns the first one's
         job id. Inside ``earnorm.transaction()`` the event goes to the outbox, in the
-        transaction, and reaches Redis once it commits (its ``dedup_key`` applies then)."""
+        transaction, and reaches Redis once it commits (its ``dedup_key`` applies then).
+
+        ``debounce_key`` with ``debounce`` (seconds or timedelta): of a burst of publishes with
+        the same key, only the last one runs, ``debounce`` seconds after it; each publish
+        replaces the pending one atomically in Redis (a replaced event never runs, and no
+        result is written for it).
+
+        >>> await bus.publish(Event(name="search.reindex", data={"id": 7}),  # doctest: +SKIP
+        ...                   debounce_key="reindex:7", debounce=5)
+        """
+        if debounce_key is not None or debounce is not None:
+            quiet_ms = _debounce_ms(debounce_key, debounce, delay, dedup_key)
+            if headers:
+                event = dataclasses.replace(event, headers={**event.headers, **headers})
+            return await self._debounced(event, priority, str(debounce_key), quiet_ms)
         if headers:
             event = dataclasses.replace(event, headers={**event.headers, **headers})
         dedup = None if dedup_key is None else (dedup_key, _ttl_ms(dedup_ttl))
@@ -221,6 +252,15 @@ class EventBus:
         except NotReplicated as exc:
             exc.job_ids = [event.id]
             raise
+        return event.id
+
+    async def _debounced(self, event: Event, priority: int, key: str, quiet_ms: int) -> str:
+        if staging.current() is not None:
+            raise EventValidationError(
+                "debounce_key is not supported inside earnorm.transaction(): the outbox relays "
+                "each event as published; debounce after the transaction commits")
+        raw, index, _ = self._encode(event, None, priority)
+        await self._with_retries(self.broker.debounce, raw, index, quiet_ms, key)
         return event.id
 
     async def publish_batch(

@@ -162,6 +162,7 @@ class Broker:
         self._reclaim = redis.register_script(scripts.for_server(scripts.RECLAIM, flags))
         self._oldest = redis.register_script(scripts.for_server(scripts.OLDEST, flags))
         self._rate_slot = redis.register_script(scripts.RATE_SLOT)
+        self._debounce = redis.register_script(scripts.DEBOUNCE)
         self.leases.use_script_flags(flags)
 
     async def prepare(self) -> None:
@@ -260,6 +261,26 @@ class Broker:
             await self._write(build, transaction=True)
             return
         await self.redis.zadd(self.keys.delayed, member)
+
+    async def _write_later(self, later: list[tuple[str, bytes]]) -> None:
+        """A large delayed message's own key, written before the script that names it (and
+        PERSISTs it): expiring unless that script runs, it cannot outlive a failed one."""
+        if later:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(*later[0])
+                pipe.pexpire(later[0][0], LATER_ORPHAN_MS)
+                await pipe.execute()
+
+    async def debounce(self, raw: bytes, ready_index: int, quiet_ms: int, key: str) -> bool:
+        """Schedule ``raw`` ``quiet_ms`` from now (Redis's clock) in place of the pending
+        publish with the same debounce ``key``; True if it replaced one."""
+        later: list[tuple[str, bytes]] = []
+        member = self._delayed_member(raw, ready_index, later)
+        await self._write_later(later)  # made to last by the script
+        replaced = await self._debounce(
+            keys=[self.keys.debounce(key), self.keys.delayed],
+            args=[member, quiet_ms, HELD_MARK, later[0][0] if later else ""])
+        return bool(replaced)
 
     async def outbox_relayed(self, count: int) -> None:
         await self.redis.hincrby(self.keys.outbox, "relayed", count)
@@ -467,11 +488,7 @@ class Broker:
         if retry is not None:
             raw, ready_index, due = retry
             member = self._delayed_member(raw, ready_index, later)
-            if later:  # written first, made to last by the settle below (else it expires)
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.rpush(*later[0])
-                    pipe.pexpire(later[0][0], LATER_ORPHAN_MS)
-                    await pipe.execute()
+            await self._write_later(later)  # made to last by the settle below
         job_id, record, failed_ms = dead if dead is not None else ("", b"", 0.0)
         if pushes and self.cluster:
             pushes = await self._push_elsewhere(pushes)

@@ -39,6 +39,8 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   list of ``b"<len(job id)>:<job id>" + envelope`` (or ``HELD_MARK`` + a parked key) waiting for
   a slot of that key; ``Q:keywait``: zset of ``<max>:<key>`` that have waiters, by when they
   last waited (unix ms), swept by every consumer;
+- ``Q:debounce:<key>``: the delayed-set member of the latest publish with that
+  ``debounce_key`` (the one that will run), for the quiet period and a minute more;
 - ``Q:outbox``: the outbox relays' counters (relayed, errors, the last error);
 - ``Q:cache:<key>``: ``env.cache`` entries (unless ``init()`` names another prefix);
 - beside them, ``earnorm:app-queues`` (one hash for every queue): queue name -> when an app
@@ -169,6 +171,10 @@ class Keys:
     def key_wait(self, limited: str) -> str:
         """The messages waiting for a slot of ``limited`` (``<max>:<key>``)."""
         return f"{self.key_waiting}:{limited}"
+
+    def debounce(self, key: str) -> str:
+        """A debounced publish's key: the delayed-set member of its latest, pending event."""
+        return f"{self.queue}:debounce:{key}"
 
     def later(self, token: str) -> str:
         """A large delayed message's own key (named in the delayed set by reference)."""

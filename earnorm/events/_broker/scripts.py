@@ -77,6 +77,28 @@ redis.call('LPUSH', KEYS[2], ARGV[3])
 return false
 """
 
+# Debouncing by key: KEYS the debounce key (Q:debounce:<key>), the delayed set; ARGV the delayed
+# member, the quiet period (ms), HELD_MARK, the large message's own key ('' = none: PERSISTed,
+# it was written first with a TTL). The previous publish of the key, if it has not run yet, is
+# taken out of the delayed set (and its own key unlinked, for a large one): of a burst, only the
+# last one runs, the quiet period after it. Returns 1 if it replaced one, else 0.
+DEBOUNCE = _NOW_MS + """
+local replaced = 0
+local previous = redis.call('GET', KEYS[1])
+if previous and redis.call('ZREM', KEYS[2], previous) == 1 then
+  replaced = 1
+  local body = string.sub(previous, (string.find(previous, ':', 1, true) or 0) + 1)
+  if string.sub(body, 1, #ARGV[3]) == ARGV[3] then
+    redis.call('UNLINK', string.sub(body, #ARGV[3] + 1))
+  end
+end
+local quiet = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], now + quiet, ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', quiet + 60000)
+if ARGV[4] ~= '' then redis.call('PERSIST', ARGV[4]) end
+return replaced
+"""
+
 # KEYS: inflight, landing, recovered, deliveries, failed, failed index, aside set, stats,
 #       probe (a scratch list), ready lists in serving order.
 # ARGV: max count, first field number, may take a message alone (0/1), max message bytes,
