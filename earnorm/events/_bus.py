@@ -208,13 +208,11 @@ class EventBus:
         >>> await bus.publish(Event(name="search.reindex", data={"id": 7}),  # doctest: +SKIP
         ...                   debounce_key="reindex:7", debounce=5)
         """
-        if debounce_key is not None or debounce is not None:
-            quiet_ms = _debounce_ms(debounce_key, debounce, delay, dedup_key)
-            if headers:
-                event = dataclasses.replace(event, headers={**event.headers, **headers})
-            return await self._debounced(event, priority, str(debounce_key), quiet_ms)
         if headers:
             event = dataclasses.replace(event, headers={**event.headers, **headers})
+        if debounce_key is not None or debounce is not None:
+            quiet_ms = _debounce_ms(debounce_key, debounce, delay, dedup_key)
+            return await self._debounced(event, priority, str(debounce_key), quiet_ms)
         dedup = None if dedup_key is None else (dedup_key, _ttl_ms(dedup_ttl))
         active = tracing.tracer()
         if active is not None:
@@ -387,8 +385,8 @@ class EventBus:
         return await self._complete(read_record(job_id, record, None))
 
     async def _complete(self, job: FailedJob) -> FailedJob:
-        """A record whose large message was kept aside, given its message."""
-        if not job.get("envelope_aside"):
+        """A record whose large message was kept aside, given its message (once)."""
+        if not job.get("envelope_aside") or "envelope" in job or "envelope_base64" in job:
             return job
         return with_envelope(job, await self.broker.failed.aside_message(job["job_id"]))
 
@@ -398,8 +396,7 @@ class EventBus:
         failed = self.broker.failed
         if job.get("reason") == "too_large":  # its message was kept aside, in Redis
             return await failed.requeue_oversized(job_id)
-        if job.get("envelope_aside") and "envelope" not in job and "envelope_base64" not in job:
-            job = await self._complete(job)
+        job = await self._complete(job)
         fresh, priority = requeue_message(job)
         index = self.broker.keys.ready_index(priority)
         if job.get("envelope_aside"):

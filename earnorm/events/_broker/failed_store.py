@@ -181,7 +181,7 @@ class FailedStore:
             pipe.zrem(k.failed_index, job_id)
             pipe.srem(k.aside, job_id)
             pipe.unlink(aside)
-            pipe.lpush(k.ready[ready_index] if ready_index < len(k.ready) else k.ready[0], raw)
+            pipe.lpush(k.ready[ready_index], raw)
             try:
                 await pipe.execute()
             except WatchError:

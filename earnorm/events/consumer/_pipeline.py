@@ -32,7 +32,7 @@ from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
-from earnorm.events.consumer._keylimits import KeyLimits
+from earnorm.events.consumer._keylimits import KeyLimits, Lease
 from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._task_events import TaskEvents
@@ -167,62 +167,57 @@ class Pipeline:
             await self.settle(field, raw, message,
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
-        if (key_limit := self.keys_limits.limit(message.task, handlers)) is None:
-            await self._execute(field, raw, message, event, now, batched, redelivery)
-            return
-        lease = await self.keys_limits.acquire(field, raw, message, event, key_limit)
-        if lease is None:  # it waits in Redis for a slot of its key
-            return
-        if isinstance(lease, decide.DeadLetter):
-            await self.settle(field, raw, message, lease)
-            return
-        try:
-            await self._execute(field, raw, message, event, now, batched, redelivery)
-        finally:
-            await self.keys_limits.release(lease)
-
-    async def _execute(self, field: int, raw: bytes, message: protocol.Message, event: Event,
-                       now: tuple[Handler, ...], batched: tuple[Handler, ...],
-                       redelivery: Redelivery | None) -> None:
-        """Run the handlers and settle what they did."""
-        failures: decide.Failures = []
-        result = None
-        observer = self.observer if not batched else None
-        if observer is not None:
-            observer.started(message)
-        if now:
-            limits = message_limits(message.headers.get("timelimit"))
-            started = time.perf_counter()
-            running = self._running
-            running[message.id] = (asyncio.current_task(),  # type: ignore[assignment]
-                                   message.task, limits[1])
-            try:
-                failures, result = await self.run(now, event, message, limits)
-            except asyncio.CancelledError:
-                if message.id not in self._terminating:
-                    raise
-                self._terminating.discard(message.id)
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await self.settle(field, raw, message, decide.Revoked("terminated"))
+        lease: Lease | None = None
+        if (key_limit := self.keys_limits.limit(message.task, handlers)) is not None:
+            got = await self.keys_limits.acquire(field, raw, message, event, key_limit)
+            if got is None:  # it waits in Redis for a slot of its key
                 return
-            finally:
-                running.pop(message.id, None)
-            self.timings.record(time.perf_counter() - started)
-        if batched:
-            item = PendingEvent(field, raw, message, event, failures, len(batched))
-            alone = redelivery is not None and redelivery.alone  # no wait in a batch
-            for handler in batched:
-                full = [item] if alone else self.batches.add(handler, item)
-                if full is not None:
-                    await self.run_batch(handler, full)
-        elif failures:
-            await self.settle(field, raw, message, decide.after_running(
-                message, failures, self.config.retry_policy, self.clock.now_ms(), self.keys),
-                failures)
-        elif observer is not None or self.settler.carries_on(message):
-            await self.settle(field, raw, message, decide.Ack(result))
-        else:  # the hot path: no outcome object, no extra await
-            self.settler.ack_handled(field)
+            if isinstance(got, decide.DeadLetter):
+                await self.settle(field, raw, message, got)
+                return
+            lease = got
+        try:
+            failures: decide.Failures = []
+            result = None
+            observer = self.observer if not batched else None
+            if observer is not None:
+                observer.started(message)
+            if now:
+                limits = message_limits(message.headers.get("timelimit"))
+                started = time.perf_counter()
+                running = self._running
+                running[message.id] = (asyncio.current_task(),  # type: ignore[assignment]
+                                       message.task, limits[1])
+                try:
+                    failures, result = await self.run(now, event, message, limits)
+                except asyncio.CancelledError:
+                    if message.id not in self._terminating:
+                        raise
+                    self._terminating.discard(message.id)
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    await self.settle(field, raw, message, decide.Revoked("terminated"))
+                    return
+                finally:
+                    running.pop(message.id, None)
+                self.timings.record(time.perf_counter() - started)
+            if batched:
+                item = PendingEvent(field, raw, message, event, failures, len(batched))
+                alone = redelivery is not None and redelivery.alone  # no wait in a batch
+                for handler in batched:
+                    full = [item] if alone else self.batches.add(handler, item)
+                    if full is not None:
+                        await self.run_batch(handler, full)
+            elif failures:
+                await self.settle(field, raw, message, decide.after_running(
+                    message, failures, self.config.retry_policy, self.clock.now_ms(), self.keys),
+                    failures)
+            elif observer is not None or self.settler.carries_on(message):
+                await self.settle(field, raw, message, decide.Ack(result))
+            else:  # the hot path: no outcome object, no extra await
+                self.settler.ack_handled(field)
+        finally:  # no cost unless a slot was taken (a try is free in 3.11)
+            if lease is not None:
+                await self.keys_limits.release(lease)
 
     async def run_batch(self, handler: Handler, items: list[PendingEvent]) -> None:
         items = await self._drop_revoked(items)
