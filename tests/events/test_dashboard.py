@@ -255,3 +255,55 @@ async def test_the_page_revokes_a_delayed_event_which_then_never_runs(
         await task
     assert ran == [kept]
     assert await bus.get_failed_jobs() == []
+
+
+async def test_the_event_view_shows_a_running_jobs_progress_live(bus: EventBus) -> None:
+    """Looked up once, the Event tab follows the report as the handler moves on."""
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
+        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    from playwright.async_api import async_playwright
+
+    step = anyio.Event()
+    finish = anyio.Event()
+    registry = HandlerRegistry()
+
+    async def migrate(event: Event) -> None:
+        await event.progress(2, 5, table="users")
+        await step.wait()
+        await event.progress(4, 5, table="orders")
+        await finish.wait()
+
+    registry.register("dash.migrate", migrate)
+    base, server, task = await serve(dashboard_app(bus))
+    try:
+        async with Consumer(bus=bus, registry=registry), async_playwright() as pw:
+            job = await bus.publish(Event(name="dash.migrate"))
+
+            async def reported() -> bool:
+                return await bus.broker.progress.read(job) is not None
+            await wait_until(reported, 10, message="the first report")
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = await browser.new_page()
+            await page.goto(base + "/")
+            await page.click("nav button[data-tab=event]")
+            await page.fill("#event-id", job)
+            await page.click("#event-go")
+            shown = page.locator("#event-progress")
+            await page.locator("#event-progress", has_text="PROGRESS: 2 of 5").wait_for(
+                timeout=10_000)
+            step.set()  # no click: the view refreshes itself
+            await page.locator("#event-progress", has_text="PROGRESS: 4 of 5").wait_for(
+                timeout=10_000)
+            assert await page.eval_on_selector("#event-bar", "b => b.value") == 4
+            assert "orders" in await page.inner_text("#event-detail")
+            finish.set()
+            await shown.wait_for(state="hidden", timeout=10_000)
+            await browser.close()
+    finally:
+        server.should_exit = True
+        await task

@@ -44,6 +44,7 @@ from earnorm.events._broker.keys import (
     delayed_member,
     text,
 )
+from earnorm.events._broker.progress import ProgressStore
 from earnorm.events._broker.publish_lane import PublishLane
 from earnorm.events._broker.revocations import RevokedStore
 from earnorm.events._broker.server import ServerProbe
@@ -139,6 +140,7 @@ class Broker:
         self.server = ServerProbe(redis, self.keys)
         self.celery = CeleryUnacked(redis, self.keys, config)
         self.revoked = RevokedStore(redis, self.keys)
+        self.progress = ProgressStore(redis, self.keys)
         self._waiter = BlockingWait(redis)
         self.cluster = is_cluster(redis)
         # Consumer id -> its in-flight fields whose message is held in a key of its own: the

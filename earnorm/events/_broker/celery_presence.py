@@ -159,6 +159,12 @@ class CeleryPresence:
         }
         self._event("task-started", uuid=task_id)
 
+    def task_progress(self, task_id: str, state: str, info: dict[str, Any]) -> None:
+        """A running task's report: ``task-progress`` (``task-<state>`` for a state of its
+        own), which ``celery.events.state`` (Flower) takes as the task's state, with the
+        report as the task's ``progress``."""
+        self._event(f"task-{state.lower()}", uuid=task_id, progress=info)
+
     def task_finished(self, task_id: str, name: str, error: BaseException | None,
                       outcome: str, result: Any = None) -> None:
         """``outcome``: ``succeeded``, ``retried`` or ``failed``."""

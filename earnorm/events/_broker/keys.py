@@ -39,6 +39,8 @@ Queue ``Q``'s keys, all prefixed by ``Q`` (a hash-tagged name keeps them in one 
   list of ``b"<len(job id)>:<job id>" + envelope`` (or ``HELD_MARK`` + a parked key) waiting for
   a slot of that key; ``Q:keywait``: zset of ``<max>:<key>`` that have waiters, by when they
   last waited (unix ms), swept by every consumer;
+- ``Q:progress:<job id>``: JSON of the progress a running handler last reported for that job
+  (state, done, total, meta, when, by which consumer), for an hour or until the job ends;
 - ``Q:debounce:<key>``: the delayed-set member of the latest publish with that
   ``debounce_key`` (the one that will run), for the quiet period and a minute more;
 - ``Q:outbox``: the outbox relays' counters (relayed, errors, the last error);
@@ -175,6 +177,10 @@ class Keys:
     def debounce(self, key: str) -> str:
         """A debounced publish's key: the delayed-set member of its latest, pending event."""
         return f"{self.queue}:debounce:{key}"
+
+    def progress(self, job_id: str) -> str:
+        """The progress a running handler last reported for that job."""
+        return f"{self.queue}:progress:{job_id}"
 
     def later(self, token: str) -> str:
         """A large delayed message's own key (named in the delayed set by reference)."""

@@ -172,11 +172,15 @@ def dashboard_app(bus: EventBus, *, token: str | None = None) -> Any:
             return JSON({"where": "failed", "job": await bus.get_failed_job(event_id)})
         except JobNotFound:
             pass
+        report = await bus.broker.progress.read(event_id)
+        if report is not None:  # running, and its handler reported how far it got
+            return JSON({"where": "running", "progress": report})
         for score, summary in await next_due(1000):
             if summary.get("id") == event_id:
                 return JSON({"where": "delayed", "due_ms": score, "event": summary})
-        return JSON({"error": f"event {event_id!r} is neither failed nor among the next "
-                              "1,000 delayed (handled events are not kept)"}, status_code=404)
+        return JSON({"error": f"event {event_id!r} is neither failed, nor running with a "
+                              "progress report, nor among the next 1,000 delayed (handled "
+                              "events are not kept)"}, status_code=404)
 
     def status(code: int) -> Any:
         async def answer(request: Any, exc: Exception) -> Any:

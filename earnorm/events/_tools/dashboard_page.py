@@ -60,6 +60,7 @@ Failed <span id="failed-count"></span></button><button data-tab="event">Event</b
 <button class="act" id="event-go">Look up</button>
 <button class="act" id="event-revoke">Revoke</button>
 <button class="act" id="event-terminate">Revoke and stop it if running</button>
+<p><b id="event-progress" hidden></b> <progress id="event-bar" hidden></progress></p>
 <pre id="event-detail"></pre></section>
 </main>
 <script>
@@ -191,11 +192,23 @@ $("purge").addEventListener("click", async () => {
   if (!confirm("Remove every failed job shown? This cannot be undone.")) return;
   await api("failed/purge?" + filterQuery(), {method: "POST"}); refresh();
 });
-$("event-go").addEventListener("click", async () => {
-  try { $("event-detail").textContent = JSON.stringify(
-          await api("events/" + encodeURIComponent($("event-id").value)), null, 2); }
-  catch (e) { $("event-detail").textContent = String(e.message); }
-});
+async function lookUp() {
+  const id = $("event-id").value.trim(); if (!id) return;
+  try {
+    const found = await api("events/" + encodeURIComponent(id));
+    if (found.where === "running") {
+      const p = found.progress, info = p.info || {};
+      const of = info.total === null || info.total === undefined ? "" : ` of ${info.total}`;
+      $("event-progress").hidden = false;
+      $("event-progress").textContent = `${p.state}: ${info.done}${of}`;
+      if (info.total) { $("event-bar").hidden = false;
+        $("event-bar").max = info.total; $("event-bar").value = info.done; }
+    } else { $("event-progress").hidden = true; $("event-bar").hidden = true; }
+    $("event-detail").textContent = JSON.stringify(found, null, 2);
+  } catch (e) { $("event-progress").hidden = true; $("event-bar").hidden = true;
+    $("event-detail").textContent = String(e.message); }
+}
+$("event-go").addEventListener("click", lookUp);
 for (const [id, terminate] of [["event-revoke", false], ["event-terminate", true]]) {
   $(id).addEventListener("click", async () => {
     const job = $("event-id").value.trim(); if (!job) return;
@@ -214,7 +227,7 @@ document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click
   document.querySelectorAll("main section").forEach((s) => { s.hidden = s.id !== tab; });
   refresh();
 }));
-const views = {overview, consumers, delayed, failed, event: async () => {}};
+const views = {overview, consumers, delayed, failed, event: lookUp};  // live while shown
 async function refresh() {
   try {
     if (tab !== "overview") await overview();

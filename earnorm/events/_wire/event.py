@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from earnorm._errors import EventValidationError
+from earnorm._errors import EarnORMError, EventValidationError
+from earnorm.events._wire.progress import check_state, progress_info, progress_sink
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 MAX_NAME_LENGTH = 255
@@ -115,6 +116,37 @@ class Event:
         setter(event, "kwargs", kwargs)
         setter(event, "headers", headers)
         return event
+
+    async def progress(self, done: float, total: float | None = None, *,
+                       state: str = "PROGRESS", **meta: Any) -> None:
+        """Report how far the handler running this event has got.
+
+        A Celery client reads the report as ``AsyncResult.state`` (``state``, ``"PROGRESS"``
+        unless named) and ``AsyncResult.info`` (``{"done": done, "total": total, **meta}``)
+        when the queue has a result backend; Flower sees a ``task-progress`` event when Celery
+        events are on; the dashboard's event view shows it. Reports closer than 0.1 s to the
+        last one written are dropped (the next one carries on), except the one that reaches
+        ``total``::
+
+            @event_handler("import.requested")
+            async def run_import(event: Event) -> None:
+                rows = await load_rows(event.data["file"])
+                for n, chunk in enumerate(chunked(rows, 500), 1):
+                    await insert(chunk)
+                    await event.progress(n * 500, len(rows), file=event.data["file"])
+
+        ``EarnORMError`` outside a handler an EarnORM consumer is running (for this event);
+        ``EventValidationError`` for a bad number, a state of Celery's own (``SUCCESS``, ...)
+        or meta JSON cannot carry. A Redis error while writing it is logged, not raised: a
+        report never fails the handler.
+        """
+        info = progress_info(done, total, meta)
+        sink = progress_sink.get()
+        if sink is None:
+            raise EarnORMError(
+                f"event.progress() for {self.name} ({self.id}) outside a consumer: it reports "
+                "for a handler that an EarnORM consumer is running")
+        await sink.report(self.id, check_state(state), info)
 
     def __post_init__(self) -> None:
         validate_event_name(self.name)

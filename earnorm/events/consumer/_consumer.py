@@ -49,6 +49,7 @@ from earnorm.events._telemetry import http, tracing
 from earnorm.events._telemetry.metrics import Metrics
 from earnorm.events._telemetry.timings import ProcessingTimes
 from earnorm.events._wire.clock import ServerClock
+from earnorm.events._wire.progress import progress_sink
 from earnorm.events._wire.records import QueueStats
 from earnorm.events.consumer._acks import AckBatcher
 from earnorm.events.consumer._background import RunsInBackground
@@ -59,6 +60,7 @@ from earnorm.events.consumer._heartbeat import Heartbeat
 from earnorm.events.consumer._keylimits import KeyLimits
 from earnorm.events.consumer._loop_watch import Block, LoopWatch, Watched, watch_loop
 from earnorm.events.consumer._pipeline import Pipeline
+from earnorm.events.consumer._progress import ProgressReporter
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._resilient import RedisHealth, until_done
@@ -267,6 +269,7 @@ class Consumer(RunsInBackground):
         except BaseException:
             await self._close_connection()
             raise
+        progress_token = None
         try:
             log_startup(self.consumer_id, self.config.queue_name, self.registry,
                         self.concurrency, self.prefetch, self.redis_url)
@@ -298,6 +301,11 @@ class Consumer(RunsInBackground):
                                      self._metrics.rate_wait if self._metrics else None),
                     keys_limits=KeyLimits(broker, self.consumer_id, health, fetcher.forget,
                                           self._metrics.key_wait if self._metrics else None))
+                self._pipe.progress = ProgressReporter(
+                    broker.progress, self.consumer_id, self._pipe.running_ids, results,
+                    self._presence)
+                # every task started from here on (the workers running handlers) reports to it
+                progress_token = progress_sink.set(self._pipe.progress)
                 self._watch_loop(self._pipe)
                 if self._metrics is not None:
                     tg.start_soon(Endpoints(self).refresh_metrics)
@@ -325,6 +333,8 @@ class Consumer(RunsInBackground):
                                 "event(s) go back to the queue", self._running, len(self._batches))
                 tg.cancel_scope.cancel()
         finally:
+            if progress_token is not None:
+                progress_sink.reset(progress_token)
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await self._finish(broker, acks)
             if self._watch is not None:

@@ -33,6 +33,7 @@ from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
 from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
 from earnorm.events.consumer._keylimits import KeyLimits, Lease
+from earnorm.events.consumer._progress import ProgressReporter
 from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._task_events import TaskEvents
@@ -59,6 +60,7 @@ class Pipeline:
     rates: RateLimits  # rate limits across the fleet (consumer._rates)
     keys_limits: KeyLimits  # per-key concurrency across the fleet (consumer._keylimits)
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
+    progress: ProgressReporter | None = None  # event.progress() reports (consumer._progress)
     _plans: dict[str, _Plan] = field(default_factory=dict)
     # task id -> the task running its handlers, the event name and the message's hard time
     # limit (for terminate, and for the loop watch naming a blocked job); ids whose
@@ -116,6 +118,11 @@ class Pipeline:
             if running is not None and task_id not in self._terminating:
                 self._terminating.add(task_id)
                 running[0].cancel()
+
+    @property
+    def running_ids(self) -> Container[str]:
+        """The job ids whose handlers run now (batch handlers' jobs aside)."""
+        return self._running
 
     def running_job(self, task: asyncio.Task[Any]) -> tuple[str, str, float | None] | None:
         """(job id, event name, the message's hard limit) of the job ``task`` runs, if any.
@@ -199,6 +206,8 @@ class Pipeline:
                     return
                 finally:
                     running.pop(message.id, None)
+                    if (reporter := self.progress) is not None and reporter.live:
+                        reporter.ended(message.id)
                 self.timings.record(time.perf_counter() - started)
             if batched:
                 item = PendingEvent(field, raw, message, event, failures, len(batched))
