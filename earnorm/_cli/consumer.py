@@ -6,8 +6,9 @@ works on a fresh machine.
 
 Exit codes: 0 stopped on SIGTERM/SIGINT, 2 usage or configuration error, 3 Redis unreachable at
 start, 4 the ``--app`` module could not be imported, 5 (``--processes``) a consumer process kept
-dying. Each failure is one line on stderr (the
-traceback too with ``--log-level DEBUG``).
+dying; 6 a supervised child retired past ``--max-tasks-per-child`` / ``--max-memory-per-child``
+(its supervisor replaces it; never the supervisor's own code). Each failure is one line on
+stderr (the traceback too with ``--log-level DEBUG``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from earnorm.events._tools.embedded import LocalRedis, start_local_redis
 from earnorm.events.consumer._consumer import Consumer
 from earnorm.events.consumer._fetcher import MAX_INFLIGHT_BYTES
 from earnorm.events.consumer._group import ConsumerGroup, parse_queue
-from earnorm.events.consumer._supervisor import Supervisor, die_with_supervisor
+from earnorm.events.consumer._supervisor import RETIRED, Supervisor, die_with_supervisor
 
 log = logging.getLogger("earnorm.consumer")
 
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m earnorm.events.consumer",
         description="Consume EarnORM/Celery events from Redis and run the registered handlers.",
         epilog="exit codes: 0 stopped, 2 usage or configuration error, 3 Redis unreachable, "
-               "4 --app could not be imported, 5 consumer processes kept dying",
+               "4 --app could not be imported, 5 consumer processes kept dying, 6 a child "
+               "retired (its supervisor replaces it)",
     )
     parser.add_argument("--app", default=env("EARNORM_APP"),
                         help="module that registers handlers, e.g. myproject.handlers; if it "
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
                         default=int(env("EARNORM_MAX_RESTARTS", "5")),
                         help="with --processes: a process that dies more often than this in a "
                              "minute stops them all, exit 5 [EARNORM_MAX_RESTARTS] (default: 5)")
+    parser.add_argument("--max-tasks-per-child", type=int,
+                        default=_env_number("EARNORM_MAX_TASKS_PER_CHILD", int),
+                        help="a consumer process runs this many messages, then finishes them "
+                             "and is replaced (under a supervisor even without --processes) "
+                             "[EARNORM_MAX_TASKS_PER_CHILD] (default: no limit)")
+    parser.add_argument("--max-memory-per-child", type=float,
+                        default=_env_number("EARNORM_MAX_MEMORY_PER_CHILD", float),
+                        help="a consumer process whose resident memory passes this many MB "
+                             "(checked each second; Celery's option counts KiB) fetches no "
+                             "more, finishes and is replaced [EARNORM_MAX_MEMORY_PER_CHILD] "
+                             "(default: no limit)")
     parser.add_argument("--concurrency", type=int,
                         default=int(env("EARNORM_CONCURRENCY", "100")),
                         help="handlers running at once [EARNORM_CONCURRENCY] (default: 100)")
@@ -217,7 +230,8 @@ async def _serve(args: argparse.Namespace, app: AppSettings) -> int:
         "block_warn": args.block_warn, "block_limit": args.block_limit,
     }
     if len(queues) == 1:
-        consumer = Consumer(url, **options)
+        consumer = Consumer(url, **options, max_tasks=args.max_tasks_per_child,
+                            max_memory_mb=args.max_memory_per_child)
     else:
         consumer = ConsumerGroup(url, queues=queues, **options)
     loop = asyncio.get_running_loop()
@@ -235,7 +249,7 @@ async def _serve(args: argparse.Namespace, app: AppSettings) -> int:
             local.stop()
     log.info("stopped: processed=%d failed=%d retried=%d unhandled=%d",
              consumer.processed, consumer.failed, consumer.retried, consumer.unhandled)
-    return OK
+    return RETIRED if isinstance(consumer, Consumer) and consumer.retired else OK
 
 
 def _fail(code: int, message: str, exc: BaseException) -> int:
@@ -244,8 +258,23 @@ def _fail(code: int, message: str, exc: BaseException) -> int:
     return code
 
 
+def _recycling_refused(args: argparse.Namespace) -> str | None:
+    """Why the recycling options cannot be used as given, if they cannot."""
+    if args.max_tasks_per_child is not None and args.max_tasks_per_child < 1:
+        return f"--max-tasks-per-child must be >= 1, got {args.max_tasks_per_child}"
+    if args.max_memory_per_child is not None and not args.max_memory_per_child > 0:
+        return f"--max-memory-per-child must be > 0 MB, got {args.max_memory_per_child}"
+    if args.max_memory_per_child is not None and args.max_memory_per_child > 1_000_000:
+        return (f"--max-memory-per-child is in MB (Celery's counts KiB): "
+                f"{args.max_memory_per_child:g} MB is more than a terabyte")
+    recycling = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
+    if recycling and args.queue and len(args.queue) > 1:
+        return "--max-tasks-per-child / --max-memory-per-child take one --queue"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    die_with_supervisor()  # a no-op unless started by --processes
+    supervised = die_with_supervisor()  # False unless started by a supervisor
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)  # exits with 2 on a usage error
     logging.basicConfig(
@@ -254,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.processes < 1:
         return _fail(USAGE, f"--processes must be >= 1, got {args.processes}", ValueError())
-    if args.processes > 1:
+    if (refused := _recycling_refused(args)) is not None:
+        return _fail(USAGE, refused, ValueError())
+    recycling = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
+    if args.processes > 1 or (recycling and not supervised):  # a retired child is replaced
         # The children import --app and report its errors (exit 4); this process only needs
         # to know whether the app declares a Redis (else it starts a private one for them).
         declared = AppSettings(redis_uri=probe_redis_uri(args.app)) if args.app else None

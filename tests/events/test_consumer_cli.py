@@ -49,3 +49,21 @@ async def test_a_bad_setting_is_one_line_and_exit_code_2(redis_url: str) -> None
     assert err.strip().splitlines() == [
         "error: event_config.heartbeat_timeout must be greater than heartbeat_interval"
     ]
+
+
+async def test_recycling_limits_that_cannot_work_are_refused_with_exit_code_2(
+    redis_url: str
+) -> None:
+    """A memory limit under the idle process's own (each replacement would retire at once),
+    one that reads like Celery's KiB, and a limit for several queues in one process."""
+    below = await run_consumer("--redis-uri", redis_url, "--max-memory-per-child", "5",
+                               "--log-level", "ERROR")
+    kib = await run_consumer("--redis-uri", redis_url, "--max-memory-per-child", "2000000")
+    queues = await run_consumer("--redis-uri", redis_url, "--max-tasks-per-child", "10",
+                                "--queue", "a", "--queue", "b")
+    assert below[0] == 2
+    assert "max_memory_mb=5 is below this consumer's resident memory at start" in below[1]
+    assert kib == (2, "error: --max-memory-per-child is in MB (Celery's counts KiB): 2e+06 MB "
+                      "is more than a terabyte\n")
+    assert queues == (2, "error: --max-tasks-per-child / --max-memory-per-child take one "
+                         "--queue\n")

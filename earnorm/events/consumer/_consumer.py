@@ -63,6 +63,11 @@ from earnorm.events.consumer._pipeline import Pipeline
 from earnorm.events.consumer._progress import ProgressReporter
 from earnorm.events.consumer._promoter import promote_due_forever
 from earnorm.events.consumer._rates import RateLimits
+from earnorm.events.consumer._recycle import (
+    check_limits,
+    check_memory_at_start,
+    watch_memory,
+)
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 from earnorm.events.consumer._revocations import Revocations
 from earnorm.events.consumer._scheduler import Scheduler
@@ -118,6 +123,8 @@ class Consumer(RunsInBackground):
         schedules: Sequence[Schedule] | None = None,
         block_warn: float = 1.0,
         block_limit: float | None = None,
+        max_tasks: int | None = None,
+        max_memory_mb: float | None = None,
     ) -> None:
         if bus is None and redis_url is None:
             raise EarnORMError("Consumer needs redis_url= or bus=")
@@ -168,6 +175,12 @@ class Consumer(RunsInBackground):
         self._loop_blocks = 0
         self.poll_interval = poll_interval
         self.promote_interval = promote_interval
+        # Retire (fetch no more, finish, return) after this many messages, or past this much
+        # resident memory: for --processes children, which the supervisor then replaces.
+        check_limits(max_tasks, max_memory_mb)
+        self.max_tasks = max_tasks
+        self.max_memory_mb = max_memory_mb
+        self.retired: str | None = None  # "max_tasks" or "max_memory" once it retired
         self.consumer_id = consumer_id or f"c-{uuid.uuid4().hex[:12]}"
         if not self.consumer_id or set(self.consumer_id) & {":", ",", " "}:
             raise EarnORMError(f"consumer_id must have no ':', ',' or spaces: "
@@ -239,6 +252,8 @@ class Consumer(RunsInBackground):
 
         ``BrokerConnectionError`` if Redis cannot be reached when it starts; once running it
         rides out Redis outages (every loop backs off and retries)."""
+        if self.max_memory_mb is not None:
+            check_memory_at_start(self.max_memory_mb)
         broker = await self._connect()
         self._done = DoneMarks(broker.redis, broker.keys)
         health = self._health
@@ -246,7 +261,7 @@ class Consumer(RunsInBackground):
         fetcher = self._fetcher = Fetcher(
             broker, self.consumer_id, self.prefetch, self.poll_interval,
             self.config.max_message_bytes, health, self.config.max_deliveries,
-            self.max_inflight_bytes, self._diverted,
+            self.max_inflight_bytes, self._diverted, budget=self.max_tasks,
         )
         results = None
         if self.config.result_backend is not None:
@@ -321,8 +336,14 @@ class Consumer(RunsInBackground):
                 tg.start_soon(flush_due_batches, self._batches, self._start_batch)
                 for _ in range(self.concurrency):
                     tg.start_soon(self._worker)
+                if self.max_memory_mb is not None:
+                    tg.start_soon(watch_memory, self.max_memory_mb, self._retire_for_memory)
                 self._started.set()
                 await fetcher.run()
+                if fetcher.spent and not self._stop_requested:
+                    self.retired = self.retired or "max_tasks"
+                    log.info("retiring (%s): fetching no more, finishing %d fetched message(s)",
+                             self.retired, len(fetcher.held))
                 # Stopping: what is running may finish, then open batches are flushed; what was
                 # fetched but not started waits in our in-flight hash and is handed back below.
                 fetcher.wake_workers()
@@ -363,10 +384,21 @@ class Consumer(RunsInBackground):
         if self._pipe is not None:
             self._pipe.terminate(task_ids)
 
+    def _retire_for_memory(self) -> None:
+        self.retired = "max_memory"
+        if self._fetcher is not None:
+            self._fetcher.retire()
+
     async def _drain(self) -> None:
+        fetcher = self._fetcher
         while True:
-            while self._running:
+            # retiring, the workers run what is still buffered: a woken one may not have taken
+            # its message yet
+            while self._running or (fetcher is not None and fetcher.spent and fetcher.buffer):
                 self._idle.clear()
+                if not self._running:
+                    await asyncio.sleep(0)
+                    continue
                 await self._idle.wait()
             batches = self._batches.take_all()
             if not batches:

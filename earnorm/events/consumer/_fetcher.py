@@ -64,6 +64,7 @@ class Fetcher:
         max_bytes: int, health: RedisHealth, max_deliveries: int = 5,
         max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
         on_diverted: Callable[[list[str]], Awaitable[None]] | None = None,
+        budget: int | None = None,
     ) -> None:
         self.broker = broker
         self.consumer_id = consumer_id
@@ -97,6 +98,11 @@ class Fetcher:
         self._scope: anyio.CancelScope | None = None
         self.last_progress = time.monotonic()  # the last fetch that got through (readyz)
         self.timed_out = 0  # fetches in a row whose reply did not arrive in time
+        # Messages it may still fetch (``max_tasks``; None: no end). Spent, the fetch loop
+        # ends on its own and the workers run what is buffered, then get ``None``: a retiring
+        # consumer hands nothing back.
+        self.budget = budget
+        self.spent = False
 
     def stop(self) -> None:
         """No more fetching; workers waiting for work get ``None``."""
@@ -108,6 +114,12 @@ class Fetcher:
         self._redelivery_done.set()
         if self._scope is not None:
             self._scope.cancel()
+
+    def retire(self) -> None:
+        """Fetch nothing more (a memory limit reached): what is fetched runs, then the
+        workers get ``None``. A fetch under way completes first."""
+        self.budget = 0
+        self._have_room.set()
 
     def wake_workers(self) -> None:
         self._wake(len(self._idle))
@@ -124,7 +136,7 @@ class Fetcher:
         """The next fetched (field, envelope, redelivery), or ``None`` once stopping."""
         buffer = self.buffer
         while not buffer or self._stopping:
-            if self._stopping:
+            if self._stopping or self.spent:
                 return None
             waiter = asyncio.get_running_loop().create_future()
             self._idle.append(waiter)
@@ -169,6 +181,10 @@ class Fetcher:
         broker = self.broker
         backoff = Backoff("fetch", self.health)
         while not self._stopping:
+            if self.budget is not None and self.budget <= 0:
+                self.spent = True
+                self._wake(len(self._idle))  # idle workers get None; busy ones drain the rest
+                return
             if not self._redelivery_done.is_set():
                 await self._wait(self._redelivery_done)
                 continue
@@ -184,7 +200,8 @@ class Fetcher:
                 continue
             cap = FETCH_CAP_BYTES if not self.held else min(
                 FETCH_CAP_BYTES, left // MEMORY_PER_WIRE_BYTE)
-            want = min(room, MAX_FETCH)
+            want = min(room, MAX_FETCH) if self.budget is None else min(room, MAX_FETCH,
+                                                                         self.budget)
             if self.timed_out:  # ask for less until one gets through
                 cap, want = cap >> self.timed_out, max(1, want >> self.timed_out)
             first = self._seq + 1
@@ -227,6 +244,8 @@ class Fetcher:
             finally:
                 self._scope = None
             if fetched is not None:
+                if self.budget is not None:
+                    self.budget -= len(fetched.messages)
                 await self._report_diverted(fetched)
                 # Held before any reclaim: it hands back what is in flight and not held, and
                 # this fetch's messages are in flight (they would run twice).

@@ -5,7 +5,9 @@ Each child is a whole consumer (``python -m earnorm.events.consumer`` with the s
 a consumer, and a child that dies is like any dead consumer: a live one recovers what it held
 (the delivery limit keeps a poison event from killing children forever).
 
-The supervisor restarts a child that dies, after a backoff that doubles with each recent death
+A child that retires (``--max-tasks-per-child``, ``--max-memory-per-child``: it fetched no more,
+finished what it had and exited ``RETIRED``) is replaced at once. The supervisor restarts a
+child that dies, after a backoff that doubles with each recent death
 of that slot (0.5 s up to 30 s); if one slot dies more than ``max_restarts`` times within
 ``window`` seconds it stops them all and exits 5. A child that exits with a usage or --app error
 (2, 4) will not do better a second time: the supervisor stops the others and exits with that
@@ -37,6 +39,9 @@ from earnorm.events.consumer._loop_watch import KILL, LIMIT, STOPPED, TICK, WATC
 log = logging.getLogger("earnorm.consumer")
 
 KEEP_DYING = 5
+# A child's code for "retired past --max-tasks-per-child / --max-memory-per-child": replaced at
+# once, not counted as a death.
+RETIRED = 6
 _FATAL = (2, 4)  # usage/configuration error, --app could not be imported
 _PR_SET_PDEATHSIG = 1
 
@@ -44,7 +49,7 @@ _PR_SET_PDEATHSIG = 1
 SUPERVISOR_PID_ENV = "EARNORM_SUPERVISOR_PID"
 
 
-def die_with_supervisor() -> None:
+def die_with_supervisor() -> bool:
     """In a child, first thing: ask Linux for SIGTERM when the supervisor dies, and exit at once
     if it already has (the child's parent is then no longer the pid it was given).
 
@@ -54,7 +59,7 @@ def die_with_supervisor() -> None:
     started nor killable by the parent-death signal it never got to set."""
     expected = os.environ.pop(SUPERVISOR_PID_ENV, None)
     if expected is None:
-        return
+        return False
     if sys.platform == "linux":
         import ctypes  # only in a supervised child
 
@@ -63,6 +68,7 @@ def die_with_supervisor() -> None:
     if str(os.getppid()) != expected:
         log.warning("supervisor %s is gone: not starting", expected)
         raise SystemExit(0)
+    return True
 
 
 def restart_delay(recent_deaths: int) -> float:
@@ -122,6 +128,7 @@ class Supervisor:
         self.window = window
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
+        self.retired = 0  # children replaced because they retired
         self._stopping = asyncio.Event()
 
     def _command(self, slot: int) -> list[str]:
@@ -226,6 +233,11 @@ class Supervisor:
             code = waiter.result()
             if self._stopping.is_set():
                 return 0
+            if code == RETIRED:
+                self.retired += 1
+                log.info("consumer process %d (pid %d) retired (task or memory limit): "
+                         "replacing it (%d so far)", slot, process.pid, self.retired)
+                continue
             if code in _FATAL:
                 log.error("consumer process %d exited with %d (configuration or --app): "
                           "stopping all", slot, code)

@@ -12,6 +12,8 @@ that ``write()`` returned survives a SIGKILL of the process (it is in the kernel
 - ``fault.keyed`` events (``concurrency_key="key"``, ``max_concurrent`` from
   ``EARNORM_TEST_KEY_MAX``, default 1, across the fleet): ``begin <event id> <key> <unix time>
   <pid>`` and, ``EARNORM_TEST_KEYED_SLEEP`` seconds later (default 0.02), ``end ...`` lines.
+- ``fault.hog`` events: each keeps ``EARNORM_TEST_HOG_MB`` MB (default 10) for the life of the
+  process (a leak), writes ``hog <event id> <pid>`` and sleeps ``EARNORM_TEST_HOG_SLEEP`` s.
 - ``EARNORM_TEST_HANDLER_REDIS=1``: each call also does ``HINCRBY <queue>:touched <id> 1`` on the
   consumer's Redis first, so it fails while Redis is down (a handler that needs the same Redis).
 """
@@ -78,3 +80,15 @@ async def poison(event: Event) -> None:
     """Kills its own process (as a segfault or the OOM killer would), after saying so."""
     os.write(_FD, f"start {event.id} {_PID}\n".encode())
     os._exit(70)
+
+
+_HOARD: list[bytearray] = []
+
+
+@event_handler("fault.hog")
+async def hog(event: Event) -> None:
+    """Leaks memory, as a handler with a growing cache would."""
+    _HOARD.append(bytearray(os.urandom(1024)) * (int(os.environ.get("EARNORM_TEST_HOG_MB", "10"))
+                                                 * 1024))
+    os.write(_FD, f"hog {event.id} {_PID}\n".encode())
+    await anyio.sleep(float(os.environ.get("EARNORM_TEST_HOG_SLEEP", "0.2")))
