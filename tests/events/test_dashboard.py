@@ -307,3 +307,51 @@ async def test_the_event_view_shows_a_running_jobs_progress_live(bus: EventBus) 
     finally:
         server.should_exit = True
         await task
+
+
+async def test_the_queue_view_shows_what_waits_on_a_rate_or_key_limit(bus: EventBus) -> None:
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
+        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    from playwright.async_api import async_playwright
+
+    release = anyio.Event()
+    registry = HandlerRegistry()
+
+    async def hold(event: Event) -> None:
+        await release.wait()
+
+    async def rated(event: Event) -> None:
+        pass
+
+    registry.register("dash.keyed", hold, concurrency_key="tenant")
+    registry.register("dash.rated", rated, rate_limit="1/s")
+    base, server, task = await serve(dashboard_app(bus))
+    try:
+        async with Consumer(bus=bus, registry=registry), async_playwright() as pw:
+            await bus.publish_batch([Event(name="dash.keyed", data={"tenant": "acme"})
+                                     for _ in range(3)])
+            await bus.publish_batch([Event(name="dash.rated") for _ in range(5)])
+
+            async def waiting() -> bool:
+                stats = await bus.stats()
+                return stats["key_limited"] == {"1:tenant=acme": 2} and \
+                    stats["rate_limited"].get("dash.rated", 0) > 1
+            await wait_until(waiting, 10, message="events waiting on both limits")
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = await browser.new_page()
+            await page.goto(base + "/")
+            key_row = page.locator("#key-rows tr", has_text="1:tenant=acme")
+            await key_row.wait_for(timeout=10_000)
+            assert (await key_row.inner_text()).split()[-1] == "2"
+            await page.locator("#rate-rows tr", has_text="dash.rated").wait_for(timeout=10_000)
+            release.set()
+            await page.locator("#key-rows tr", has_text="none").wait_for(timeout=15_000)
+            await browser.close()
+    finally:
+        server.should_exit = True
+        await task

@@ -38,9 +38,15 @@ Failed <span id="failed-count"></span></button><button data-tab="event">Event</b
 <section id="overview"><div class="cards" id="cards"></div>
 <h3>Throughput (events/s, last 5 minutes)</h3><svg id="rate" width="720" height="120"></svg>
 <h3>Processing time p50 / p95 (ms)</h3><svg id="timing" width="720" height="120"></svg>
+<h3>Waiting on flow control</h3>
+<table><thead><tr><th>Rate-limited event</th><th>Its waiting events reach (s ahead)</th></tr>
+</thead><tbody id="rate-rows"></tbody></table>
+<table><thead><tr><th>Concurrency key (max:key)</th><th>Events waiting for a slot</th></tr>
+</thead><tbody id="key-rows"></tbody></table>
 </section>
 <section id="consumers" hidden><table><thead><tr><th>Consumer</th><th>Host</th><th>PID</th>
-<th>Status</th><th>Last heartbeat</th><th>Running</th><th>Processed</th><th>Failed</th></tr>
+<th>Status</th><th>Last heartbeat</th><th>Running</th><th>Processed</th><th>Failed</th>
+<th>Rate waits</th><th>Key waits</th></tr>
 </thead><tbody id="consumer-rows"></tbody></table></section>
 <section id="delayed" hidden><table><thead><tr><th>Due</th><th>Event</th><th>Id</th>
 <th>Retries</th><th></th></tr></thead><tbody id="delayed-rows"></tbody></table></section>
@@ -133,6 +139,10 @@ async function overview() {
   lastProcessed = q.counters.processed; lastAt = now;
   history.push({rate, p50: q.processing_ms.p50, p95: q.processing_ms.p95});
   history = history.slice(-150);
+  rows("rate-rows", Object.entries(q.rate_limited || {}), (tr, [name, ahead]) => {
+    cell(tr, name); cell(tr, ahead); });
+  rows("key-rows", Object.entries(q.key_limited || {}), (tr, [key, waiting]) => {
+    cell(tr, key); cell(tr, waiting); });
   chart("rate", [history.map((s) => s.rate)], ["#3b82f6"]);
   chart("timing", [history.map((s) => s.p50), history.map((s) => s.p95)],
         ["#10b981", "#f59e0b"]);
@@ -142,7 +152,7 @@ async function consumers() {
     for (const v of [c.id, c.host, c.pid]) cell(tr, v);
     const s = cell(tr, c.status); if (c.status !== "alive") s.className = "bad";
     cell(tr, c.last_heartbeat_age_s === null ? "" : `${c.last_heartbeat_age_s}s ago`);
-    for (const v of [c.running, c.processed, c.failed]) cell(tr, v);
+    for (const v of [c.running, c.processed, c.failed, c.rate_waits, c.key_waits]) cell(tr, v);
   });
 }
 async function delayed() {
