@@ -117,3 +117,31 @@ async def test_a_rate_limit_holds_across_four_consumers_and_a_kill(
     # than 20; the killed consumer's events that already had their slots run once recovered.
     assert busiest_second(times) <= 24
     assert set(recorded(record, "ran")) and len(recorded(record, "ran")) == count
+
+
+@pytest.mark.parametrize("consumers, processes", [(1, 1), (2, 1), (1, 3)],
+                         ids=["one consumer", "two consumers", "--processes 3"])
+async def test_a_rate_limit_holds_with_one_or_two_consumers_and_under_processes(
+    redis_url: str, queue_name: str, record: Path, bus: EventBus, consumers: int,
+    processes: int,
+) -> None:
+    """50/s and 250 events: within 5% whether one consumer, two, or three processes under one
+    supervisor share the limit."""
+    count = 250
+    env = {"EARNORM_TEST_RATE_LIMIT": "50/s", "EARNORM_PROCESSES": str(processes)}
+    workers = [Worker(redis_url, queue_name, record, env=env) for _ in range(consumers)]
+    try:
+        await bus.publish_batch([Event(name="fault.limited", data={"i": i})
+                                 for i in range(count)])
+        await wait_until(lambda: len(recorded(record, "ran")) == count, timeout=60,
+                         interval=0.2, message="every event to run")
+    finally:
+        for worker in workers:
+            worker.terminate()
+    times = [at for _, at in runs(record)]
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    print(f"50/s, {consumers} consumer(s) x {processes} process(es): {rate:.2f}/s")
+    assert 47.5 <= rate <= 52.5, rate
+    assert max(recorded(record, "ran").values()) == 1
+    pids = {line.split()[3] for line in record.read_text().splitlines()}  # noqa: ASYNC240
+    assert len(pids) >= min(consumers * processes, 2), "the processes shared the work"
