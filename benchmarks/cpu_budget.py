@@ -47,14 +47,10 @@ PHASES = {
 }
 
 
-async def _drain(url: str, events: int, profile: cProfile.Profile | None) -> dict[str, float]:
-    queue = f"budget:{uuid.uuid4().hex[:8]}"
-    bus = await EventBus.connect(url, queue_name=queue)
-    for start in range(0, events, 1000):
-        await bus.publish_batch([Event(name="budget.noop", data={"i": i})
-                                 for i in range(start, min(start + 1000, events))])
+def counting_noop(events: int) -> tuple[Any, asyncio.Event, dict[str, float]]:
+    """A no-op handler that notes its first and last call and sets the event at the last."""
     done = asyncio.Event()
-    seen = {"n": 0, "first": 0.0, "last": 0.0}
+    seen = {"n": 0.0, "first": 0.0, "last": 0.0}
 
     async def noop(event: Event) -> None:
         now = time.perf_counter()
@@ -64,6 +60,16 @@ async def _drain(url: str, events: int, profile: cProfile.Profile | None) -> dic
         seen["last"] = now
         if seen["n"] == events:
             done.set()
+    return noop, done, seen
+
+
+async def _drain(url: str, events: int, profile: cProfile.Profile | None) -> dict[str, float]:
+    queue = f"budget:{uuid.uuid4().hex[:8]}"
+    bus = await EventBus.connect(url, queue_name=queue)
+    for start in range(0, events, 1000):
+        await bus.publish_batch([Event(name="budget.noop", data={"i": i})
+                                 for i in range(start, min(start + 1000, events))])
+    noop, done, seen = counting_noop(events)
     registry = HandlerRegistry()
     registry.register("budget.noop", noop)
     async with Consumer(bus=bus, registry=registry, concurrency=256):

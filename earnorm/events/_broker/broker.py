@@ -536,10 +536,12 @@ class Broker:
         return await self.settle(consumer_id, field, retry=(raw, ready_index, due_ms),
                                  count_retry=False)
 
-    async def rate_slot(self, event_name: str, interval_us: int) -> tuple[int, int]:
-        """Reserve the next slot of ``event_name``'s rate limit: (slot, now), microseconds of
-        Redis's clock."""
-        slot, now = await self._rate_slot(keys=[self.keys.rates], args=[event_name, interval_us])
+    async def rate_slot(self, event_name: str, interval_us: int,
+                        count: int = 1) -> tuple[int, int]:
+        """Reserve the next ``count`` slots of ``event_name``'s rate limit: (the first slot,
+        now), microseconds of Redis's clock; the others follow an interval apart."""
+        slot, now = await self._rate_slot(keys=[self.keys.rates],
+                                          args=[event_name, interval_us, count])
         return int(slot), int(now)
 
     async def dead_letter(

@@ -4,6 +4,7 @@ waiting for a slot, and the sweep that frees a dead consumer's slots (``scripts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from earnorm.events._broker import scripts
 from earnorm.events._broker.keys import HELD_MARK, Keys, text
+from earnorm.events._broker.topology import is_cluster
 
 
 class Acquired(Enum):
@@ -32,6 +34,7 @@ class KeyLeases:
         self.keys = keys
         self._held = held  # the broker's: a held message that waits leaves it
         self.keep_ms = keep_ms  # how long a released waiter's slot is kept for it
+        self.cluster = is_cluster(redis)
         self.use_script_flags(True)
 
     def use_script_flags(self, flags: bool) -> None:
@@ -42,31 +45,53 @@ class KeyLeases:
     def member(consumer_id: str, field: int) -> str:
         return f"c:{consumer_id}:{field}"
 
-    async def acquire(self, consumer_id: str, field: int, most: int, key: str, job_id: str,
-                      raw: bytes) -> Acquired:
-        """Take a slot of ``key`` for the message in ``field``, or make it wait for one."""
+    async def acquire_many(self, consumer_id: str,
+                           asks: Sequence[tuple[int, int, str, str]]) -> list[Acquired]:
+        """For each (field, max, key, job id): take a slot of ``key`` for the message in
+        ``field``, or make it wait for one. One round trip (a pipeline of scripts)."""
         k = self.keys
-        name = limited(most, key)
         mine = self._held.get(consumer_id, set())
-        held = field in mine
-        keys = [k.lease(name), k.key_wait(name), k.key_waiting, k.consumers,
-                k.inflight(consumer_id), k.deliveries(consumer_id)]
-        args: list[Any] = [self.member(consumer_id, field), most, field, job_id,
-                           b"" if held else raw, k.held(consumer_id, field) if held else "",
-                           f"{k.parked_prefix(consumer_id)}w{field}", HELD_MARK, name]
-        got = Acquired(int(await self._acquire(keys=keys, args=args)))
-        if got is not Acquired.RUN:
-            mine.discard(field)
+        calls = []
+        for field, most, key, job_id in asks:
+            name = limited(most, key)
+            held = field in mine
+            calls.append((
+                [k.lease(name), k.key_wait(name), k.key_waiting, k.consumers,
+                 k.inflight(consumer_id), k.deliveries(consumer_id)],
+                [self.member(consumer_id, field), most, field, job_id, "",
+                 k.held(consumer_id, field) if held else "",
+                 f"{k.parked_prefix(consumer_id)}w{field}", HELD_MARK, name]))
+        got = [Acquired(int(r)) for r in await self._run_many(self._acquire, calls)]
+        for (field, *_), result in zip(asks, got, strict=True):
+            if result is not Acquired.RUN:
+                mine.discard(field)
         return got
+
+    async def release_many(self, consumer_id: str | None,
+                           gives: Sequence[tuple[int | None, str, int]]) -> list[int]:
+        """For each (field or None, ``<max>:<key>``, max): free that slot (None: only sweep)
+        and hand free slots to waiters; how many waiters each released. One round trip."""
+        k = self.keys
+        calls = []
+        for field, name, most in gives:
+            member = "" if consumer_id is None or field is None else self.member(consumer_id,
+                                                                                   field)
+            calls.append(([k.lease(name), k.key_wait(name), k.key_waiting, k.consumers,
+                           k.recovered], [member, most, self.keep_ms, name]))
+        return [int(r) for r in await self._run_many(self._release, calls)]
+
+    async def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]
+                        ) -> list[Any]:
+        if len(calls) == 1 or self.cluster:  # a cluster pipeline would split them by node
+            return [await script(keys=keys, args=args) for keys, args in calls]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
 
     async def release(self, consumer_id: str | None, field: int | None, name: str,
                       most: int) -> int:
-        """Free a slot of ``name`` (None: only sweep) and hand free slots to waiters; returns
-        how many waiters it released."""
-        k = self.keys
-        member = "" if consumer_id is None or field is None else self.member(consumer_id, field)
-        keys = [k.lease(name), k.key_wait(name), k.key_waiting, k.consumers, k.recovered]
-        return int(await self._release(keys=keys, args=[member, most, self.keep_ms, name]))
+        return (await self.release_many(consumer_id, [(field, name, most)]))[0]
 
     async def sweep(self, older_ms: float, count: int = 50) -> int:
         """Release what is free for the keys whose waiters waited since before ``older_ms``

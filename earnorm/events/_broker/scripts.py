@@ -502,10 +502,13 @@ return out
 # after the previous reservation, never before now). KEYS: the rates hash. ARGV: event name,
 # interval (us). Returns {the slot, now} in microseconds of Redis's clock: the caller runs the
 # event at once if the slot is now, else schedules it for the slot, which stays reserved.
+# KEYS: rates. ARGV: event name, interval us, how many consecutive slots (one per event).
+# Returns the first slot and now (us); the others follow it an interval apart.
 RATE_SLOT = _NOW_MS + """
 now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- to the microsecond
 local slot = math.max(now, tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0'))
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', slot + tonumber(ARGV[2])))
+local after = slot + tonumber(ARGV[2]) * tonumber(ARGV[3] or '1')
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', after))
 return {string.format('%.0f', slot), string.format('%.0f', now)}
 """
 
@@ -543,8 +546,9 @@ end
 """
 
 # KEYS: lease set, wait list, waiting index, consumers, inflight, deliveries.
-# ARGV: lease member (c:<consumer>:<field>), max, field, job id, envelope ('' when held), the
-#       held key ('' = not held), the parked key to move it to, HELD_MARK, waiting index member.
+# ARGV: lease member (c:<consumer>:<field>), max, field, job id, '' (unused: the envelope is
+#       read from in-flight only when it waits), the held key ('' = not held), the parked key
+#       to move it to, HELD_MARK, waiting index member.
 # Returns 1: the slot is taken, run; 0: the message waits (moved out of in-flight, into the
 # wait list, in the same script); -1: the field is no longer ours (recovered meanwhile).
 # A message a release kept a slot for (``r:<job id>``) takes that one. A held (large) message
@@ -558,9 +562,13 @@ if redis.call('ZREM', KEYS[1], 'r:' .. ARGV[4]) == 1 or live_leases() < most the
   return 1
 end
 if ARGV[6] ~= '' and redis.call('EXISTS', ARGV[6]) == 0 then return -1 end
+local entry = ''
+if ARGV[6] == '' then  -- not held: the envelope is in the in-flight hash (small: read it)
+  entry = redis.call('HGET', KEYS[5], ARGV[3])
+  if not entry then return -1 end
+end
 if redis.call('HDEL', KEYS[5], ARGV[3]) == 0 then return -1 end
 redis.call('HDEL', KEYS[6], ARGV[3])
-local entry = ARGV[5]
 if ARGV[6] ~= '' then
   redis.call('RENAME', ARGV[6], ARGV[7])
   entry = ARGV[8] .. ARGV[7]

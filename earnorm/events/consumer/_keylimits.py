@@ -6,9 +6,11 @@ An event takes a slot of its key before its handlers run and gives it back when 
 One that finds its key full leaves this consumer in the same script: it waits in the key's list
 in Redis (never in memory: a crash loses nothing), and the release of a slot hands it to
 ``Q:recovered`` with the slot kept for it, so it runs next and newcomers do not overtake it.
-Other keys are not held back. A slot is tied to its consumer's heartbeat: a consumer killed
-while it held slots frees them once its heartbeat deadline passes (the next acquire, release or
-sweep of that key drops them), and its events come back through recovery as any others do.
+Other keys are not held back. The takes (and the gives) of events handled at once go to Redis
+together, one pipeline of scripts per round trip (``_coalesce``). A slot is tied to its
+consumer's heartbeat: a consumer killed while it held slots frees them once its heartbeat
+deadline passes (the next acquire, release or sweep of that key drops them), and its events
+come back through recovery as any others do.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from earnorm.events._broker.broker import Broker
 from earnorm.events._broker.key_leases import Acquired, limited
@@ -24,6 +27,7 @@ from earnorm.events._handlers import Handler
 from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.event import Event
 from earnorm.events._wire.failures import FailureReason
+from earnorm.events.consumer._coalesce import Coalesce
 from earnorm.events.consumer._decide import DeadLetter
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 
@@ -51,6 +55,9 @@ class KeyLimits:
         # event name -> (the handlers it was worked out for, its limit)
         self._limits: dict[str, tuple[tuple[Handler, ...], KeyLimit | None]] = {}
         self.waited = 0  # events this consumer sent to wait for a slot of their key
+        # the takes and the gives of a burst of events each go in one round trip
+        self._acquire = Coalesce(self._acquire_many)
+        self._release = Coalesce(self._release_many)
 
     def limit(self, name: str, handlers: tuple[Handler, ...]) -> KeyLimit | None:
         """The key limit of events named ``name`` (the first handler's that declares one)."""
@@ -76,8 +83,7 @@ class KeyLimits:
             key = limit.key_of(event)
         except NoConcurrencyKey as exc:
             return DeadLetter(FailureReason.NO_CONCURRENCY_KEY, str(exc))
-        got = await until_done("key limit", lambda: self.leases.acquire(
-            self.consumer_id, field, limit.max, key, message.id, raw), self.health)
+        got = await self._acquire((field, limit.max, key, message.id))
         if got is Acquired.RUN:
             return Lease(field, limited(limit.max, key), limit.max)
         self.forget(field)
@@ -88,8 +94,15 @@ class KeyLimits:
         return None
 
     async def release(self, lease: Lease) -> None:
-        await until_done("key limit", lambda: self.leases.release(
-            self.consumer_id, lease.field, lease.name, lease.most), self.health)
+        await self._release((lease.field, lease.name, lease.most))
+
+    async def _acquire_many(self, asks: list[tuple[int, int, str, str]]) -> list[Acquired]:
+        return await until_done("key limit", partial(
+            self.leases.acquire_many, self.consumer_id, asks), self.health)
+
+    async def _release_many(self, gives: list[tuple[int | None, str, int]]) -> list[int]:
+        return await until_done("key limit", partial(
+            self.leases.release_many, self.consumer_id, gives), self.health)
 
     async def sweep(self, now_ms: float, older_s: float) -> int:
         """Hand free slots to waiters of keys nobody released for ``older_s`` seconds."""

@@ -15,6 +15,7 @@ A limit comes from the handlers of the event name (``rate_limit=``; the lowest w
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from earnorm._config import EventConfig
 from earnorm._rate import interval_us
@@ -22,6 +23,7 @@ from earnorm.events._broker.broker import Broker
 from earnorm.events._handlers import Handler
 from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.encode import encode_rate_slot
+from earnorm.events.consumer._coalesce import Coalesce
 from earnorm.events.consumer._decide import Defer
 from earnorm.events.consumer._resilient import RedisHealth, until_done
 
@@ -39,6 +41,17 @@ class RateLimits:
         # event name -> (the handlers it was worked out for, interval in us or 0)
         self._intervals: dict[str, tuple[tuple[Handler, ...], int]] = {}
         self.waited = 0  # events this consumer sent to wait for their slot
+        # event name -> its reservations: a burst's events reserve their slots in one script
+        self._reserve: dict[str, Coalesce[int, tuple[int, int]]] = {}
+
+    def _reserver(self, name: str) -> Coalesce[int, tuple[int, int]]:
+        async def reserve(intervals: list[int]) -> list[tuple[int, int]]:
+            interval = intervals[0]  # one limit per event name
+            first, now = await until_done("rate limit", partial(
+                self.broker.rate_slot, name, interval, len(intervals)), self.health)
+            return [(first + i * interval, now) for i in range(len(intervals))]
+        self._reserve[name] = reserver = Coalesce(reserve)
+        return reserver
 
     def interval(self, name: str, handlers: tuple[Handler, ...]) -> int:
         """Microseconds between two events of ``name`` (0: not limited)."""
@@ -58,8 +71,8 @@ class RateLimits:
         if protocol.H_RATE_SLOT in message.headers:
             return None
         name = message.task
-        slot, now = await until_done("rate limit", lambda: self.broker.rate_slot(
-            name, interval), self.health)
+        reserve = self._reserve.get(name) or self._reserver(name)
+        slot, now = await reserve(interval)
         if slot - now <= SLACK_US:
             return None
         self.waited += 1
