@@ -210,16 +210,21 @@ class EventBus:
         """
         if headers:
             event = dataclasses.replace(event, headers={**event.headers, **headers})
+        debounced = None
         if debounce_key is not None or debounce is not None:
-            quiet_ms = _debounce_ms(debounce_key, debounce, delay, dedup_key)
-            return await self._debounced(event, priority, str(debounce_key), quiet_ms)
+            debounced = str(debounce_key), _debounce_ms(debounce_key, debounce, delay, dedup_key)
         dedup = None if dedup_key is None else (dedup_key, _ttl_ms(dedup_ttl))
         active = tracing.tracer()
         if active is not None:
             with tracing.producer_span(active, event.name, event.id,
                                        self.config.queue_name) as span:
                 traced = dataclasses.replace(event, headers=tracing.inject(event.headers, span))
+                if debounced is not None:
+                    span.set_attribute("earnorm.debounce_key", debounced[0])
+                    return await self._debounced(traced, priority, *debounced)
                 return await self._publish(traced, delay, priority, dedup)
+        if debounced is not None:
+            return await self._debounced(event, priority, *debounced)
         return await self._publish(event, delay, priority, dedup)
 
     async def _publish(self, event: Event, delay: Delay, priority: int,

@@ -111,3 +111,29 @@ async def test_a_failing_handler_records_its_exception_on_the_span(
     assert span.status.status_code is trace.StatusCode.ERROR
     assert [e.name for e in span.events] == ["exception"]
     assert span.events[0].attributes["exception.type"] == "ValueError"
+
+
+async def test_a_debounced_publish_has_its_producer_span_and_the_run_continues_it(
+    spans: InMemorySpanExporter, redis_url: str, queue_name: str
+) -> None:
+    """Of a debounced burst, the event that runs carries its own publish's trace."""
+    registry = HandlerRegistry()
+    ran: list[str] = []
+
+    async def reindex(event: Event) -> None:
+        ran.append(event.id)
+
+    registry.register("search.reindex", reindex)
+    bus = await EventBus.connect(redis_url, queue_name=queue_name)
+    async with Consumer(bus=bus, registry=registry):
+        for _ in range(3):
+            last = await bus.publish(Event(name="search.reindex"), debounce_key="doc:7",
+                                     debounce=0.2)
+        await wait_until(lambda: ran == [last], 10, message="the last of the burst")
+    await bus.close()
+    producers = [s for s in spans.get_finished_spans() if s.name == "apply_async/search.reindex"]
+    assert len(producers) == 3
+    assert all(dict(s.attributes or {})["earnorm.debounce_key"] == "doc:7" for s in producers)
+    [mine] = [s for s in producers if dict(s.attributes or {})["messaging.message_id"] == last]
+    run = by_name(spans, "run/search.reindex")
+    assert run.parent.span_id == mine.context.span_id
