@@ -13,7 +13,7 @@ Two passes over the same backlog on a private Redis, the consumer in this proces
    profile's total, applied to pass 1's figure, so the profiler's own overhead cancels out).
 
 Phases: ``fetch`` (the fetch script and the blocking wait), ``decode`` (``protocol.decode``),
-``dispatch`` (``Consumer._process`` without decode: the plan, Event objects, the handler call,
+``dispatch`` (``Pipeline.process`` without decode: the plan, Event objects, the handler call,
 the outcome), ``ack`` (the batched ack script), ``event loop + other`` (asyncio, redis-py
 connection plumbing not inside a phase, heartbeats). Results: ``results/cpu_budget.md``/``.json``.
 """
@@ -40,10 +40,10 @@ from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redi
 
 RESULTS = ROOT / "benchmarks" / "results"
 PHASES = {
-    "fetch": [("_broker.py", "fetch"), ("_broker.py", "wait_for_message")],
-    "decode": [("_protocol.py", "decode")],
-    "dispatch": [("_consumer.py", "_process")],
-    "ack": [("_broker.py", "ack")],
+    "fetch": [("_broker/broker.py", "fetch"), ("_broker/broker.py", "wait_and_fetch")],
+    "decode": [("_wire/decode.py", "decode")],
+    "dispatch": [("consumer/_pipeline.py", "process")],
+    "ack": [("_broker/broker.py", "ack")],
 }
 
 
@@ -125,7 +125,7 @@ def _split(profile: cProfile.Profile) -> dict[str, float]:
         cumulative[phase] = sum(
             ct for (file, _, name), (_, _, _, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
             if any(file.endswith(f) and name == n for f, n in functions))
-    cumulative["dispatch"] -= cumulative["decode"]  # decode runs inside _process
+    cumulative["dispatch"] -= cumulative["decode"]  # decode runs inside process
     cumulative["event loop + other"] = total - sum(cumulative.values())
     return {phase: value / total for phase, value in cumulative.items()}
 

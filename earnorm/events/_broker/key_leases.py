@@ -77,7 +77,8 @@ class KeyLeases:
             member = "" if consumer_id is None or field is None else self.member(consumer_id,
                                                                                    field)
             calls.append(([k.lease(name), k.key_wait(name), k.key_waiting, k.consumers,
-                           k.recovered], [member, most, self.keep_ms, name]))
+                           k.recovered, k.ready[0]], [member, most, self.keep_ms, name,
+                                                      HELD_MARK]))
         return [int(r) for r in await self._run_many(self._release, calls)]
 
     async def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]

@@ -578,12 +578,14 @@ redis.call('ZADD', KEYS[3], now, ARGV[9])
 return 0
 """
 
-# KEYS: lease set, wait list, waiting index, consumers, recovered.
+# KEYS: lease set, wait list, waiting index, consumers, recovered, main ready list.
 # ARGV: lease member to drop ('' = none: a sweep), max, how long a released waiter's slot is
-#       kept (ms), waiting index member.
+#       kept (ms), waiting index member, HELD_MARK.
 # Frees the member's slot, drops dead leases, and hands as many waiters as there are free
-# slots (oldest first) to Q:recovered, which every consumer serves before the ready lists,
-# each with a slot kept for it. Returns how many it released. Bounded by ``max``.
+# slots (oldest first) on, each with a slot kept for it: to the consuming end of the main
+# ready list, so that it runs next and an idle consumer's blocking wait wakes at once; a large
+# one (a parked key's name) to Q:recovered, which every consumer serves before the ready lists.
+# Returns how many it released. Bounded by ``max``.
 KEY_RELEASE = _ALLOW_OOM + _LIVE_LEASES + """
 if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
 local most, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -595,7 +597,12 @@ while released < free do
   local colon = string.find(e, ':', 1, true)
   local n = tonumber(string.sub(e, 1, colon - 1))
   redis.call('ZADD', KEYS[1], now + keep, 'r:' .. string.sub(e, colon + 1, colon + n))
-  redis.call('RPUSH', KEYS[5], '0::' .. string.sub(e, colon + n + 1))
+  local body = string.sub(e, colon + n + 1)
+  if string.sub(body, 1, #ARGV[5]) == ARGV[5] then
+    redis.call('RPUSH', KEYS[5], '0::' .. body)
+  else
+    redis.call('RPUSH', KEYS[6], body)
+  end
   released = released + 1
 end
 if redis.call('LLEN', KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[4]) end

@@ -4,8 +4,9 @@ consumers and processes (``_broker.key_leases``).
 
 An event takes a slot of its key before its handlers run and gives it back when they are done.
 One that finds its key full leaves this consumer in the same script: it waits in the key's list
-in Redis (never in memory: a crash loses nothing), and the release of a slot hands it to
-``Q:recovered`` with the slot kept for it, so it runs next and newcomers do not overtake it.
+in Redis (never in memory: a crash loses nothing), and the release of a slot hands it to the
+consuming end of the main ready list (a large one to ``Q:recovered``) with the slot kept for
+it, so it runs next, an idle consumer wakes for it at once, and newcomers do not overtake it.
 Other keys are not held back. The takes (and the gives) of events handled at once go to Redis
 together, one pipeline of scripts per round trip (``_coalesce``). A slot is tied to its
 consumer's heartbeat: a consumer killed while it held slots frees them once its heartbeat
