@@ -394,7 +394,8 @@ class Consumer(RunsInBackground):
         while True:
             # retiring, the workers run what is still buffered: a woken one may not have taken
             # its message yet
-            while self._running or (fetcher is not None and fetcher.spent and fetcher.buffer):
+            while self._running or (fetcher is not None and fetcher.spent and fetcher.buffer
+                                    and not self._stop_requested):  # stopped: handed back
                 self._idle.clear()
                 if not self._running:
                     await asyncio.sleep(0)
