@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 import pytest
 from pymongo.errors import OperationFailure
@@ -309,3 +310,32 @@ async def test_run_in_transaction_does_not_retry_other_errors_and_rolls_back(
     assert tries == 1
     assert await Member.count() == 0 and await _outbox(orm) == 0
     assert await redis.llen(queue_name) == 0
+
+
+async def test_a_relay_stops_when_cancelled_as_it_is_nudged(orm: Environment) -> None:
+    """A nudge that ends the relay's wait in the same turn as its cancellation must not eat
+    the cancellation (asyncio.wait_for on 3.11 did: stop() then waited forever)."""
+    for _ in range(20):
+        relay = OutboxRelay(earnorm.event_bus, orm.database)
+        relay.poll_interval = 30.0
+        relay.start()
+        task = relay._task
+        assert task is not None
+        await wait_until(lambda: _waiting_for_a_nudge(task), 5,  # noqa: B023
+                         message="the relay waiting")
+        relay.nudge()
+        await anyio.lowlevel.checkpoint()  # the wait ends; the relay has yet to resume
+        with anyio.fail_after(5):
+            await relay.stop(drain_timeout=0.1)
+        assert task.done()
+
+
+def _waiting_for_a_nudge(task: Any) -> bool:
+    """Whether the relay's task is suspended in its wait for a nudge (``Event.wait``, or
+    ``asyncio.wait_for`` around it as the relay once waited)."""
+    coro = task.get_coro()
+    while coro is not None:
+        if getattr(coro, "__qualname__", "") in ("Event.wait", "wait_for"):
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False

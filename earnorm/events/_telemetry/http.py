@@ -45,7 +45,8 @@ async def serve(routes: dict[str, Route], host: str, port: int) -> None:
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            async with asyncio.timeout(10):  # not wait_for: it can lose a cancel on 3.11
+                request = await reader.readuntil(b"\r\n\r\n")
             method, path, _ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             status, content_type, body = await _answer(routes, method, path)
             writer.write(

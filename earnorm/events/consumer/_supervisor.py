@@ -256,8 +256,9 @@ class Supervisor:
             log.warning("consumer process %d (pid %d) exited with %s; restarting in %.1f s",
                         slot, process.pid, _describe(code), delay)
             self.restarts += 1
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            try:  # asyncio.timeout: wait_for on 3.11 can lose a cancellation
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
                 return 0
             except TimeoutError:
                 pass
