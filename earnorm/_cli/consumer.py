@@ -258,6 +258,11 @@ def _fail(code: int, message: str, exc: BaseException) -> int:
     return code
 
 
+def _recycles(args: argparse.Namespace) -> bool:
+    """Whether a consumer process is to retire at a limit (and so needs a supervisor)."""
+    return args.max_tasks_per_child is not None or args.max_memory_per_child is not None
+
+
 def _recycling_refused(args: argparse.Namespace) -> str | None:
     """Why the recycling options cannot be used as given, if they cannot."""
     if args.max_tasks_per_child is not None and args.max_tasks_per_child < 1:
@@ -267,8 +272,7 @@ def _recycling_refused(args: argparse.Namespace) -> str | None:
     if args.max_memory_per_child is not None and args.max_memory_per_child > 1_000_000:
         return (f"--max-memory-per-child is in MB (Celery's counts KiB): "
                 f"{args.max_memory_per_child:g} MB is more than a terabyte")
-    recycling = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
-    if recycling and args.queue and len(args.queue) > 1:
+    if _recycles(args) and args.queue and len(args.queue) > 1:
         return "--max-tasks-per-child / --max-memory-per-child take one --queue"
     return None
 
@@ -285,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(USAGE, f"--processes must be >= 1, got {args.processes}", ValueError())
     if (refused := _recycling_refused(args)) is not None:
         return _fail(USAGE, refused, ValueError())
-    recycling = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
-    if args.processes > 1 or (recycling and not supervised):  # a retired child is replaced
+    if args.processes > 1 or (_recycles(args) and not supervised):  # a retired child is replaced
         # The children import --app and report its errors (exit 4); this process only needs
         # to know whether the app declares a Redis (else it starts a private one for them).
         declared = AppSettings(redis_uri=probe_redis_uri(args.app)) if args.app else None

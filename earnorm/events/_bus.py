@@ -46,10 +46,13 @@ Delay = float | int | timedelta | None
 _CELERY_VISIBILITY_S = 3600  # kombu's default; longer etas are redelivered (wire.md 7)
 
 
-def _ttl_ms(ttl: float | timedelta) -> int:
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise EventValidationError(f"dedup_ttl must be a positive number or timedelta: {ttl!r}")
+def _positive_ms(value: Any, field: str, hint: str = "") -> int:
+    """A positive duration (seconds or timedelta) in ms; ``EventValidationError`` naming
+    ``field`` otherwise."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise EventValidationError(f"{field} must be a positive number of seconds or a "
+                                   f"timedelta{hint}, got {value!r}")
     return max(1, int(seconds * 1000))
 
 
@@ -59,14 +62,11 @@ def _debounce_ms(key: Any, quiet: Any, delay: Delay, dedup_key: str | None) -> i
     if not isinstance(key, str) or not key:
         raise EventValidationError(f"debounce_key must be a non-empty string (with debounce=), "
                                    f"got {key!r}")
-    seconds = quiet.total_seconds() if isinstance(quiet, timedelta) else quiet
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise EventValidationError(f"debounce must be a positive number of seconds or a "
-                                   f"timedelta (with debounce_key=), got {quiet!r}")
+    quiet_ms = _positive_ms(quiet, "debounce", " (with debounce_key=)")
     if delay is not None or dedup_key is not None:
         raise EventValidationError("debounce_key does not go with delay= or dedup_key=: the "
                                    "debounce is the delay, counted from the last publish")
-    return max(1, int(seconds * 1000))
+    return quiet_ms
 
 
 def _seconds(delay: Delay) -> float | None:
@@ -213,7 +213,7 @@ class EventBus:
         debounced = None
         if debounce_key is not None or debounce is not None:
             debounced = str(debounce_key), _debounce_ms(debounce_key, debounce, delay, dedup_key)
-        dedup = None if dedup_key is None else (dedup_key, _ttl_ms(dedup_ttl))
+        dedup = None if dedup_key is None else (dedup_key, _positive_ms(dedup_ttl, "dedup_ttl"))
         active = tracing.tracer()
         if active is not None:
             with tracing.producer_span(active, event.name, event.id,

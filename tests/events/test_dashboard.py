@@ -30,6 +30,22 @@ TOKEN = "s3cret-dashboard-token"
 XSS = "<script>window.pwned = true</script>"
 
 
+def needs_chromium() -> None:
+    """Skip without Debian's Chromium, except on CI, where its absence is a failure."""
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
+        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+
+
+async def launch(pw: Any) -> Any:
+    """Debian's Chromium through Playwright (never a downloaded browser)."""
+    return await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
 async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task[None]]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -107,10 +123,7 @@ async def test_the_api_requires_the_token_and_actions_require_csrf(bus: EventBus
 async def test_the_page_in_a_real_browser_retries_a_failed_job_and_escapes_its_data(
     bus: EventBus, queue_name: str
 ) -> None:
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
-        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    needs_chromium()
     from playwright.async_api import async_playwright
 
     healed = anyio.Event()
@@ -129,10 +142,7 @@ async def test_the_page_in_a_real_browser_retries_a_failed_job_and_escapes_its_d
         async with Consumer(bus=bus, registry=registry) as consumer, async_playwright() as pw:
             job = await bus.publish(Event(name="dash.flaky", data={"note": XSS}))
             await wait_until(lambda: consumer.failed == 1, 10, message="the job failed")
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = await launch(pw)
             page = await browser.new_page(viewport={"width": 1200, "height": 760})
             await page.goto(base + "/")
             await page.click("nav button[data-tab=failed]")
@@ -197,10 +207,7 @@ async def test_the_page_revokes_a_delayed_event_which_then_never_runs(
     """The Delayed tab's Revoke button (after a confirm), the row then marked revoked, the
     Queue tab's Revoked card; a consumer acks the event when it comes due, without running it.
     The API refuses a revoke without the CSRF header."""
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
-        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    needs_chromium()
     from playwright.async_api import Dialog, async_playwright
 
     ran: list[str] = []
@@ -218,10 +225,7 @@ async def test_the_page_revokes_a_delayed_event_which_then_never_runs(
             f"{base}/api/revoke/{kept}", "POST", headers={"Cookie": f"earnorm_session={TOKEN}"}))
         assert no_csrf == (403, {"error": "missing or wrong X-CSRF-Token"})
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = await launch(pw)
             page = await browser.new_page()
             confirms: list[str] = []
 
@@ -259,10 +263,7 @@ async def test_the_page_revokes_a_delayed_event_which_then_never_runs(
 
 async def test_the_event_view_shows_a_running_jobs_progress_live(bus: EventBus) -> None:
     """Looked up once, the Event tab follows the report as the handler moves on."""
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
-        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    needs_chromium()
     from playwright.async_api import async_playwright
 
     step = anyio.Event()
@@ -284,10 +285,7 @@ async def test_the_event_view_shows_a_running_jobs_progress_live(bus: EventBus) 
             async def reported() -> bool:
                 return await bus.broker.progress.read(job) is not None
             await wait_until(reported, 10, message="the first report")
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = await launch(pw)
             page = await browser.new_page()
             await page.goto(base + "/")
             await page.click("nav button[data-tab=event]")
@@ -310,10 +308,7 @@ async def test_the_event_view_shows_a_running_jobs_progress_live(bus: EventBus) 
 
 
 async def test_the_queue_view_shows_what_waits_on_a_rate_or_key_limit(bus: EventBus) -> None:
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: scripts/bootstrap.sh installs it")
-        pytest.skip("needs Debian's chromium (scripts/bootstrap.sh installs it)")
+    needs_chromium()
     from playwright.async_api import async_playwright
 
     release = anyio.Event()
@@ -339,10 +334,7 @@ async def test_the_queue_view_shows_what_waits_on_a_rate_or_key_limit(bus: Event
                 return stats["key_limited"] == {"1:tenant=acme": 2} and \
                     stats["rate_limited"].get("dash.rated", 0) > 1
             await wait_until(waiting, 10, message="events waiting on both limits")
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = await launch(pw)
             page = await browser.new_page()
             await page.goto(base + "/")
             key_row = page.locator("#key-rows tr", has_text="1:tenant=acme")

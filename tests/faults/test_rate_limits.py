@@ -27,6 +27,16 @@ def runs(record: Path) -> list[tuple[str, float]]:
     return sorted(found, key=lambda run: run[1])
 
 
+def overall_rate(times: list[float]) -> float:
+    """Runs per second from the first run to the last."""
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def publish_limited(bus: EventBus, count: int) -> None:
+    """``count`` events for the recording app's rate-limited handler (``fault.limited``)."""
+    await bus.publish_batch([Event(name="fault.limited", data={"i": i}) for i in range(count)])
+
+
 def busiest_second(times: list[float]) -> int:
     """The most runs in any one-second window."""
     most, start = 0, 0
@@ -99,8 +109,7 @@ async def test_a_rate_limit_holds_across_four_consumers_and_a_kill(
     count = 1000
     workers = [Worker(redis_url, queue_name, record) for _ in range(4)]
     try:
-        await bus.publish_batch([Event(name="fault.limited", data={"i": i})
-                                 for i in range(count)])
+        await publish_limited(bus, count)
         await wait_until(lambda: len(runs(record)) >= 200, timeout=60,
                          message="a fifth of the events")
         workers[0].kill()
@@ -110,7 +119,7 @@ async def test_a_rate_limit_holds_across_four_consumers_and_a_kill(
         for worker in workers:
             worker.terminate()
     times = [at for _, at in runs(record)]
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    rate = overall_rate(times)
     print(f"20/s, 4 consumers, one killed: {rate:.2f}/s, busiest second {busiest_second(times)}")
     assert 19.0 <= rate <= 21.0, rate
     # Events run at most ~0.1 s late (the promoter's pace), so a second may hold one or two more
@@ -131,15 +140,14 @@ async def test_a_rate_limit_holds_with_one_or_two_consumers_and_under_processes(
     env = {"EARNORM_TEST_RATE_LIMIT": "50/s", "EARNORM_PROCESSES": str(processes)}
     workers = [Worker(redis_url, queue_name, record, env=env) for _ in range(consumers)]
     try:
-        await bus.publish_batch([Event(name="fault.limited", data={"i": i})
-                                 for i in range(count)])
+        await publish_limited(bus, count)
         await wait_until(lambda: len(recorded(record, "ran")) == count, timeout=60,
                          interval=0.2, message="every event to run")
     finally:
         for worker in workers:
             worker.terminate()
     times = [at for _, at in runs(record)]
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    rate = overall_rate(times)
     print(f"50/s, {consumers} consumer(s) x {processes} process(es): {rate:.2f}/s")
     assert 47.5 <= rate <= 52.5, rate
     assert max(recorded(record, "ran").values()) == 1

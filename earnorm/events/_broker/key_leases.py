@@ -90,23 +90,19 @@ class KeyLeases:
                 await script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
-    async def release(self, consumer_id: str | None, field: int | None, name: str,
-                      most: int) -> int:
-        return (await self.release_many(consumer_id, [(field, name, most)]))[0]
-
     async def sweep(self, older_ms: float, count: int = 50) -> int:
         """Release what is free for the keys whose waiters waited since before ``older_ms``
         (a slot a killed consumer held, or a release lost with its consumer). Bounded: at most
-        ``count`` keys per call."""
+        ``count`` keys per call, in one round trip."""
         names: Any = await self.redis.zrangebyscore(self.keys.key_waiting, "-inf", older_ms,
                                                     start=0, num=count)
-        released = 0
+        gives: list[tuple[int | None, str, int]] = []
         for raw in names:
             name = text(raw)
             most, _, _ = name.partition(":")
             if most.isdigit():
-                released += await self.release(None, None, name, int(most))
-        return released
+                gives.append((None, name, int(most)))
+        return sum(await self.release_many(None, gives)) if gives else 0
 
     async def waiting(self, count: int = 20) -> dict[str, int]:
         """The keys with waiters (``<max>:<key>``, latest first, at most ``count``) and how

@@ -62,8 +62,7 @@ def failure_meta(
     return _meta(task_id, state, result, tb, group_id)
 
 
-def progress_meta(task_id: str, state: str, info: dict[str, Any],
-                  group_id: str | None = None) -> bytes:
+def progress_meta(task_id: str, state: str, info: dict[str, Any]) -> bytes:
     """A running task's report, as Celery's ``update_state`` stores it (no ``date_done``:
     the task has not finished).
 
@@ -71,7 +70,7 @@ def progress_meta(task_id: str, state: str, info: dict[str, Any],
     >>> meta["status"], meta["result"], meta["date_done"]
     ('PROGRESS', {'done': 1, 'total': 4}, None)
     """
-    return _meta(task_id, state, info, None, group_id, done=False)
+    return _meta(task_id, state, info, None, None, done=False)
 
 
 class EncodeError(Exception):

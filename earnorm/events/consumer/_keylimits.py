@@ -75,7 +75,7 @@ class KeyLimits:
         self._limits[name] = (handlers, found)
         return found
 
-    async def acquire(self, field: int, raw: bytes, message: protocol.Message, event: Event,
+    async def acquire(self, field: int, message: protocol.Message, event: Event,
                       limit: KeyLimit) -> Lease | DeadLetter | None:
         """A slot of the event's key (run, then ``release``); None if the message now waits
         in Redis for one (or was recovered by another consumer meanwhile); a dead-letter if

@@ -176,7 +176,7 @@ class Pipeline:
             return
         lease: Lease | None = None
         if (key_limit := self.keys_limits.limit(message.task, handlers)) is not None:
-            got = await self.keys_limits.acquire(field, raw, message, event, key_limit)
+            got = await self.keys_limits.acquire(field, message, event, key_limit)
             if got is None:  # it waits in Redis for a slot of its key
                 return
             if isinstance(got, decide.DeadLetter):
