@@ -47,6 +47,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_stay_bound
 ) -> None:
     seed = int(os.environ.get("EARNORM_FAULT_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
+    print(f"kill -9 seed {seed} (EARNORM_FAULT_SEED={seed} repeats this run)")
     bus = await EventBus.connect(redis_url, queue_name=queue_name)
     ids: list[str] = []
     for start in range(0, EVENTS, 1000):
@@ -77,10 +78,16 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_stay_bound
         assert len(recorded(record)) < EVENTS, "finished before all kills: slow the handler"
     last = Worker(redis_url, queue_name, record, heartbeat=HEARTBEAT)
     try:
-        await wait_until(
-            lambda: len(recorded(record)) == EVENTS, 120, interval=0.2,
-            message="every event handled",
-        )
+        try:
+            await wait_until(
+                lambda: len(recorded(record)) == EVENTS, 120, interval=0.2,
+                message="every event handled",
+            )
+        except AssertionError:  # say where the missing ones are (CI saw this once)
+            missing = set(ids) - set(recorded(record))
+            print(f"{len(missing)} never handled, e.g. {sorted(missing)[:5]}; stats: "
+                  f"{await bus.stats()}\nlast consumer's output:\n{last.output()[-4000:]}")
+            raise
         # Copies of events that ran just before a kill, not yet acked, run again now.
 
         async def drained() -> bool:
