@@ -104,17 +104,19 @@ class Event:
         """Build an event from already-checked parts, skipping validation (the consume path,
         where names follow Celery's rules and the decoder has checked the types)."""
         event = object.__new__(cls)
-        setter = object.__setattr__
-        setter(event, "name", name)
-        setter(event, "data", data)
-        setter(event, "id", id)
-        setter(event, "timestamp", timestamp)
-        setter(event, "version", version)
-        setter(event, "metadata", metadata)
-        setter(event, "retries", retries)
-        setter(event, "args", args)
-        setter(event, "kwargs", kwargs)
-        setter(event, "headers", headers)
+        # The slots' own descriptors: what object.__setattr__ does, without its name lookup.
+        s_name, s_data, s_id, s_stamp, s_version, s_meta, s_retries, s_args, s_kwargs, \
+            s_headers = _SLOT_SETTERS
+        s_name(event, name)
+        s_data(event, data)
+        s_id(event, id)
+        s_stamp(event, timestamp)
+        s_version(event, version)
+        s_meta(event, metadata)
+        s_retries(event, retries)
+        s_args(event, args)
+        s_kwargs(event, kwargs)
+        s_headers(event, headers)
         return event
 
     async def progress(self, done: float, total: float | None = None, *,
@@ -167,3 +169,11 @@ class Event:
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         if self.timestamp.tzinfo is None:
             object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=UTC))
+
+
+# Event.trusted's setters, one per slot, in its order (a new field fails here at import).
+_SLOT_SETTERS = tuple(Event.__dict__[name].__set__ for name in (
+    "name", "data", "id", "timestamp", "version", "metadata", "retries", "args", "kwargs",
+    "headers"))
+if len(_SLOT_SETTERS) != len(Event.__slots__):
+    raise RuntimeError("Event.trusted must set every field of Event")

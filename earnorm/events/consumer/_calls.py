@@ -38,6 +38,22 @@ def message_limits(header: Any) -> Limits:
     return NO_LIMITS if soft is None and hard is None else (soft, hard)
 
 
+# What the template and Celery write when no time limit is set: read without a call.
+UNSET_TIMELIMIT = [None, None]
+
+
+def plain(handler: Handler) -> bool:
+    """Whether ``handler`` runs as a bare call: no timeout, no time limit, no idempotency mark
+    (a consumer calls such a lone handler directly, without ``run_handlers``' loop)."""
+    return not handler.idempotent and not _limited(handler, NO_LIMITS)
+
+
+def failed(handler: Handler, event: Event, exc: Exception) -> tuple[Handler, HandlerFailure]:
+    """The failure of ``handler`` on ``event``, logged."""
+    log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, exc)
+    return handler, HandlerFailure(handler.name, exc)
+
+
 def _limited(handler: Handler, limits: Limits) -> bool:
     """Whether a call of ``handler`` needs ``_bounded`` (most do not: the hot path)."""
     return not (limits is NO_LIMITS and handler.timeout is None
@@ -104,8 +120,7 @@ async def run_handlers(handlers: tuple[Handler, ...], event: Event,
             else:
                 value = await _bounded(handler, event, limits)
         except Exception as exc:
-            log.warning("handler %s failed on %s %s: %r", handler.name, event.name, event.id, exc)
-            failures.append((handler, HandlerFailure(handler.name, exc)))
+            failures.append(failed(handler, event, exc))
             continue
         if handler.idempotent and done is not None:
             try:

@@ -480,12 +480,13 @@ class Consumer(RunsInBackground):
         assert self._fetcher is not None
         fetcher = self._fetcher
         process = self._pipeline().process
-        while (item := await fetcher.take()) is not None:
+        take_nowait, me = fetcher.take_nowait, asyncio.current_task()
+        while (item := take_nowait() or await fetcher.take()) is not None:
             field, raw, redelivery = item
             self._running += 1
             try:
                 if redelivery is None or not redelivery.alone:
-                    await process(field, raw, redelivery)
+                    await process(field, raw, redelivery, me)
                 else:
                     await self._run_alone(field, raw, redelivery)
             finally:

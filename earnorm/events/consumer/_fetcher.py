@@ -135,6 +135,7 @@ class Fetcher:
     async def take(self) -> Item | None:
         """The next fetched (field, envelope, redelivery), or ``None`` once stopping."""
         buffer = self.buffer
+        woken = False
         while not buffer or self._stopping:
             if self._stopping or self.spent:
                 return None
@@ -146,6 +147,18 @@ class Fetcher:
                 if waiter.done() and not waiter.cancelled():
                     self._wake(1)  # woken, then cancelled: the wake-up goes to another
                 raise
+            woken = True
+        item = self.take_nowait()
+        if woken and buffer and self._idle:
+            self._wake(2)  # fan out: see _add_fields
+        return item
+
+    def take_nowait(self) -> Item | None:
+        """The next buffered item, or ``None`` when ``take()`` would wait (or stopping): a busy
+        worker's way to its next message without a coroutine per message."""
+        buffer = self.buffer
+        if not buffer or self._stopping:
+            return None
         item = buffer.popleft()
         if len(buffer) < self._low_water:
             self._have_room.set()
@@ -316,7 +329,11 @@ class Fetcher:
             self.buffer.extend((field, raw, None) for field, raw in zip(fields, batch,
                                                                           strict=True))
         self._empty.clear()
-        self._wake(len(batch))
+        # One idle worker is woken; each woken worker that finds work left wakes two more. A
+        # burst of slow handlers fans out to every idle worker in log2(n) loop turns, while
+        # quick ones (which a single worker runs back to back) wake two workers in vain per
+        # fetch instead of one per message fetched.
+        self._wake(1)
 
     async def _reclaim_orphans(self) -> None:
         """After a fetch whose reply was lost, hand back what it moved but we never saw."""

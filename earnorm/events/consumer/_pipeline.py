@@ -22,24 +22,45 @@ from earnorm._errors import EarnORMError, MessageDecodeError, UnsupportedProtoco
 from earnorm.events._broker.broker import Redelivery
 from earnorm.events._broker.idempotency import DoneMarks
 from earnorm.events._broker.keys import Keys
+from earnorm.events._concurrency import KeyLimit
 from earnorm.events._handlers import Handler, HandlerRegistry
 from earnorm.events._telemetry import tracing
 from earnorm.events._telemetry.timings import ProcessingTimes
 from earnorm.events._wire import decode as protocol
+from earnorm.events._wire.canvas import has_follow_ups
 from earnorm.events._wire.clock import ServerClock
 from earnorm.events._wire.event import Event
 from earnorm.events._wire.failures import FailureReason
 from earnorm.events.consumer import _decide as decide
 from earnorm.events.consumer._batch import Batches, PendingEvent, run_batch
-from earnorm.events.consumer._calls import Limits, call_handler, message_limits, run_handlers
+from earnorm.events.consumer._calls import (
+    NO_LIMITS,
+    UNSET_TIMELIMIT,
+    Limits,
+    call_handler,
+    failed,
+    message_limits,
+    plain,
+    run_handlers,
+)
 from earnorm.events.consumer._keylimits import KeyLimits, Lease
 from earnorm.events.consumer._progress import ProgressReporter
 from earnorm.events.consumer._rates import RateLimits
 from earnorm.events.consumer._settle import Settler
 from earnorm.events.consumer._task_events import TaskEvents
 
-# handlers of the event name, the ones to run now, the batch handlers
-_Plan = tuple[tuple[Handler, ...], tuple[Handler, ...], tuple[Handler, ...]]
+
+@dataclass(slots=True, eq=False)
+class _Route:
+    """What a first attempt of an event name needs, worked out once per name (and again when
+    its handlers change): the hot path reads attributes instead of asking four helpers."""
+
+    handlers: tuple[Handler, ...]  # the registry's tuple it was worked out for
+    now: tuple[Handler, ...]  # run at once
+    batched: tuple[Handler, ...]  # batch handlers
+    interval: int  # rate limit: microseconds between two events (0: none)
+    key_limit: KeyLimit | None  # per-key concurrency
+    direct: Handler | None  # the lone plain handler, called without run_handlers' loop
 # the run stage: (handlers, event, message, limits) -> (failures, the last success's result)
 RunStage = Callable[[tuple[Handler, ...], Event, protocol.Message, Limits],
                     Awaitable[tuple[decide.Failures, Any]]]
@@ -61,7 +82,7 @@ class Pipeline:
     keys_limits: KeyLimits  # per-key concurrency across the fleet (consumer._keylimits)
     revoked: Container[str] = frozenset()  # task ids not to run (consumer._revocations)
     progress: ProgressReporter | None = None  # event.progress() reports (consumer._progress)
-    _plans: dict[str, _Plan] = field(default_factory=dict)
+    _routes: dict[str, _Route] = field(default_factory=dict)
     # task id -> the task running its handlers, the event name and the message's hard time
     # limit (for terminate, and for the loop watch naming a blocked job); ids whose
     # cancellation is a terminate
@@ -90,19 +111,25 @@ class Pipeline:
             return decide.DeadLetter(FailureReason.UNDECODABLE, str(exc),
                                      job_id=exc.task_id, name=exc.task)
 
-    def plan(self, message: protocol.Message, handlers: tuple[Handler, ...]) -> _Plan:
-        """Handlers to run at once and batch handlers, cached per event name for first
-        attempts (the hot path); a retry runs only the handlers still pending."""
-        plan = self._plans.get(message.task)
-        first_attempt = protocol.H_PENDING not in message.headers
-        if first_attempt and plan is not None and plan[0] is handlers:
-            return plan
+    def route(self, name: str, handlers: tuple[Handler, ...]) -> _Route:
+        """The route of ``name``'s first attempts, cached while its handlers stay the same."""
+        route = self._routes.get(name)
+        if route is not None and route.handlers is handlers:
+            return route
+        now = tuple(h for h in handlers if h.batch_size is None)
+        direct = now[0] if len(now) == 1 and plain(now[0]) and self.tracer is None else None
+        route = self._routes[name] = _Route(
+            handlers, now, tuple(h for h in handlers if h.batch_size is not None),
+            self.rates.interval(name, handlers), self.keys_limits.limit(name, handlers), direct)
+        return route
+
+    @staticmethod
+    def retry_plan(message: protocol.Message,
+                   handlers: tuple[Handler, ...]) -> tuple[tuple[Handler, ...], ...]:
+        """(run now, batched) of a retry: only the handlers still pending."""
         chosen = decide.handlers_to_run(message, handlers)
-        plan = (handlers, tuple(h for h in chosen if h.batch_size is None),
+        return (tuple(h for h in chosen if h.batch_size is None),
                 tuple(h for h in chosen if h.batch_size is not None))
-        if first_attempt:
-            self._plans[message.task] = plan
-        return plan
 
     async def settle(self, field: int, raw: bytes, message: protocol.Message | None,
                      outcome: decide.Outcome, failures: decide.Failures | None = None) -> None:
@@ -140,8 +167,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ one message
 
-    async def process(self, field: int, raw: bytes,
-                      redelivery: Redelivery | None = None) -> None:
+    async def process(self, field: int, raw: bytes, redelivery: Redelivery | None = None,
+                      task: asyncio.Task[Any] | None = None) -> None:
+        """Decode, decide, run and settle one message. ``task``: the caller's own (a worker
+        passes it once instead of looking it up per message)."""
         if redelivery is not None:
             limit = decide.delivery_limit(redelivery.deliveries, redelivery.died_holding,
                                           self.config)
@@ -155,19 +184,27 @@ class Pipeline:
         if message.id in self.revoked:
             await self.settle(field, raw, message, decide.Revoked())
             return
-        handlers = self.registry.handlers_for(message.task)
-        early = decide.before_running(message, handlers, self.clock.now_ms(), self.keys,
-                                      self.config)
-        if early is not None:
-            await self.settle(field, raw, message, early)
-            return
-        rates = self.rates
-        if interval := rates.interval(message.task, handlers):
-            wait = await rates.wait(message, interval)
+        name = message.task
+        handlers = self.registry.handlers_for(name)
+        if not handlers or message.expires is not None or message.eta is not None:
+            early = decide.before_running(message, handlers, self.clock.now_ms(), self.keys,
+                                          self.config)
+            if early is not None:
+                await self.settle(field, raw, message, early)
+                return
+        route = self._routes.get(name)
+        if route is None or route.handlers is not handlers:
+            route = self.route(name, handlers)
+        if route.interval:
+            wait = await self.rates.wait(message, route.interval)
             if wait is not None:  # its slot is later: it waits for it in Redis
                 await self.settle(field, raw, message, wait)
                 return
-        _, now, batched = self.plan(message, handlers)
+        headers = message.headers
+        if protocol.H_PENDING in headers:
+            now, batched = self.retry_plan(message, handlers)
+        else:
+            now, batched = route.now, route.batched
         try:
             event = message.to_event()
         except EarnORMError as exc:
@@ -175,8 +212,8 @@ class Pipeline:
                               decide.DeadLetter(FailureReason.UNDECODABLE, str(exc)))
             return
         lease: Lease | None = None
-        if (key_limit := self.keys_limits.limit(message.task, handlers)) is not None:
-            got = await self.keys_limits.acquire(field, message, event, key_limit)
+        if route.key_limit is not None:
+            got = await self.keys_limits.acquire(field, message, event, route.key_limit)
             if got is None:  # it waits in Redis for a slot of its key
                 return
             if isinstance(got, decide.DeadLetter):
@@ -190,13 +227,22 @@ class Pipeline:
             if observer is not None:
                 observer.started(message)
             if now:
-                limits = message_limits(message.headers.get("timelimit"))
+                timelimit = headers.get("timelimit")
+                limits = (NO_LIMITS if timelimit is None or timelimit == UNSET_TIMELIMIT
+                          else message_limits(timelimit))
                 started = time.perf_counter()
                 running = self._running
-                running[message.id] = (asyncio.current_task(),  # type: ignore[assignment]
-                                       message.task, limits[1])
+                running[message.id] = (task or asyncio.current_task(),  # type: ignore[assignment]
+                                       name, limits[1])
                 try:
-                    failures, result = await self.run(now, event, message, limits)
+                    direct = route.direct
+                    if direct is not None and now is route.now and limits is NO_LIMITS:
+                        try:  # the hot path: one plain handler, called as it is
+                            result = await direct.func(event)
+                        except Exception as exc:
+                            failures = [failed(direct, event, exc)]
+                    else:
+                        failures, result = await self.run(now, event, message, limits)
                 except asyncio.CancelledError:
                     if message.id not in self._terminating:
                         raise
@@ -220,7 +266,7 @@ class Pipeline:
                 await self.settle(field, raw, message, decide.after_running(
                     message, failures, self.config.retry_policy, self.clock.now_ms(), self.keys),
                     failures)
-            elif observer is not None or self.settler.carries_on(message):
+            elif observer is not None or self.settler.stores_results or has_follow_ups(message):
                 await self.settle(field, raw, message, decide.Ack(result))
             else:  # the hot path: no outcome object, no extra await
                 self.settler.ack_handled(field)

@@ -49,6 +49,7 @@ class Settler:
         self._chords = ChordJoin(results.redis, results.expires) if results else None
         self._on_sent = on_sent
         self._results = results
+        self.stores_results = results is not None
         self._list_keys: dict[tuple[str, int], str] = {}
         self._health = health
         self.consumer_id = consumer_id
@@ -66,7 +67,7 @@ class Settler:
 
     def carries_on(self, message: protocol.Message) -> bool:
         """Whether a success needs more than an ack: a canvas to carry on, a result to store."""
-        return self._results is not None or canvas.has_follow_ups(message)
+        return self.stores_results or canvas.has_follow_ups(message)
 
     async def close(self) -> None:
         await self.abandon()
