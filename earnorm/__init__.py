@@ -51,7 +51,6 @@ from earnorm.events._handlers import (
     model_event_name,
 )
 from earnorm.events._periodic import Schedule, periodic_event
-from earnorm.events._tools.embedded import LocalRedis, start_local_redis
 from earnorm.events._wire.event import Event
 from earnorm.events._wire.failures import FailureReason
 from earnorm.events._wire.records import FailedJob, QueueStats
@@ -70,17 +69,20 @@ if TYPE_CHECKING:
         before_write,
     )
     from earnorm.base._events import after_save, before_save, dispatch_model_event
+    from earnorm.events._tools.embedded import LocalRedis, start_local_redis
 
 from earnorm._version import __version__
 
-# The ORM (and PyMongo with it) is imported on first use: an events-only process (a consumer,
-# a publisher) never loads it.
+# The ORM (and PyMongo with it) and the embedded Redis are imported on first use: an
+# events-only process (a consumer, a publisher) never loads them.
 _LAZY = {
     **dict.fromkeys(("BaseModel", "after_create", "after_delete", "after_update",
                      "after_write", "before_create", "before_delete", "before_update",
                      "before_write"), "earnorm.base"),
     **dict.fromkeys(("after_save", "before_save", "dispatch_model_event"),
                     "earnorm.base._events"),
+    # a local Redis for development: subprocess, tempfile and friends, not a consumer's
+    **dict.fromkeys(("LocalRedis", "start_local_redis"), "earnorm.events._tools.embedded"),
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -65,6 +64,8 @@ def _known_options() -> list[str]:
 def _unknown_options(pattern: str, unknown: Mapping[str, Any]) -> str:
     """The error for handler options nobody reads, naming the known ones (and the likeliest
     meant, for a typo)."""
+    import difflib  # only when an option is wrong
+
     known = _known_options()
     named = []
     for option in sorted(unknown):

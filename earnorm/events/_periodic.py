@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from earnorm._errors import ConfigError
 from earnorm.events._handlers import HandlerRegistry, default_registry
@@ -58,6 +57,8 @@ class Schedule:
                 raise ConfigError(f"schedule {self.name!r}: every= must be >= 0.01 s, got "
                                   f"{self.every!r}")
             object.__setattr__(self, "every", float(every))
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only where schedules are made
+
         try:
             ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
@@ -147,6 +148,8 @@ def _now_ms() -> float:
 
 
 def _at(ms: float, tz: str) -> datetime:
+    from zoneinfo import ZoneInfo
+
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 import uuid
 from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 from earnorm._errors import MessageDecodeError, SerializationError
@@ -33,6 +33,7 @@ def to_wire(
     ``binary=True`` (msgpack) keeps ``bytes`` as they are: msgpack carries them natively.
     ``plain=True`` allows JSON types only (for envelope headers, which are not untagged).
 
+    >>> from decimal import Decimal
     >>> to_wire({"n": Decimal("1.10")})
     {'n': {'__type__': 'decimal', '__value__': '1.10'}}
     """
@@ -81,7 +82,9 @@ def to_wire(
         return _tag("date", value.isoformat())
     if isinstance(value, time):
         return _tag("time", value.isoformat())
-    if isinstance(value, Decimal):
+    # decimal is imported only by who makes a Decimal (a consumer never needs it otherwise)
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise SerializationError(f"{path}: {value!r} is not a finite number")
         return _tag("decimal", str(value))
@@ -111,6 +114,8 @@ def _untag(kind: Any, value: Any) -> Any:
         if kind == "time":
             return time.fromisoformat(value)
         if kind == "decimal":
+            from decimal import Decimal
+
             return Decimal(value)
         if kind == "uuid":
             return uuid.UUID(**value) if isinstance(value, dict) else uuid.UUID(value)
