@@ -4,9 +4,9 @@ bare redis-py floor, against one private Redis server.
     python benchmarks/run.py [--quick] [--only earnorm,celery,...] [--reps N]
     python benchmarks/run.py --only earnorm --baseline REV --out NAME
 
-Writes ``benchmarks/results/latest.md``, ``latest.json`` and PNG charts (``--out NAME``:
-``NAME.md``/``NAME.json``, no charts). ``--baseline REV`` adds EarnORM as of git revision REV
-as one more system, its cases interleaved with this tree's, and a table of this tree's figures
+Writes ``benchmarks/results/<OUT>.md`` and ``.json`` (``--out``, default ``latest``) and PNG
+charts (not with ``--no-charts``). ``--baseline REV`` adds EarnORM as of git revision REV as
+one more system, its cases interleaved with this tree's, and a table of this tree's figures
 over the baseline's. See benchmarks/README.md.
 """
 
@@ -46,6 +46,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 WORKLOAD_ORDER = [
     "floor_publish",
     "floor_consume",
+    "floor_drain",
+    "floor_imports",
     "pubdrain",
     "io",
     "delay_spread",
@@ -269,7 +271,7 @@ def main() -> int:
     markdown = render(results, meta)
     if args.baseline:
         markdown += against_baseline(results, peers[-1].name)
-    elif not args.no_charts:
+    if not args.no_charts:
         chart_error = draw_charts(json_path)
         if chart_error:
             markdown += f"\nCharts not drawn: {chart_error}\n"

@@ -6,8 +6,10 @@
 A publisher here keeps a bounded backlog (so Redis holds at most ``--backlog`` events) while
 one consumer subprocess (``--worker`` mode of this file: a ``Consumer`` with a no-op handler)
 drains it. The consumer's RSS is sampled from ``/proc`` once a second; ``rss_start`` is taken
-after ``--warmup`` events, when caches, buffers and the allocator have settled, and compared
-with ``rss_end`` after the last event. Prints one JSON object (and a summary line on stderr).
+after ``--warmup`` events (100,000: caches, buffers and the allocator have settled), and
+compared with ``rss_end`` after the last event and the highest sample between (issue 26: flat
+within 2 MB from 100k to 1M). Prints one JSON object (and a summary line on stderr) and writes
+``results/soak.json`` and ``soak.md`` (the per-second samples in the JSON).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -132,6 +135,7 @@ async def run_soak(
     return {
         "events": events,
         "concurrency": concurrency,
+        "warmup": warmup,
         "seconds": round(finished - started, 2),
         "rate_per_s": round(events / (finished - started)),
         "rate_after_warmup_per_s": round((events - warm_handled) / max(finished - warm_at, 1e-9)),
@@ -144,10 +148,29 @@ async def run_soak(
     }
 
 
+def _write_results(result: dict[str, Any]) -> None:
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+               f"{platform.python_version()}, {platform.platform()}")
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "soak.json").write_text(json.dumps({"machine": machine, **result}) + "\n")
+    over = result["rss_max_mib"] - result["rss_start_mib"]
+    (results / "soak.md").write_text("\n".join([
+        f"# Soak: {result['events']:,} events through one consumer ({machine})", "",
+        "| figure | value |", "| --- | ---: |",
+        f"| events/s (whole run, publisher in the same machine) | {result['rate_per_s']:,} |",
+        f"| RSS idle (started, nothing handled), MiB | {result['rss_idle_mib']} |",
+        f"| RSS after {result['warmup']:,} events, MiB | {result['rss_start_mib']} |",
+        f"| RSS at the end, MiB | {result['rss_end_mib']} |",
+        f"| highest RSS after {result['warmup']:,} events, MiB | {result['rss_max_mib']} |",
+        f"| growth, end - after warm-up (MiB) | {result['rss_growth_mib']} |",
+        f"| highest - after warm-up (MiB; goal <= 2) | {over:.2f} |", ""]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--warmup", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--redis-uri", default=os.environ.get("REDIS_URL"))
@@ -168,6 +191,7 @@ def main() -> int:
         if local is not None:
             local.stop()
     print(json.dumps(result))
+    _write_results(result)
     print(
         f"soak: {result['events']:,} events in {result['seconds']}s "
         f"({result['rate_per_s']:,}/s); consumer RSS {result['rss_start_mib']} MiB after "

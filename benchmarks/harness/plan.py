@@ -124,6 +124,9 @@ def floor_cases(counts: Counts) -> list[Case]:
     return [
         Case("floor", "floor_publish", "-", "LPUSH", n),
         Case("floor", "floor_consume", "-", "move + ack", n),
+        # the drained backlog of EarnORM's pubdrain, for the worker's RSS over the floor's
+        Case("floor", "floor_drain", "-", "bare worker", {"n": counts.publish}),
+        Case("floor", "floor_imports", "-", "imports", {"n": 5}),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ class CaseResult:
     def reason(self) -> str:
         failed = [o.reason for o in self.outcomes if o.status != "ok"]
         return failed[-1] if failed else ""
+
+    def per_rep(self, metric: str) -> list[float | None]:
+        """The metric in each repetition, in run order (None where that one failed)."""
+        return [o.metrics.get(metric) if o.status == "ok" else None for o in self.outcomes]
 
     def stat(self, metric: str) -> dict[str, float] | None:
         values = [run[metric] for run in self.ok_runs if run.get(metric) is not None]
@@ -255,6 +260,24 @@ def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
     ]
     out += _rows(["system", "p50 ms", "p99 ms"], rows)
 
+    goals = goal_rows(by_key, peers)
+    if goals:
+        out += ["", "## EarnORM against the goals of issue 26, in each repetition", "",
+                "Each repetition's figures come from cases that ran one after the other in "
+                "that repetition; a goal is met when every repetition meets it.", ""]
+        out += _rows(["goal", "each repetition", "met"], goals)
+    floor_imports = by_key.get("floor/floor_imports/-")
+    if floor_imports is not None:
+        out += ["", "## Import time and memory (fresh interpreter, median of 5)", ""]
+        out += _rows(["what", "ms", "resident MB"], [
+            ["`import asyncio, redis.asyncio`",
+             table.cell(floor_imports, "import_floor_ms", "ms"),
+             table.cell(floor_imports, "import_rss_floor_mb", "mb")],
+            ["then `from earnorm import Consumer, Event, HandlerRegistry` (added)",
+             table.cell(floor_imports, "import_earnorm_ms", "ms"),
+             table.cell(floor_imports, "import_rss_earnorm_mb", "mb")],
+        ])
+
     targets = target_rows(by_key, peers)
     if targets:
         out += ["", "## EarnORM against the targets of issue 7", ""]
@@ -340,3 +363,79 @@ def target_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[st
             ["worker peak RSS < 60 MB", f"{max(rss):.1f} MB", "yes" if max(rss) < 60 else "no"]
         )
     return rows
+
+
+def _reps(result: CaseResult | None, metric: str) -> list[float | None]:
+    return result.per_rep(metric) if result is not None else []
+
+
+def _best_per_rep(results: list[CaseResult], metric: str) -> list[float | None]:
+    """Per repetition, the best (highest) value over ``results`` (a system's variants)."""
+    columns = [r.per_rep(metric) for r in results]
+    reps = max((len(c) for c in columns), default=0)
+    best: list[float | None] = []
+    for i in range(reps):
+        values = [c[i] for c in columns if i < len(c) and c[i] is not None]
+        best.append(max(values) if values else None)
+    return best
+
+
+def _each(values: list[float | None], fmt: str) -> str:
+    return ", ".join("-" if v is None else format(v, fmt) for v in values)
+
+
+def _goal(name: str, values: list[float | None], ok: Callable[[float], bool],
+          fmt: str) -> list[str] | None:
+    if not values:
+        return None
+    met = all(v is not None and ok(v) for v in values)
+    return [name, _each(values, fmt), "yes" if met else "no"]
+
+
+def goal_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[str]]:
+    """Issue 26's goals, repetition by repetition (same-run ratios)."""
+    if "earnorm" not in peers:
+        return []
+    others = [p for p in peers if p != "earnorm" and not p.startswith("earnorm@")]
+
+    def cases(peer: str, workload: str) -> list[CaseResult]:
+        return [r for k, r in by_key.items() if k.startswith(f"{peer}/{workload}/")]
+
+    def ratio_to_peers(workload: str, metric: str) -> list[float | None]:
+        ours = _best_per_rep(cases("earnorm", workload), metric)
+        theirs = [_best_per_rep(cases(p, workload), metric) for p in others]
+        out: list[float | None] = []
+        for i, value in enumerate(ours):
+            best = max((t[i] for t in theirs if i < len(t) and t[i]), default=None)
+            out.append(value / best if value and best else None)
+        return out
+
+    rows: list[list[str] | None] = []
+    if others:
+        rows.append(_goal("no-op drain >= 10x the fastest peer",
+                          ratio_to_peers("pubdrain", "drain_per_s"), lambda v: v >= 10, ".1f"))
+        rows.append(_goal("10 ms I/O >= 10x the fastest peer",
+                          ratio_to_peers("io", "io_per_s"), lambda v: v >= 10, ".1f"))
+        ours = _reps(by_key.get("earnorm/latency/default"), "latency_p99_ms")
+        peer_p99 = [_reps(by_key.get(f"{p}/latency/default"), "latency_p99_ms")
+                    for p in others]
+        margins: list[float | None] = []
+        for i, value in enumerate(ours):
+            lowest = min((t[i] for t in peer_p99 if i < len(t) and t[i] is not None),
+                         default=None)
+            margins.append(None if value is None or lowest is None else lowest - value)
+        rows.append(_goal("latency p99 below every peer's (ms ahead of the best peer)",
+                          margins, lambda v: v > 0, ".2f"))
+    rows.append(_goal("sequential publish >= 0.95x the floor beside it",
+                      _reps(by_key.get("earnorm/pubdrain/default"), "publish_seq_ratio"),
+                      lambda v: v >= 0.95, ".2f"))
+    rows.append(_goal("batch publish >= 0.9x the pipelined floor beside it",
+                      _reps(by_key.get("earnorm/pubdrain/tuned"), "publish_batch_ratio"),
+                      lambda v: v >= 0.9, ".2f"))
+    ours_rss = _reps(by_key.get("earnorm/pubdrain/default"), "rss_mb")
+    floor_rss = _reps(by_key.get("floor/floor_drain/-"), "rss_mb")
+    over = [None if a is None or b is None else a - b
+            for a, b in zip(ours_rss, floor_rss, strict=False)]
+    rows.append(_goal("worker peak RSS <= 4 MB over the bare asyncio + redis-py worker (MB)",
+                      over, lambda v: v <= 4, ".1f"))
+    return [row for row in rows if row is not None]

@@ -15,21 +15,49 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis
+import redis.asyncio
 from procs import Worker, WorkerSpec
 from tracker import COUNT_KEY, FIRST_KEY, LAST_KEY, RESULT_KEY, WARM_KEY
 
 Params = dict[str, Any]
 Metrics = dict[str, Any]
 BATCH_SIZE = 100
+QUEUE = "bench"
+FLOOR_KEY = "bench:floor-publish"  # where the interleaved floor pushes (never drained)
+FLOOR_ROUNDS = 10  # a publish run alternates with the floor this many times
+
+
+def celery_message(i: int) -> bytes:
+    """A Celery protocol v2 message like the ones EarnORM and Celery put on the list."""
+    task_id = str(uuid.uuid4())
+    body = base64.b64encode(json.dumps([[{"i": i}], {}, {}]).encode()).decode()
+    envelope = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": "bench.noop", "id": task_id, "root_id": task_id,
+            "parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None,
+            "argsrepr": "", "kwargsrepr": "{}", "origin": "bench@localhost",
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": QUEUE}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    }  # fmt: skip
+    return json.dumps(envelope).encode()
 
 
 class Skip(Exception):
@@ -91,6 +119,29 @@ class Session:
                 await self.adapter.publish(task, data, None)
         return time.perf_counter() - start
 
+    async def publish_beside_floor(self, task: str, items: list[dict[str, Any]],
+                                   batch: bool) -> tuple[float, float]:
+        """Publish ``items`` in ``FLOOR_ROUNDS`` slices, each next to the redis-py floor
+        pushing as many ready-made messages of the same size (one awaited LPUSH each, or
+        pipelines of 100), in this process, which goes first alternating: the ratio of the
+        two then holds whatever the machine does meanwhile. Returns (system s, floor s)."""
+        floor = redis.asyncio.Redis.from_url(self.redis_url)
+        messages = [celery_message(i) for i in range(len(items))]
+        size = -(-len(items) // FLOOR_ROUNDS)
+        system_s = floor_s = 0.0
+        try:
+            for round_ in range(FLOOR_ROUNDS):
+                part = slice(round_ * size, (round_ + 1) * size)
+                for floor_turn in ((True, False) if round_ % 2 else (False, True)):
+                    if floor_turn:
+                        floor_s += await _floor_push(floor, messages[part], batch)
+                    else:
+                        system_s += await self.publish_all(task, items[part], batch)
+            await floor.delete(FLOOR_KEY)
+        finally:
+            await floor.aclose()
+        return system_s, floor_s
+
     async def warm_up(self, worker: Worker) -> None:
         """Wait until the worker has handled one warm-up event, so it is fully started."""
         await self.adapter.publish("bench.noop", {"warm": 1}, None)
@@ -118,12 +169,30 @@ class Session:
             await asyncio.sleep(0.01)
 
 
+async def _floor_push(client: redis.asyncio.Redis, messages: list[bytes], batch: bool) -> float:
+    start = time.perf_counter()
+    if batch:
+        for offset in range(0, len(messages), BATCH_SIZE):
+            async with client.pipeline(transaction=False) as pipe:
+                for message in messages[offset : offset + BATCH_SIZE]:
+                    pipe.lpush(FLOOR_KEY, message)
+                await pipe.execute()
+    else:
+        for message in messages:
+            await client.lpush(FLOOR_KEY, message)
+    return time.perf_counter() - start
+
+
 async def pubdrain(s: Session) -> Metrics:
-    """Publish n no-op events (sequentially or batched), then drain them with one worker."""
+    """Publish n no-op events (sequentially or batched) beside the floor, then drain them
+    with one worker."""
     n, variant, batch = int(s.params["n"]), s.params["variant"], s.params["publish"] == "batch"
     items = [{"i": i} for i in range(n)]
-    elapsed = await s.publish_all("bench.noop", items, batch)
-    metrics: Metrics = {f"publish_{'batch' if batch else 'seq'}_per_s": n / elapsed}
+    elapsed, floor_s = await s.publish_beside_floor("bench.noop", items, batch)
+    kind = "batch" if batch else "seq"
+    metrics: Metrics = {f"publish_{kind}_per_s": n / elapsed,
+                        f"floor_{kind}_per_s": n / floor_s,
+                        f"publish_{kind}_ratio": floor_s / elapsed}
     launched = time.time()
     with s.worker("drain", variant, n) as worker:
         result = await s.wait_done(worker, worker.spec.shared)

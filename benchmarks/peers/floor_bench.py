@@ -8,50 +8,38 @@
   commands per 100 events, not atomic: the cheapest any consumer with an in-flight record
   could be).
 
+- drain: the same bulk commands in a worker process of their own (``floor_worker.py``), for
+  its peak RSS: what a bare asyncio + redis-py process takes, beside EarnORM's worker;
+- imports: in a fresh interpreter, the time and resident memory ``import asyncio,
+  redis.asyncio`` takes, then what ``from earnorm import Consumer, ...`` adds to it.
+
 Messages are a Celery protocol v2 envelope of realistic size. Same CLI as the peer scripts:
-``python floor_bench.py --workload floor_publish|floor_consume --redis-url URL --params JSON``.
+``python floor_bench.py --workload floor_publish|floor_consume|floor_drain|floor_imports
+--redis-url URL --params JSON``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 import traceback
-import uuid
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from benchlib import emit
+from benchlib import QUEUE, celery_message, emit
+from procs import Worker, WorkerSpec
+from tracker import RESULT_KEY
 
-QUEUE = "bench"
 INFLIGHT = "bench:inflight:floor"
 INFLIGHT_HASH = "bench:inflight:floor:hash"
 BATCH = 100
-
-
-def celery_message(i: int) -> bytes:
-    """A Celery protocol v2 message like the ones EarnORM and Celery put on the list."""
-    task_id = str(uuid.uuid4())
-    body = base64.b64encode(json.dumps([[{"i": i}], {}, {}]).encode()).decode()
-    envelope = {
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py", "task": "bench.noop", "id": task_id, "root_id": task_id,
-            "parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None,
-            "argsrepr": "", "kwargsrepr": "{}", "origin": "bench@localhost",
-        },
-        "properties": {
-            "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": QUEUE}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-        },
-    }  # fmt: skip
-    return json.dumps(envelope).encode()
 
 
 async def floor_publish(client: aioredis.Redis, n: int) -> dict[str, float]:
@@ -117,7 +105,63 @@ async def floor_consume(client: aioredis.Redis, n: int) -> dict[str, float]:
     }
 
 
-WORKLOADS = {"floor_publish": floor_publish, "floor_consume": floor_consume}
+async def floor_drain(client: aioredis.Redis, n: int) -> dict[str, float]:
+    """``floor_worker.py`` drains ``n`` messages: its rate and peak RSS."""
+    await _fill(client, n)
+    await client.delete(RESULT_KEY)
+    url = client.connection_pool.connection_kwargs
+    env = {"BENCH_REDIS_URL": f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}",
+           "BENCH_TARGET": str(n)}
+    with Worker(WorkerSpec(argv=[sys.executable, "floor_worker.py"]), env) as worker:
+        deadline = time.monotonic() + 60 + n / 1000
+        while (raw := await client.get(RESULT_KEY)) is None:
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"floor worker not done: {worker.log_tail(600)}")
+            await asyncio.sleep(0.01)
+        metrics = worker.peak_rss()
+    result = json.loads(raw)
+    return {**metrics, "drain_per_s": n / (result["last"] - result["first"])}
+
+
+# Run in a fresh interpreter: the figures of the floor's imports, then what EarnORM's add.
+_IMPORTS = """
+import json, sys, time
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+t0 = time.perf_counter()
+import asyncio, redis.asyncio
+t1, r1 = time.perf_counter(), rss()
+sys.path.insert(0, sys.argv[1])
+from earnorm import Consumer, Event, HandlerRegistry
+t2, r2 = time.perf_counter(), rss()
+print(json.dumps([t1 - t0, t2 - t1, r1, r2]))
+"""
+
+
+TREE = os.environ.get("EARNORM_TREE") or str(Path(__file__).resolve().parents[2])
+
+
+def _import_figures(n: int) -> dict[str, float]:
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _IMPORTS, TREE], check=True,
+                                      capture_output=True, text=True, timeout=60).stdout)
+            for _ in range(max(n, 1))]
+    floor_s, earnorm_s, floor_mb, earnorm_mb = (statistics.median(r[i] for r in runs)
+                                                for i in range(4))
+    return {"import_floor_ms": floor_s * 1000, "import_earnorm_ms": earnorm_s * 1000,
+            "import_rss_floor_mb": floor_mb, "import_rss_earnorm_mb": earnorm_mb - floor_mb}
+
+
+async def floor_imports(client: aioredis.Redis, n: int) -> dict[str, float]:
+    """Import time and memory of asyncio + redis-py, and EarnORM's on top: medians of
+    ``n`` fresh interpreters (byte-compiled trees, as installed packages are)."""
+    return await asyncio.to_thread(_import_figures, n)
+
+
+WORKLOADS = {"floor_publish": floor_publish, "floor_consume": floor_consume,
+             "floor_drain": floor_drain, "floor_imports": floor_imports}
 
 
 async def _run(workload: str, redis_url: str, params: dict[str, Any]) -> dict[str, float]:
