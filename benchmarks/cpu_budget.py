@@ -4,6 +4,7 @@ an in-flight hash, delete it after).
 
     .venv/bin/python -m benchmarks.cpu_budget              # 20,000 no-op events
     .venv/bin/python -m benchmarks.cpu_budget --events 50000
+    .venv/bin/python -m benchmarks.cpu_budget --baseline REV   # also REV's drain, interleaved
 
 Two passes over the same backlog on a private Redis, the consumer in this process:
 
@@ -16,6 +17,10 @@ Phases: ``fetch`` (the fetch script and the blocking wait), ``decode`` (``protoc
 ``dispatch`` (``Pipeline.process`` without decode: the plan, Event objects, the handler call,
 the outcome), ``ack`` (the batched ack script), ``event loop + other`` (asyncio, redis-py
 connection plumbing not inside a phase, heartbeats). Results: ``results/cpu_budget.md``/``.json``.
+
+``--baseline REV``: the unprofiled drain of this tree and of git revision REV (its ``earnorm/``
+exported under ``benchmarks/.envs/trees/``), each in a fresh process, alternating for
+``--reps`` repetitions on the same server: the CPU per event of both, and the ratio per pair.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import json
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# EARNORM_TREE: another tree's earnorm/ (a --baseline's drain runs in a process of its own)
+sys.path.insert(0, os.environ.get("EARNORM_TREE") or str(ROOT))
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis  # noqa: E402
 
@@ -145,10 +152,65 @@ async def _main(events: int) -> dict[str, Any]:
                    for phase, share in shares.items()}}
 
 
+def _export(revision: str) -> Path:
+    """``earnorm/`` as of ``revision``, byte-compiled (as an installed package is)."""
+    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = ROOT / "benchmarks" / ".envs" / "trees" / sha
+    if not (tree / "earnorm").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "earnorm"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "earnorm")],
+                   check=True)
+    return tree
+
+
+def _drain_in(tree: Path | None, url: str, events: int) -> dict[str, float]:
+    env = {**os.environ, "EARNORM_TREE": str(tree or ROOT)}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.cpu_budget", "--drain-only", url,
+                          "--events", str(events)], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    return cast(dict[str, float], json.loads(out.strip().splitlines()[-1]))
+
+
+def against_baseline(revision: str, events: int, reps: int) -> str:
+    """This tree's drain and ``revision``'s, alternating, each in a fresh process."""
+    tree = _export(revision)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "earnorm")],
+                   check=True)
+    server = start_local_redis()
+    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+    try:
+        for rep in range(reps):
+            sides = [("this", None), ("baseline", tree)]
+            got = {name: _drain_in(side, server.url, events)
+                   for name, side in (sides if rep % 2 == 0 else sides[::-1])}
+            pairs.append((got["this"], got["baseline"]))
+    finally:
+        server.stop()
+    lines = [f"## This tree against {revision} ({events:,} no-op events, concurrency 256, "
+             "each drain in a fresh process, alternating)", "",
+             "| repetition | this tree: us/event | events/s | baseline: us/event | events/s "
+             "| drain ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for i, (now, then) in enumerate(pairs, 1):
+        lines.append(f"| {i} | {now['cpu_us_per_event']:.1f} | {now['rate']:,.0f} | "
+                     f"{then['cpu_us_per_event']:.1f} | {then['rate']:,.0f} | "
+                     f"{now['rate'] / then['rate']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--baseline", default="", help="git revision to compare with")
+    parser.add_argument("--reps", type=int, default=4, help="pairs with --baseline")
+    parser.add_argument("--drain-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.drain_only:
+        print(json.dumps(asyncio.run(_drain(args.drain_only, args.events, None))))
+        return
     result = asyncio.run(_main(args.events))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     consumer, floor = result["consumer"], result["floor"]
@@ -161,6 +223,8 @@ def main() -> None:
     for phase, us in result["us"].items():
         lines.append(f"| {phase} | {us:.1f} | {result['shares'][phase]:.0%} |")
     table = "\n".join(lines)
+    if args.baseline:
+        table += "\n\n" + against_baseline(args.baseline, args.events, args.reps)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu_budget.json").write_text(json.dumps({"machine": machine, **result},
                                                         indent=2) + "\n")
