@@ -39,7 +39,7 @@ from harness.plan import (
     peer_cases,
 )
 from harness.redis_server import RedisServer
-from harness.report import CaseResult, render
+from harness.report import CaseResult, from_json, render
 from harness.runner import Outcome, describe, run_case
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="latest", help="results/<OUT>.md and .json")
     parser.add_argument("--workloads", default="",
                         help="comma-separated: run only these workloads (pubdrain,io,latency,...)")
+    parser.add_argument("--render", metavar="JSON", default="",
+                        help="write the report of an earlier run's results/<OUT>.json again")
     return parser.parse_args()
 
 
@@ -213,8 +215,25 @@ def baseline_peer(revision: str) -> Peer:
     return Peer(f"earnorm@{sha}", "earnorm_bench.py", "earnorm", tree=tree)
 
 
+def rerender(json_path: Path, out: str) -> int:
+    """The Markdown of an earlier run again, from its JSON (after a change to the report)."""
+    data = json.loads(json_path.read_text())
+    results = from_json(data)
+    markdown = render(results, data["meta"])
+    baselines = sorted({r.case.peer for r in results if r.case.peer.startswith("earnorm@")})
+    for name in baselines:
+        markdown += against_baseline(results, name)
+    if (RESULTS_DIR / "summary.png").exists():
+        markdown += "\n![summary](summary.png)\n"
+    (RESULTS_DIR / f"{out}.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
 def main() -> int:
     args = parse_args()
+    if args.render:
+        return rerender(Path(args.render), args.out)
     counts = QUICK if args.quick else ISSUE if args.issue_counts else FULL
     if args.reps is not None:
         counts = Counts(**{**asdict(counts), "reps": args.reps})
@@ -224,8 +243,11 @@ def main() -> int:
         print(f"unknown system(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     peers = [p for p in PEERS if not only or p.name in only]
-    if args.baseline:
-        peers.append(baseline_peer(args.baseline))
+    baseline = baseline_peer(args.baseline) if args.baseline else None
+    if baseline is not None:  # right after this tree's cases: the pair runs back to back
+        names = [p.name for p in peers]
+        peers.insert(names.index("earnorm") + 1 if "earnorm" in names else len(peers),
+                     baseline)
     started = time.monotonic()
     load_start = os.getloadavg()
     env_names = list(dict.fromkeys(p.env for p in peers if p.env is not None))
@@ -269,8 +291,8 @@ def main() -> int:
         json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n"
     )
     markdown = render(results, meta)
-    if args.baseline:
-        markdown += against_baseline(results, peers[-1].name)
+    if baseline is not None:
+        markdown += against_baseline(results, baseline.name)
     if not args.no_charts:
         chart_error = draw_charts(json_path)
         if chart_error:

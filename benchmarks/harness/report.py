@@ -301,7 +301,7 @@ def target_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[st
     """Issue 7's targets for EarnORM, as ratios within this run."""
     if "earnorm" not in peers:
         return []
-    others = [p for p in peers if p != "earnorm"]
+    others = [p for p in peers if p != "earnorm" and not p.startswith("earnorm@")]
     rows: list[list[str]] = []
 
     def ratio_row(
@@ -439,3 +439,19 @@ def goal_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[str]
     rows.append(_goal("worker peak RSS <= 4 MB over the bare asyncio + redis-py worker (MB)",
                       over, lambda v: v <= 4, ".1f"))
     return [row for row in rows if row is not None]
+
+
+def from_json(data: dict[str, Any]) -> list[CaseResult]:
+    """The results of a run's JSON (``--render``), each repetition an outcome again (the
+    skipped ones with their reason)."""
+    results = []
+    for item in data["results"]:
+        case = Case(item["peer"], item["workload"], item["variant"], item["label"],
+                    item["params"])
+        if item["status"] == "skipped":
+            outcomes = [Outcome("skipped", reason=item["reason"])]
+        else:
+            outcomes = [Outcome("ok", metrics=run) for run in item["runs"]]
+            outcomes += [Outcome("error", reason=e) for e in item["errors"]]
+        results.append(CaseResult(case, outcomes))
+    return results
