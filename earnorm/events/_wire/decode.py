@@ -232,13 +232,10 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
         properties = {}
     elif not isinstance(properties, dict):
         raise MessageDecodeError("envelope 'properties' must be an object")
-    parts = _plain_body(envelope, headers, properties)
-    if parts is None:
-        try:
-            parts = decode_body(envelope, headers, properties, max_bytes)
-        except MessageDecodeError as exc:  # filed under the id and task its headers name
-            raise MessageDecodeError(str(exc), task_id, task) from exc
-    args, kwargs, embed = parts
+    try:
+        args, kwargs, embed = decode_body(envelope, headers, properties, max_bytes)
+    except MessageDecodeError as exc:  # filed under the id and task its headers name
+        raise MessageDecodeError(str(exc), task_id, task) from exc
     retries = headers.get("retries") or 0
     priority = properties.get("priority")
     eta, expires = headers.get("eta"), headers.get("expires")
@@ -255,10 +252,10 @@ def _decode(raw: bytes | str, max_bytes: int | None) -> Message:
 def _plain_body(
     envelope: dict[str, Any], headers: dict[str, Any], properties: dict[str, Any],
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None] | None:
-    """``decode_body`` of the common message (base64 JSON, uncompressed, ``[args, kwargs,
-    embed]``: what EarnORM and Celery's JSON default write) in one call, or None when it is
-    anything else or anything is wrong with it: ``decode_body`` then decodes it or says what
-    is wrong."""
+    """The common body (base64 JSON, uncompressed, ``[args, kwargs, embed]``: what EarnORM
+    and Celery's JSON default write) in one call, or None when it is anything else or
+    anything is wrong with it: ``decode_body`` then takes the general way, which decodes it
+    or says what is wrong."""
     body = envelope.get("body")
     if not (properties.get("body_encoding") == "base64" and type(body) is str
             and envelope.get("content-type") == JSON and "compression" not in headers):
@@ -327,6 +324,9 @@ def decode_body(
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
     """Body -> (args, kwargs, embed): body_encoding, then compression, then content-type
     (wire.md 12)."""
+    parts = _plain_body(envelope, headers, properties)
+    if parts is not None:
+        return parts
     return _split_body(decode_body_value(envelope, headers, properties, max_bytes))
 
 

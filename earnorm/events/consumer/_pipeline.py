@@ -111,25 +111,15 @@ class Pipeline:
             return decide.DeadLetter(FailureReason.UNDECODABLE, str(exc),
                                      job_id=exc.task_id, name=exc.task)
 
-    def route(self, name: str, handlers: tuple[Handler, ...]) -> _Route:
-        """The route of ``name``'s first attempts, cached while its handlers stay the same."""
-        route = self._routes.get(name)
-        if route is not None and route.handlers is handlers:
-            return route
-        now = tuple(h for h in handlers if h.batch_size is None)
+    def _route(self, name: str, handlers: tuple[Handler, ...]) -> _Route:
+        """Work out and keep the route of ``name``'s first attempts (``process`` looks it up
+        and comes here when there is none for these handlers)."""
+        now, batched = _split(handlers)
         direct = now[0] if len(now) == 1 and plain(now[0]) and self.tracer is None else None
         route = self._routes[name] = _Route(
-            handlers, now, tuple(h for h in handlers if h.batch_size is not None),
-            self.rates.interval(name, handlers), self.keys_limits.limit(name, handlers), direct)
+            handlers, now, batched, self.rates.interval(name, handlers),
+            self.keys_limits.limit(name, handlers), direct)
         return route
-
-    @staticmethod
-    def retry_plan(message: protocol.Message,
-                   handlers: tuple[Handler, ...]) -> tuple[tuple[Handler, ...], ...]:
-        """(run now, batched) of a retry: only the handlers still pending."""
-        chosen = decide.handlers_to_run(message, handlers)
-        return (tuple(h for h in chosen if h.batch_size is None),
-                tuple(h for h in chosen if h.batch_size is not None))
 
     async def settle(self, field: int, raw: bytes, message: protocol.Message | None,
                      outcome: decide.Outcome, failures: decide.Failures | None = None) -> None:
@@ -194,15 +184,15 @@ class Pipeline:
                 return
         route = self._routes.get(name)
         if route is None or route.handlers is not handlers:
-            route = self.route(name, handlers)
+            route = self._route(name, handlers)
         if route.interval:
             wait = await self.rates.wait(message, route.interval)
             if wait is not None:  # its slot is later: it waits for it in Redis
                 await self.settle(field, raw, message, wait)
                 return
         headers = message.headers
-        if protocol.H_PENDING in headers:
-            now, batched = self.retry_plan(message, handlers)
+        if protocol.H_PENDING in headers:  # a retry runs only the handlers still pending
+            now, batched = _split(decide.handlers_to_run(message, handlers))
         else:
             now, batched = route.now, route.batched
         try:
@@ -305,6 +295,12 @@ class Pipeline:
                 item.waiting = 0
                 await self.settle(item.field, item.raw, item.message, decide.Revoked())
         return live
+
+
+def _split(handlers: tuple[Handler, ...]) -> tuple[tuple[Handler, ...], tuple[Handler, ...]]:
+    """(the handlers run at once, the batch handlers)."""
+    return (tuple(h for h in handlers if h.batch_size is None),
+            tuple(h for h in handlers if h.batch_size is not None))
 
 
 def _traced(tracer: Any, config: EventConfig, run: RunStage) -> RunStage:
