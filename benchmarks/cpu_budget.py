@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # EARNORM_TREE: another tree's earnorm/ (a --baseline's drain runs in a process of its own)
 sys.path.insert(0, os.environ.get("EARNORM_TREE") or str(ROOT))
 
+from benchmarks.harness.trees import export_tree  # noqa: E402
 from earnorm import Consumer, Event, EventBus, HandlerRegistry, start_local_redis  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -154,14 +155,7 @@ async def _main(events: int) -> dict[str, Any]:
 
 def _export(revision: str) -> Path:
     """``earnorm/`` as of ``revision``, byte-compiled (as an installed package is)."""
-    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    tree = ROOT / "benchmarks" / ".envs" / "trees" / sha
-    if not (tree / "earnorm").is_dir():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha, "earnorm"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    _, tree = export_tree(revision)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "earnorm")],
                    check=True)
     return tree

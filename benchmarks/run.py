@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,6 +42,7 @@ from harness.plan import (
 from harness.redis_server import RedisServer
 from harness.report import CaseResult, from_json, render
 from harness.runner import Outcome, describe, run_case
+from harness.trees import export_tree
 
 RESULTS_DIR = BENCH_DIR / "results"
 WORKLOAD_ORDER = [
@@ -204,25 +206,22 @@ def compile_earnorm(tree: Path = BENCH_DIR.parent) -> None:
 
 def baseline_peer(revision: str) -> Peer:
     """EarnORM as of ``revision``: its ``earnorm/`` exported under ``.envs/trees/``."""
-    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=BENCH_DIR.parent,
-                         check=True, capture_output=True, text=True).stdout.strip()
-    tree = BENCH_DIR / ".envs" / "trees" / sha
-    if not (tree / "earnorm").is_dir():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha, "earnorm"], cwd=BENCH_DIR.parent,
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    sha, tree = export_tree(revision)
     return Peer(f"earnorm@{sha}", "earnorm_bench.py", "earnorm", tree=tree)
+
+
+def report(results: list[CaseResult], meta: dict[str, Any]) -> str:
+    """The Markdown report, with a comparison table per ``--baseline`` system in the run."""
+    markdown = render(results, meta)
+    for name in sorted({r.case.peer for r in results if r.case.peer.startswith("earnorm@")}):
+        markdown += against_baseline(results, name)
+    return markdown
 
 
 def rerender(json_path: Path, out: str) -> int:
     """The Markdown of an earlier run again, from its JSON (after a change to the report)."""
     data = json.loads(json_path.read_text())
-    results = from_json(data)
-    markdown = render(results, data["meta"])
-    baselines = sorted({r.case.peer for r in results if r.case.peer.startswith("earnorm@")})
-    for name in baselines:
-        markdown += against_baseline(results, name)
+    markdown = report(from_json(data), data["meta"])
     if (RESULTS_DIR / "summary.png").exists():
         markdown += "\n![summary](summary.png)\n"
     (RESULTS_DIR / f"{out}.md").write_text(markdown)
@@ -290,9 +289,7 @@ def main() -> int:
     json_path.write_text(
         json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n"
     )
-    markdown = render(results, meta)
-    if baseline is not None:
-        markdown += against_baseline(results, baseline.name)
+    markdown = report(results, meta)
     if not args.no_charts:
         chart_error = draw_charts(json_path)
         if chart_error:

@@ -288,6 +288,11 @@ def render(results: list[CaseResult], meta: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _peers_of(systems: list[str]) -> list[str]:
+    """The peers EarnORM is compared with: not EarnORM, nor EarnORM at a ``--baseline``."""
+    return [p for p in systems if p != "earnorm" and not p.startswith("earnorm@")]
+
+
 def _best(by_key: dict[str, CaseResult], peer: str, workload: str, metric: str) -> float | None:
     values = [
         s["median"]
@@ -301,7 +306,7 @@ def target_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[st
     """Issue 7's targets for EarnORM, as ratios within this run."""
     if "earnorm" not in peers:
         return []
-    others = [p for p in peers if p != "earnorm" and not p.startswith("earnorm@")]
+    others = _peers_of(peers)
     rows: list[list[str]] = []
 
     def ratio_row(
@@ -396,7 +401,7 @@ def goal_rows(by_key: dict[str, CaseResult], peers: list[str]) -> list[list[str]
     """Issue 26's goals, repetition by repetition (same-run ratios)."""
     if "earnorm" not in peers:
         return []
-    others = [p for p in peers if p != "earnorm" and not p.startswith("earnorm@")]
+    others = _peers_of(peers)
 
     def cases(peer: str, workload: str) -> list[CaseResult]:
         return [r for k, r in by_key.items() if k.startswith(f"{peer}/{workload}/")]

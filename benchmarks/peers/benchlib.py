@@ -17,12 +17,14 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import statistics
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
@@ -36,6 +38,8 @@ BATCH_SIZE = 100
 QUEUE = "bench"
 FLOOR_KEY = "bench:floor-publish"  # where the interleaved floor pushes (never drained)
 FLOOR_ROUNDS = 10  # a publish run alternates with the floor this many times
+# The earnorm/ the EarnORM side imports: the repo's, or a baseline's tree (run.py --baseline).
+EARNORM_TREE = os.environ.get("EARNORM_TREE") or str(Path(__file__).resolve().parents[2])
 
 
 def celery_message(i: int) -> bytes:
@@ -134,7 +138,7 @@ class Session:
                 part = slice(round_ * size, (round_ + 1) * size)
                 for floor_turn in ((True, False) if round_ % 2 else (False, True)):
                     if floor_turn:
-                        floor_s += await _floor_push(floor, messages[part], batch)
+                        floor_s += await floor_push(floor, messages[part], batch)
                     else:
                         system_s += await self.publish_all(task, items[part], batch)
             await floor.delete(FLOOR_KEY)
@@ -169,17 +173,20 @@ class Session:
             await asyncio.sleep(0.01)
 
 
-async def _floor_push(client: redis.asyncio.Redis, messages: list[bytes], batch: bool) -> float:
+async def floor_push(client: redis.asyncio.Redis, messages: list[bytes], batch: bool,
+                     key: str = FLOOR_KEY) -> float:
+    """The floor's publish: an awaited LPUSH per message, or pipelines of ``BATCH_SIZE``;
+    returns the seconds it took."""
     start = time.perf_counter()
     if batch:
         for offset in range(0, len(messages), BATCH_SIZE):
             async with client.pipeline(transaction=False) as pipe:
                 for message in messages[offset : offset + BATCH_SIZE]:
-                    pipe.lpush(FLOOR_KEY, message)
+                    pipe.lpush(key, message)
                 await pipe.execute()
     else:
         for message in messages:
-            await client.lpush(FLOOR_KEY, message)
+            await client.lpush(key, message)
     return time.perf_counter() - start
 
 

@@ -7,17 +7,14 @@ every workload reports itself skipped with the import error as the reason.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-# The repo root (earnorm/), or the tree of the baseline it is compared with (run.py --baseline).
-sys.path.insert(0, os.environ.get("EARNORM_TREE") or str(Path(__file__).resolve().parents[2]))
-
-from benchlib import WORKLOADS, main
+from benchlib import EARNORM_TREE, WORKLOADS, main
 from procs import WorkerSpec
+
+sys.path.insert(0, EARNORM_TREE)  # the repo's earnorm/, or a baseline's (run.py --baseline)
 
 _CONCURRENCY = {"default": "default", "tuned": "256", "io": "1000"}
 

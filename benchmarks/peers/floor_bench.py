@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from benchlib import QUEUE, celery_message, emit
+from benchlib import EARNORM_TREE, QUEUE, celery_message, emit, floor_push
 from procs import Worker, WorkerSpec
 from tracker import RESULT_KEY
 
@@ -42,20 +40,11 @@ INFLIGHT_HASH = "bench:inflight:floor:hash"
 BATCH = 100
 
 
-async def floor_publish(client: aioredis.Redis, n: int) -> dict[str, float]:
+async def floor_publish(client: aioredis.Redis, url: str, n: int) -> dict[str, float]:
     messages = [celery_message(i) for i in range(n)]
-    start = time.perf_counter()
-    for message in messages:
-        await client.lpush(QUEUE, message)
-    sequential = n / (time.perf_counter() - start)
+    sequential = n / await floor_push(client, messages, batch=False, key=QUEUE)
     await client.delete(QUEUE)
-    start = time.perf_counter()
-    for offset in range(0, n, BATCH):
-        pipe = client.pipeline(transaction=False)
-        for message in messages[offset : offset + BATCH]:
-            pipe.lpush(QUEUE, message)
-        await pipe.execute()
-    pipelined = n / (time.perf_counter() - start)
+    pipelined = n / await floor_push(client, messages, batch=True, key=QUEUE)
     return {"lpush_seq_per_s": sequential, "lpush_pipe100_per_s": pipelined}
 
 
@@ -67,7 +56,7 @@ async def _fill(client: aioredis.Redis, n: int) -> None:
         )
 
 
-async def floor_consume(client: aioredis.Redis, n: int) -> dict[str, float]:
+async def floor_consume(client: aioredis.Redis, url: str, n: int) -> dict[str, float]:
     await _fill(client, n)
     start = time.perf_counter()
     while True:
@@ -105,13 +94,11 @@ async def floor_consume(client: aioredis.Redis, n: int) -> dict[str, float]:
     }
 
 
-async def floor_drain(client: aioredis.Redis, n: int) -> dict[str, float]:
+async def floor_drain(client: aioredis.Redis, url: str, n: int) -> dict[str, float]:
     """``floor_worker.py`` drains ``n`` messages: its rate and peak RSS."""
     await _fill(client, n)
     await client.delete(RESULT_KEY)
-    url = client.connection_pool.connection_kwargs
-    env = {"BENCH_REDIS_URL": f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}",
-           "BENCH_TARGET": str(n)}
+    env = {"BENCH_REDIS_URL": url, "BENCH_TARGET": str(n)}
     with Worker(WorkerSpec(argv=[sys.executable, "floor_worker.py"]), env) as worker:
         deadline = time.monotonic() + 60 + n / 1000
         while (raw := await client.get(RESULT_KEY)) is None:
@@ -141,11 +128,8 @@ print(json.dumps([t1 - t0, t2 - t1, r1, r2]))
 """
 
 
-TREE = os.environ.get("EARNORM_TREE") or str(Path(__file__).resolve().parents[2])
-
-
 def _import_figures(n: int) -> dict[str, float]:
-    runs = [json.loads(subprocess.run([sys.executable, "-c", _IMPORTS, TREE], check=True,
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _IMPORTS, EARNORM_TREE], check=True,
                                       capture_output=True, text=True, timeout=60).stdout)
             for _ in range(max(n, 1))]
     floor_s, earnorm_s, floor_mb, earnorm_mb = (statistics.median(r[i] for r in runs)
@@ -154,7 +138,7 @@ def _import_figures(n: int) -> dict[str, float]:
             "import_rss_floor_mb": floor_mb, "import_rss_earnorm_mb": earnorm_mb - floor_mb}
 
 
-async def floor_imports(client: aioredis.Redis, n: int) -> dict[str, float]:
+async def floor_imports(client: aioredis.Redis, url: str, n: int) -> dict[str, float]:
     """Import time and memory of asyncio + redis-py, and EarnORM's on top: medians of
     ``n`` fresh interpreters (byte-compiled trees, as installed packages are)."""
     return await asyncio.to_thread(_import_figures, n)
@@ -167,7 +151,7 @@ WORKLOADS = {"floor_publish": floor_publish, "floor_consume": floor_consume,
 async def _run(workload: str, redis_url: str, params: dict[str, Any]) -> dict[str, float]:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        return await WORKLOADS[workload](client, int(params["n"]))
+        return await WORKLOADS[workload](client, redis_url, int(params["n"]))
     finally:
         await client.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,23 @@ def overall_rate(times: list[float]) -> float:
 async def publish_limited(bus: EventBus, count: int) -> None:
     """``count`` events for the recording app's rate-limited handler (``fault.limited``)."""
     await bus.publish_batch([Event(name="fault.limited", data={"i": i}) for i in range(count)])
+
+
+async def run_limited(bus: EventBus, workers: list[Worker], record: Path, count: int,
+                      timeout: float,
+                      meanwhile: Callable[[], Awaitable[None]] | None = None) -> list[float]:
+    """Publish ``count`` limited events, do ``meanwhile`` (a kill, say), wait until every one
+    ran, stop the workers; the run times."""
+    try:
+        await publish_limited(bus, count)
+        if meanwhile is not None:
+            await meanwhile()
+        await wait_until(lambda: len(recorded(record, "ran")) == count, timeout=timeout,
+                         interval=0.2, message="every event to run")
+    finally:
+        for worker in workers:
+            worker.terminate()
+    return [at for _, at in runs(record)]
 
 
 def busiest_second(times: list[float]) -> int:
@@ -108,17 +126,13 @@ async def test_a_rate_limit_holds_across_four_consumers_and_a_kill(
     held comes back after the heartbeat timeout)."""
     count = 1000
     workers = [Worker(redis_url, queue_name, record) for _ in range(4)]
-    try:
-        await publish_limited(bus, count)
+
+    async def kill_one() -> None:
         await wait_until(lambda: len(runs(record)) >= 200, timeout=60,
                          message="a fifth of the events")
         workers[0].kill()
-        await wait_until(lambda: len(recorded(record, "ran")) == count, timeout=120,
-                         interval=0.2, message="every event to run")
-    finally:
-        for worker in workers:
-            worker.terminate()
-    times = [at for _, at in runs(record)]
+
+    times = await run_limited(bus, workers, record, count, 120, meanwhile=kill_one)
     rate = overall_rate(times)
     print(f"20/s, 4 consumers, one killed: {rate:.2f}/s, busiest second {busiest_second(times)}")
     assert 19.0 <= rate <= 21.0, rate
@@ -139,14 +153,7 @@ async def test_a_rate_limit_holds_with_one_or_two_consumers_and_under_processes(
     count = 250
     env = {"EARNORM_TEST_RATE_LIMIT": "50/s", "EARNORM_PROCESSES": str(processes)}
     workers = [Worker(redis_url, queue_name, record, env=env) for _ in range(consumers)]
-    try:
-        await publish_limited(bus, count)
-        await wait_until(lambda: len(recorded(record, "ran")) == count, timeout=60,
-                         interval=0.2, message="every event to run")
-    finally:
-        for worker in workers:
-            worker.terminate()
-    times = [at for _, at in runs(record)]
+    times = await run_limited(bus, workers, record, count, 60)
     rate = overall_rate(times)
     print(f"50/s, {consumers} consumer(s) x {processes} process(es): {rate:.2f}/s")
     assert 47.5 <= rate <= 52.5, rate
