@@ -443,7 +443,7 @@ class Broker:
         keys, args = self._fetch_call(consumer_id, count, first_field, may_take_alone,
                                       max_bytes, alone_at, cap_bytes)
         try:
-            _moved, result = await self._waiter.move_then(
+            result = await self._waiter.move_then(
                 self.keys.ready[0], self.keys.landing(consumer_id), timeout,
                 ("EVALSHA", self._fetch.sha, len(keys), *keys, *args))
         except NoScriptError:  # a restarted Redis forgot it: the BLMOVE ran, fetch again

@@ -1,11 +1,19 @@
 """The consumer's idle wait: ``BLMOVE`` of one message from the main ready list into the
-consumer's landing list, on a connection of its own, reading the reply without keeping it, and
-the fetch script sent right behind it (answered as soon as the BLMOVE returns).
+consumer's landing list, on a connection of its own, with the fetch script sent right behind it
+(answered as soon as the BLMOVE returns).
 
 BLMOVE answers with the element it moved. Kept, a 50 MB message on an idle queue would be 50 MB
 (twice, in the parser and as bytes) in the consumer. The moved element is not needed: the next
 fetch script takes it from the landing list, inside Redis, and diverts it if it is too large.
-So the reply is read from the socket in chunks and dropped.
+So the BLMOVE goes behind ``CLIENT REPLY SKIP``: Redis sends no reply to it at all, whether it
+moved a message, timed out or failed (a failure such as MOVED or READONLY comes back from the
+fetch script right behind it, which touches the same keys). Only the fetch script's reply is
+read, through redis-py's public ``read_response``.
+
+A server or ACL that refuses ``CLIENT REPLY`` (a user without ``+client|reply``, a proxy) is
+found once per connection, by a probe when it is made: then the BLMOVE's reply is read whole
+and dropped, and a warning says so once (messages woken from an idle wait then take their size
+in the consumer's memory for a moment).
 
 On a Redis Cluster the connection goes to the master serving the queue's slot, looked up again
 after any error: a MOVED or CLUSTERDOWN reply (resharding, failover) is a transient error like a
@@ -14,23 +22,37 @@ lost connection, and the next wait asks the cluster client where the slot lives 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
 
 from earnorm.events._broker.own_connection import OwnConnection
 from earnorm.events._broker.topology import is_cluster
 
-_CHUNK = 64 * 1024
-_CLUSTER_MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+log = logging.getLogger("earnorm.consumer")
+
+_CLUSTER_MOVING = (MovedError, AskError, ClusterDownError, TryAgainError)
+_CLUSTER_PREFIXES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+_SKIP = ("CLIENT", "REPLY", "SKIP")
 
 
 class BlockingWait(OwnConnection):
     def __init__(self, redis: Redis) -> None:
         super().__init__()
         self._redis = redis
+        self._skips = True  # this connection's server takes CLIENT REPLY SKIP
+        self._warned = False
 
     def _new_connection(self, key: str) -> Any:
         if is_cluster(self._redis):
@@ -39,48 +61,79 @@ class BlockingWait(OwnConnection):
             return node.connection_class(**kwargs)
         return cast(Any, self._redis.connection_pool).make_connection()
 
-    async def move_then(self, source: str, destination: str, timeout: float,
-                        command: tuple[Any, ...]) -> tuple[bool, Any]:
-        """``move``, with ``command`` sent right behind the BLMOVE on the same connection: Redis
-        runs it as soon as the BLMOVE returns (or times out). Returns (moved, its reply)."""
-        connection = self._connection
-        if connection is None:
-            connection = self._new_connection(source)
-            await connection.connect()
-            self._connection = connection
+    async def _connect(self, key: str) -> Any:
+        connection = self._new_connection(key)
         try:
-            await connection.send_packed_command(connection.pack_commands([
-                ("BLMOVE", source, destination, "RIGHT", "LEFT", timeout), command]))
-            moved = await _discard_reply(connection)
-        except BaseException:  # even an error reply: the command's reply is still unread
+            await connection.connect()
+            self._skips = await _takes_reply_skip(connection)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        if not self._skips and not self._warned:
+            self._warned = True
+            log.warning(
+                "Redis refuses CLIENT REPLY SKIP on the consumer's idle-wait connection (an ACL "
+                "without +client|reply, or a proxy): each message that wakes an idle wait is "
+                "read whole and dropped, so it takes its size in this process for a moment")
+        self._connection = connection
+        return connection
+
+    async def move_then(self, source: str, destination: str, timeout: float,
+                        command: tuple[Any, ...]) -> Any:
+        """``BLMOVE source destination``, with ``command`` sent right behind it on the same
+        connection: Redis runs it as soon as the BLMOVE returns (or times out). Returns its
+        reply."""
+        connection = self._connection or await self._connect(source)
+        blmove = ("BLMOVE", source, destination, "RIGHT", "LEFT", timeout)
+        try:
+            if self._skips:
+                await connection.send_packed_command(
+                    connection.pack_commands([_SKIP, blmove, command]))
+            else:
+                await connection.send_packed_command(
+                    connection.pack_commands([blmove, command]))
+                await connection.read_response(disconnect_on_error=False)
+        except ResponseError as exc:  # the BLMOVE's, read whole: the reply behind it is not
+            await self._drop(connection)
+            raise _elsewhere(exc) or exc from exc
+        except BaseException:
             await self._drop(connection)
             raise
-        return moved, await self._read_reply(connection)
+        try:
+            return await self._read_reply(connection)
+        except ResponseError as exc:
+            moved = _elsewhere(exc)
+            if moved is None:
+                raise
+            await self._drop(connection)  # the next wait asks again where the queue lives
+            raise moved from exc
 
 
-async def _discard_reply(connection: Any) -> bool:
-    reader = connection._reader  # redis-py's asyncio StreamReader for this connection
-    if reader is None:
-        raise ConnectionError("connection closed")
-    line = await reader.readline()
-    if not line:
-        raise ConnectionError("connection closed while waiting")
-    kind, rest = line[:1], line[1:].strip()
-    if kind == b"-":
-        error = rest.decode(errors="replace")
-        if error.startswith(_CLUSTER_MOVING):
-            raise RedisConnectionError(f"cluster: {error}")
-        if error.startswith("READONLY"):  # a demoted master; the next wait finds the new one
-            raise ReadOnlyError(error)
-        raise ResponseError(error)
-    if kind == b"_" or rest == b"-1":  # RESP3 null, or RESP2 null bulk / null array: timed out
+async def _takes_reply_skip(connection: Any) -> bool:
+    """Whether the server skips replies here: ``CLIENT REPLY SKIP`` then two ``ECHO``s. Taken,
+    the second ECHO's reply (or its refusal) is the only one; refused, the CLIENT's error
+    comes first, then both ECHOs'."""
+    await connection.send_packed_command(connection.pack_commands(
+        [_SKIP, ("ECHO", b"skipped"), ("ECHO", b"answered")]))
+    try:
+        await connection.read_response(disconnect_on_error=False)
+    except ResponseError as exc:
+        if "'client" not in str(exc).lower():
+            return True  # the ECHO refused, after the CLIENT REPLY was taken
+        for _ in range(2):
+            with contextlib.suppress(ResponseError):
+                await connection.read_response(disconnect_on_error=False)
         return False
-    if kind != b"$":
-        raise ResponseError(f"unexpected reply to BLMOVE: {line[:40]!r}")
-    remaining = int(rest) + 2  # the element and its CRLF
-    while remaining:
-        chunk = await reader.read(min(remaining, _CHUNK))
-        if not chunk:
-            raise ConnectionError("connection closed while reading a reply")
-        remaining -= len(chunk)
     return True
+
+
+def _elsewhere(exc: ResponseError) -> Exception | None:
+    """The error to retry on when ``exc`` says the queue is served elsewhere now (a cluster's
+    slot moved, a demoted master), else None."""
+    if isinstance(exc, ReadOnlyError):
+        return exc
+    if isinstance(exc, _CLUSTER_MOVING) or str(exc).startswith(_CLUSTER_PREFIXES):
+        return RedisConnectionError(f"cluster: {type(exc).__name__}: {exc}")
+    if str(exc).startswith("READONLY"):  # from inside the fetch script
+        return ReadOnlyError(str(exc))
+    return None
