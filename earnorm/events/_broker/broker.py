@@ -109,6 +109,8 @@ class Fetched:
     # Indexes of held messages found over max_message_bytes once read, set aside (counted in
     # ``diverted``): not to be run.
     aside: frozenset[int] = frozenset()
+    # Every ready list was read to its end (nothing was left ready when the script ran).
+    drained: bool = False
 
 
 def _fetched(result: Any) -> tuple[Fetched, list[int]]:
@@ -116,14 +118,14 @@ def _fetched(result: Any) -> tuple[Fetched, list[int]]:
     if result == -1:
         raise ReplyLost("a fetch was sent again after its first run went through (the client "
                         "retried a failed read): what that run moved is handed back")
-    messages, infos, alone, waiting, diverted, diverted_ids, held = result
+    messages, infos, alone, waiting, diverted, diverted_ids, held, drained = result
     redeliveries = {
         int(index) - 1: Redelivery(int(n), tuple(i for i in text(ids).split(",") if i),
                                    bool(alone))
         for index, n, ids in infos
     }
     return (Fetched(list(messages), redeliveries, int(waiting), int(diverted),
-                    [text(i) for i in diverted_ids]),
+                    [text(i) for i in diverted_ids], drained=drained == 1),
             [int(index) - 1 for index, _size in held])
 
 

@@ -108,7 +108,8 @@ return replaced
 #       largest estimate that is held rather than measured (over it, surely too large).
 # Returns {messages, recovered info {index, deliveries, ids}..., 1 if the one message is to
 #          run alone else 0, recovered still waiting, diverted, ids of those diverted that
-#          named one (a Celery client may wait on them), held {index, size}...}; or -1 if
+#          named one (a Celery client may wait on them), held {index, size}..., 1 if every
+#          list was read to its end (nothing left ready) else 0}; or -1 if
 #          the first field is in use (this call was sent before: its reply was lost).
 #
 # A message's bytes cost ~6 ms a MB once they enter Lua (the reply is built by growing one
@@ -239,7 +240,10 @@ if waiting == 0 then
 end
 redis.call('DEL', probe)
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-return {out, infos, alone, waiting, diverted, diverted_ids, held}
+-- Every list read to its end: nothing was ready when this ran, so the consumer may go
+-- straight to its blocking wait instead of asking again first.
+local drained = (waiting == 0 and not full()) and 1 or 0
+return {out, infos, alone, waiting, diverted, diverted_ids, held, drained}
 """
 
 # KEYS: inflight, stats, deliveries. ARGV: held-key prefix, h, then fields, the first h of them
