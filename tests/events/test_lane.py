@@ -93,3 +93,26 @@ async def test_publishes_past_the_pool_size_wait_for_a_connection(
     finally:
         await small.close()
     assert await redis.llen(queue_name) == 200
+
+
+async def test_a_lane_reply_later_than_the_socket_timeout_gives_way_to_the_pool(
+    redis_url: str, redis: Redis, queue_name: str
+) -> None:
+    """The lane's connection keeps the URL's ``socket_timeout``: past it the lane drops its
+    connection and the publish goes on through the pool's retries, landing once Redis answers
+    again (a lane without a timeout would wait out the whole pause)."""
+    # max_message_bytes 64 KiB: the read timeout is lifted to ~1.1 s (fit_read_timeout)
+    bus = await EventBus.connect(f"{redis_url}?socket_timeout=0.2",
+                                 {"queue_name": queue_name, "max_message_bytes": 64 * 1024})
+    try:
+        await bus.publish(Event(name="a.b"))
+        lane = bus.broker._lane
+        assert lane is not None and lane.connected
+        await redis.client_pause(3000, all=False)  # write commands only
+        with anyio.fail_after(20):
+            job = await bus.publish(Event(name="a.b", data={"late": True}))
+        assert not lane.connected  # it gave up at its timeout instead of waiting out the pause
+        ids = [loads(raw)["headers"]["id"] for raw in await redis.lrange(queue_name, 0, -1)]
+        assert job in ids
+    finally:
+        await bus.close()
