@@ -10,6 +10,7 @@ import logging
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -67,3 +68,29 @@ async def test_messages_that_wake_an_idle_wait_run_whatever_the_acl_refuses(
     assert received == [0, 1, 2]
     said = [r for r in caplog.records if REFUSAL in r.getMessage()]
     assert len(said) == (1 if warned else 0), [r.getMessage() for r in said]
+
+
+async def test_a_poll_interval_longer_than_the_read_timeout_is_waited_out_quietly(
+    redis_url: str, queue_name: str, redis: Redis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fetch script's reply comes once the BLMOVE returns, up to ``poll_interval`` later:
+    that read allows the poll interval on top of the socket timeout, so an idle consumer
+    whose poll interval (2.5 s) is longer than its read timeout (~1.1 s here) does not take
+    every idle wait for a lost reply."""
+    received: list[Event] = []
+
+    async def on_woke(event: Event) -> None:
+        received.append(event)
+
+    registry = HandlerRegistry()
+    registry.register("idle.woke", on_woke)
+    caplog.set_level(logging.WARNING, logger="earnorm.consumer")
+    # max_message_bytes 64 KiB: the 0.3 s read timeout is lifted to ~1.1 s, not ~11 s
+    async with Consumer(f"{redis_url}?socket_timeout=0.3", queue_name=queue_name,
+                        registry=registry, poll_interval=2.5,
+                        config={"max_message_bytes": 64 * 1024}) as consumer:
+        await anyio.sleep(6)  # idle: two full idle waits, each longer than the read timeout
+        await consumer.bus.publish(Event(name="idle.woke"))
+        await wait_until(lambda: received, 10, message="the event handled")
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "fetch made no progress" in m], said

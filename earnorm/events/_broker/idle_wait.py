@@ -85,6 +85,10 @@ class BlockingWait(OwnConnection):
         reply."""
         connection = self._connection or await self._connect(source)
         blmove = ("BLMOVE", source, destination, "RIGHT", "LEFT", timeout)
+        # The first reply comes once the BLMOVE returns: up to ``timeout`` on top of the
+        # socket timeout (a poll interval may be longer than the socket timeout).
+        socket_timeout = connection.socket_timeout
+        wait = None if socket_timeout is None else socket_timeout + timeout
         try:
             if self._skips:
                 await connection.send_packed_command(
@@ -92,7 +96,8 @@ class BlockingWait(OwnConnection):
             else:
                 await connection.send_packed_command(
                     connection.pack_commands([blmove, command]))
-                await connection.read_response(disconnect_on_error=False)
+                await connection.read_response(disconnect_on_error=False, timeout=wait)
+                wait = None
         except ResponseError as exc:  # the BLMOVE's, read whole: the reply behind it is not
             await self._drop(connection)
             raise _elsewhere(exc) or exc from exc
@@ -100,7 +105,7 @@ class BlockingWait(OwnConnection):
             await self._drop(connection)
             raise
         try:
-            return await self._read_reply(connection)
+            return await self._read_reply(connection, wait)
         except ResponseError as exc:
             moved = _elsewhere(exc)
             if moved is None:

@@ -28,11 +28,12 @@ class OwnConnection:
             self._connection = None
         await connection.disconnect(nowait=True)
 
-    async def _read_reply(self, connection: Any) -> Any:
-        """The next reply; an error reply is raised with the connection kept (it was read
-        whole), anything else drops it."""
+    async def _read_reply(self, connection: Any, timeout: float | None = None) -> Any:
+        """The next reply (within ``timeout`` s, else the connection's socket timeout); an
+        error reply is raised with the connection kept (it was read whole), anything else
+        drops it."""
         try:
-            return await connection.read_response(disconnect_on_error=False)
+            return await connection.read_response(disconnect_on_error=False, timeout=timeout)
         except ResponseError:
             raise
         except BaseException:
