@@ -270,7 +270,7 @@ class Fetcher:
             finally:
                 self._scope = None
             if fetched is not None:
-                drained = fetched.drained and not fetched.recovered_waiting
+                drained = fetched.drained  # the script says so only when none wait recovered
                 if self.budget is not None:
                     self.budget -= len(fetched.messages)
                 await self._report_diverted(fetched)

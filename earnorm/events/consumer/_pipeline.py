@@ -217,7 +217,7 @@ class Pipeline:
             if observer is not None:
                 observer.started(message)
             if now:
-                timelimit = headers.get("timelimit")
+                timelimit = headers.get("timelimit")  # the unset one without message_limits
                 limits = (NO_LIMITS if timelimit is None or timelimit == UNSET_TIMELIMIT
                           else message_limits(timelimit))
                 started = time.perf_counter()
@@ -256,6 +256,8 @@ class Pipeline:
                 await self.settle(field, raw, message, decide.after_running(
                     message, failures, self.config.retry_policy, self.clock.now_ms(), self.keys),
                     failures)
+            # Settler.carries_on, inlined: calling it, and message_limits above for the unset
+            # header, measured 3-5% slower on a no-op drain (two 8-pair A/Bs)
             elif observer is not None or self.settler.stores_results or has_follow_ups(message):
                 await self.settle(field, raw, message, decide.Ack(result))
             else:  # the hot path: no outcome object, no extra await
