@@ -48,6 +48,13 @@ async def wait_until(
         await anyio.sleep(interval)
 
 
+async def waits_in_blmove(redis: Any, user: str | None = None) -> bool:
+    """Whether a client (of ACL ``user``, when given) waits in its BLMOVE: a consumer idle in
+    its blocking wait."""
+    return any(c.get("cmd") == "blmove" and (user is None or c.get("user") == user)
+               for c in await redis.client_list())
+
+
 async def store_failed_job(bus: Any, name: str, failed_ms: float) -> str:
     """Put a failed job in ``bus``'s store as the consumer would, at a chosen failure time."""
     from earnorm import Event

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from earnorm import Consumer, Event, EventBus, HandlerRegistry
-from tests.helpers import wait_until
+from tests.helpers import wait_until, waits_in_blmove
 
 pytestmark = pytest.mark.anyio
 
@@ -27,11 +27,6 @@ def as_user(url: str, user: str) -> str:
     parts = urlsplit(url)
     netloc = f"{user}:{PASSWORD}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-async def blocked_in_blmove(redis: Redis, user: str) -> bool:
-    return any(c.get("user") == user and c.get("cmd") == "blmove"
-               for c in await redis.client_list())
 
 
 @pytest.mark.parametrize(("refused", "warned"), [
@@ -57,7 +52,7 @@ async def test_messages_that_wake_an_idle_wait_run_whatever_the_acl_refuses(
     try:
         async with Consumer(bus=bus, registry=registry, concurrency=2, poll_interval=5.0):
             for n in range(3):  # each one published while the consumer waits in its BLMOVE
-                await wait_until(lambda: blocked_in_blmove(redis, user), 10,
+                await wait_until(lambda: waits_in_blmove(redis, user), 10,
                                  message="the consumer waits in BLMOVE")
                 await bus.publish(Event(name="idle.woke", data={"n": n, "pad": "x" * 300_000}))
                 await wait_until(lambda n=n: len(received) == n + 1, 10,  # type: ignore[misc]

@@ -20,7 +20,7 @@ from earnorm.events._broker.keys import HELD_MARK
 from earnorm.events._wire import decode as protocol
 from earnorm.events._wire.encode import encode_event
 from tests.faults.workers import Worker, recorded
-from tests.helpers import wait_until
+from tests.helpers import wait_until, waits_in_blmove
 
 pytestmark = pytest.mark.anyio
 
@@ -159,10 +159,9 @@ async def test_a_large_message_retried_then_dead_lettered_leaves_no_key(
     registry.register("big.#", handle, retry_policy={
         "max_retries": 2, "interval_start": 0, "interval_step": 0.05})
     keys = bus.broker.keys
-    async def waiting() -> bool:
-        return any(c.get("cmd") == "blmove" for c in await bus.redis.client_list())
     async with Consumer(redis_url, queue_name=keys.queue, registry=registry):
-        await wait_until(waiting, 10, message="the consumer in its blocking wait")
+        await wait_until(lambda: waits_in_blmove(bus.redis), 10,
+                         message="the consumer in its blocking wait")
         await bus.publish(event(2 * MB, name="big.fails"))
         await wait_until(lambda: len(calls) == 3, 30, message=f"three attempts: {calls}")
         jobs = await wait_for_failed(bus)
